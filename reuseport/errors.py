@@ -1,0 +1,81 @@
+"""Errors a user can cause, and the exit codes they map to.
+
+Rules: every error raised on purpose derives from ``ReuseportError`` and says
+whose fault it is through its class (configuration, bind, application,
+platform).  Its message says what failed *and* what to do about it; the CLI
+prints ``str(error)`` and exits with ``error.exit_code``, never a traceback.
+Anything else escaping is a bug in reuseport.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "AppLoadError",
+    "BindError",
+    "BootError",
+    "ConfigError",
+    "ExitCode",
+    "PlatformError",
+    "PortGuardError",
+    "ReuseportError",
+]
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes of the master and of workers.
+
+    Workers exit with ``BOOT_ERROR`` or ``APP_LOAD_ERROR`` when they cannot
+    start; the master treats those as fatal (it halts with the same code
+    instead of respawning forever).
+    """
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    BIND_ERROR = 3
+    APP_LOAD_ERROR = 4
+    BOOT_ERROR = 5
+    PLATFORM_ERROR = 6
+    INTERRUPTED = 130
+
+
+class ReuseportError(Exception):
+    """Base of every error reuseport raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.ERROR
+
+
+class ConfigError(ReuseportError):
+    """A flag, config file entry or environment variable is wrong."""
+
+    exit_code = ExitCode.USAGE
+
+
+class BindError(ReuseportError):
+    """A listening socket could not be created (address in use, bad address, ...)."""
+
+    exit_code = ExitCode.BIND_ERROR
+
+
+class PortGuardError(BindError):
+    """Another process already listens on the address we were asked to join."""
+
+
+class AppLoadError(ReuseportError):
+    """The application named as ``module:attribute`` could not be loaded."""
+
+    exit_code = ExitCode.APP_LOAD_ERROR
+
+
+class BootError(ReuseportError):
+    """A worker could not start serving (e.g. the app's lifespan startup failed)."""
+
+    exit_code = ExitCode.BOOT_ERROR
+
+
+class PlatformError(ReuseportError):
+    """The operating system lacks something the requested mode needs."""
+
+    exit_code = ExitCode.PLATFORM_ERROR
