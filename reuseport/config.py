@@ -123,7 +123,9 @@ def parse_bind(text: str) -> BindAddress:
     try:
         port = int(port_text)
     except ValueError:
-        raise ConfigError(f"cannot parse bind {text!r}: port {port_text!r} is not a number") from None
+        raise ConfigError(
+            f"cannot parse bind {text!r}: port {port_text!r} is not a number"
+        ) from None
     if not 0 <= port <= 65535:
         raise ConfigError(f"cannot parse bind {text!r}: port {port} is outside 0-65535")
     try:
@@ -246,7 +248,8 @@ class Config:
             self._check_positive(name, getattr(self, name), minimum=1)
         if self.log_level.lower() not in {"critical", "error", "warning", "info", "debug"}:
             raise ConfigError(
-                f"invalid --log-level {self.log_level!r}: choose critical, error, warning, info or debug"
+                f"invalid --log-level {self.log_level!r}: "
+                "choose critical, error, warning, info or debug"
             )
         set_(self, "log_level", self.log_level.lower())
         self._validate_pool()
@@ -254,7 +257,9 @@ class Config:
     @staticmethod
     def _check_positive(name: str, value: object, *, minimum: int) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ConfigError(f"invalid {_flag(name)} {value!r}: expected a whole number >= {minimum}")
+            raise ConfigError(
+                f"invalid {_flag(name)} {value!r}: expected a whole number >= {minimum}"
+            )
 
     def _validate_pool(self) -> None:
         for name in ("max_workers", "start_workers", "min_spare", "max_spare"):
@@ -271,7 +276,9 @@ class Config:
             if lo > hi:
                 raise ConfigError(f"--min-spare ({lo}) must not exceed --max-spare ({hi})")
             if hi > self.max_workers:
-                raise ConfigError(f"--max-spare ({hi}) must not exceed --max-workers ({self.max_workers})")
+                raise ConfigError(
+                    f"--max-spare ({hi}) must not exceed --max-workers ({self.max_workers})"
+                )
             if not lo <= start <= self.max_workers:
                 raise ConfigError(
                     f"--start-workers ({start}) must be between --min-spare ({lo}) "

@@ -96,8 +96,10 @@ def bind_reuseport(addr: BindAddress, backlog: int, *, listen: bool = True) -> s
             sock.bind(addr.sockaddr)
         except OSError as exc:
             raise _bind_error(
-                addr, exc, " (in reuseport mode the other listener must belong to another user "
-                "or not use SO_REUSEPORT)"
+                addr,
+                exc,
+                " (in reuseport mode the other listener must belong to another user "
+                "or not use SO_REUSEPORT)",
             ) from None
         if listen:
             sock.listen(backlog)
@@ -238,7 +240,9 @@ def find_listeners(addr: BindAddress) -> list[ListenerInfo]:
     result = []
     for ip, uid, inode in rows:
         local = f"[{ip}]:{addr.port}" if addr.family == socket.AF_INET6 else f"{ip}:{addr.port}"
-        result.append(ListenerInfo(local=local, inode=inode, uid=uid, pids=tuple(pids.get(inode, ()))))
+        result.append(
+            ListenerInfo(local=local, inode=inode, uid=uid, pids=tuple(pids.get(inode, ())))
+        )
     return result
 
 

@@ -70,10 +70,14 @@ def _positional_params(func: Callable[..., object]) -> int | None:
     for param in sig.parameters.values():
         if param.kind is inspect.Parameter.VAR_POSITIONAL:
             return None
-        if param.kind in (
-            inspect.Parameter.POSITIONAL_ONLY,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        ) and param.default is inspect.Parameter.empty:
+        if (
+            param.kind
+            in (
+                inspect.Parameter.POSITIONAL_ONLY,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            )
+            and param.default is inspect.Parameter.empty
+        ):
             count += 1
     return count
 
@@ -122,9 +126,7 @@ def detect(obj: object) -> tuple[Interface, str]:
         return Interface.PROTOCOL, "plain callable with no arguments (Protocol factory)"
     if params == 1:
         return Interface.ASGI, "plain callable(scope) (ASGI 2 double-callable)"
-    raise AppLoadError(
-        f"cannot tell what {obj!r} is: pass --interface asgi|stream|protocol|socket"
-    )
+    raise AppLoadError(f"cannot tell what {obj!r} is: pass --interface asgi|stream|protocol|socket")
 
 
 def _adapter(interface: Interface) -> Callable[[object, WorkerContext], HostedApp]:

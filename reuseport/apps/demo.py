@@ -1,0 +1,196 @@
+"""The built-in demo app: every request gets 200 and ``{"pid", "slot", "mode"}``.
+
+It is what ``reuseport serve`` runs with no APP and what ``reuseport bench``
+drives, so it is a lean HTTP/1.1 protocol of its own (httptools parses;
+keep-alive, pipelining, HEAD, ``Connection: close`` and HTTP/1.0 are honoured)
+rather than an ASGI app.  The whole response is prebuilt and rebuilt only when
+the ``Date`` second changes.
+
+One extra, for the benchmark's ``skewed`` scenario: ``/work?slot=K&ms=M`` makes
+the worker in slot K burn M milliseconds of CPU before answering (the others
+answer at once), i.e. one slow worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Sequence
+from email.utils import formatdate
+from typing import cast
+from urllib.parse import parse_qs
+
+import httptools
+
+from ..config import Interface
+from .base import Connections, HostedApp, ManagedConnection, WorkerContext
+
+__all__ = ["DemoApp", "app"]
+
+_MAX_WORK_MS = 1000.0
+
+
+class DemoApp(HostedApp):
+    def __init__(self, ctx: WorkerContext) -> None:
+        super().__init__(ctx)
+        self.connections = Connections()
+        body = json.dumps(
+            {"pid": ctx.pid, "slot": ctx.slot, "mode": ctx.mode.value}, separators=(",", ":")
+        ).encode()
+        self.body = body
+        self._second = -1
+        self._keep: bytes = b""
+        self._close: bytes = b""
+        self._head_keep: bytes = b""
+        self._head_close: bytes = b""
+        self._bad_request = (
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: 12\r\nConnection: close\r\n\r\nbad request\n"
+        )
+
+    def response(self, keep_alive: bool, head: bool) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            date = formatdate(now, usegmt=True).encode()
+            base = (
+                b"HTTP/1.1 200 OK\r\nServer: reuseport\r\nDate: " + date + b"\r\n"
+                b"Content-Type: application/json\r\nContent-Length: "
+                + str(len(self.body)).encode()
+                + b"\r\n"
+            )
+            self._head_keep = base + b"\r\n"
+            self._head_close = base + b"Connection: close\r\n\r\n"
+            self._keep = self._head_keep + self.body
+            self._close = self._head_close + self.body
+        if head:
+            return self._head_keep if keep_alive else self._head_close
+        return self._keep if keep_alive else self._close
+
+    def burn(self, url: bytes) -> None:
+        """``/work?slot=K&ms=M``: burn CPU if we are slot K."""
+        parsed = httptools.parse_url(url)
+        query = parse_qs((parsed.query or b"").decode("latin-1"))
+        try:
+            slot = int(query.get("slot", ["-1"])[0])
+            ms = min(float(query.get("ms", ["0"])[0]), _MAX_WORK_MS)
+        except ValueError:
+            return
+        if slot != self.ctx.slot or ms <= 0:
+            return
+        deadline = time.perf_counter() + ms / 1000.0
+        while time.perf_counter() < deadline:
+            pass
+
+    async def serve(self, sockets: Sequence[socket.socket]) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in sockets:
+            server = await loop.create_server(
+                lambda: DemoProtocol(self), sock=sock, backlog=self.ctx.config.backlog
+            )
+            self.servers.append(server)
+
+    async def shutdown(self, timeout: float) -> None:
+        self.stop_accepting()
+        await self.connections.drain(timeout)
+
+
+class DemoProtocol(asyncio.Protocol, ManagedConnection):
+    __slots__ = ("app", "closing", "in_message", "out", "parser", "transport", "url")
+
+    def __init__(self, app: DemoApp) -> None:
+        self.app = app
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.out: list[bytes] = []
+        self.url = b""
+        self.in_message = False
+        self.closing = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        stats = self.app.ctx.stats
+        stats.connections += 1
+        stats.accepted += 1
+        self.app.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.app.ctx.stats.connections -= 1
+        self.app.connections.discard(self)
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.out.append(self.app._bad_request)
+            self.closing = True
+        except httptools.HttpParserError:
+            self.out.append(self.app._bad_request)
+            self.closing = True
+        transport = self.transport
+        if transport is None:
+            return
+        if self.out:
+            transport.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
+            self.out.clear()
+        if self.closing:
+            transport.close()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self.url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        if self.closing:
+            return  # pipelined after a Connection: close; not answered
+        app = self.app
+        if self.url.startswith(b"/work"):
+            app.burn(self.url)
+        keep = self.parser.should_keep_alive() and not app.connections.shutting_down
+        self.out.append(app.response(keep, self.parser.get_method() == b"HEAD"))
+        app.ctx.stats.requests += 1
+        if not keep:
+            self.closing = True
+
+    # ManagedConnection
+    def shutdown(self) -> None:
+        if self.transport is None:
+            return
+        if not self.in_message:
+            self.closing = True
+            self.transport.close()
+        # else: the response in progress carries Connection: close.
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _DemoMarker:
+    """What ``reuseport.apps.demo:app`` is: tells the registry to host DemoApp."""
+
+    __reuseport_interface__ = Interface.PROTOCOL.value
+
+    @staticmethod
+    def __reuseport_hosted__(ctx: WorkerContext) -> HostedApp:
+        return DemoApp(ctx)
+
+    def __repr__(self) -> str:
+        return "<reuseport demo app>"
+
+
+app = _DemoMarker()
