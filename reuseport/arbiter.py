@@ -1,23 +1,38 @@
-"""The master: binds, forks workers, reaps them, and applies the pool policy.
+"""The master: binds, forks workers, reaps them, and runs the pool.
 
 Rules (they keep a prefork master sane):
 - no event loop and no thread, ever: the master sleeps in ``poll()`` on the
-  signal wake-up pipe and the workers' channels, with a short tick;
+  signal wake-up pipe, the workers' channels and the control socket, with a
+  short tick;
 - signal handlers only append to a queue; the main loop dispatches each
   signal to ``handle_<name>()``;
-- this is the only module that calls ``fork``, ``waitpid`` and ``kill``.
+- this is the only module that calls ``fork``, ``waitpid`` and ``kill``;
+- pool decisions come from ``policy.py``; this module only carries them out.
 
-Sockets.  Shared mode: the master binds one SO_REUSEADDR socket per address
-before forking and every worker inherits it.  Reuseport mode: the master
-binds, without listening, one SO_REUSEPORT socket per address (the
-*reservation*: it fixes the port when port 0 was asked for and keeps the port
-ours while no worker listens); each worker of a new slot opens its own
-listening socket and hands the master a duplicate over its channel
-(SCM_RIGHTS).  The master keeps that duplicate for as long as the slot exists,
-so when the worker dies the kernel keeps the slot's accept queue, and the
-worker that replaces it inherits the very same socket: connections queued for
-a crashed worker are served by its successor instead of being reset (this is
-how nginx keeps per-worker reuseport sockets across respawns).
+Sockets and the zero-loss rules.  Shared mode: the master binds one
+SO_REUSEADDR socket per address before forking and keeps it; workers come and
+go, the queue stays.  Reuseport mode: the master binds, without listening, one
+SO_REUSEPORT socket per address (the *reservation*: it fixes the port when
+port 0 was asked for and keeps the port ours while no worker listens).  The
+first worker of a *slot* opens its own listening socket, before it even
+imports the app, and hands the master a duplicate over its channel
+(SCM_RIGHTS).  The master keeps that duplicate as long as the slot exists, so:
+
+- a worker that crashes, hangs or is SIGKILLed loses nothing queued: its
+  replacement inherits the very same socket (nginx does the same);
+- a rolling reload or a max-requests recycle starts the new worker *in the
+  same slot*, on the same socket, and stops the old one once the new one is
+  ready: the queue never closes;
+- a slot that goes away for good (scale-down, ondemand idle-out) is first
+  steered out of the group with a classic BPF program, its worker accepts
+  until its queue stays empty, and only then is the socket closed.  One slot
+  drains at a time, and new slots open their sockets one at a time, so the
+  master always knows which slot sits at which index of the group
+  (``bpf.Group``).
+
+With ``--pm ondemand`` in reuseport mode the master itself opens slot 0's
+socket at start (the *anchor*), because something must listen while no
+worker exists; slot 0's worker inherits it and the anchor is never drained.
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ import errno
 import json
 import logging
 import os
+import random
 import select
 import signal
 import socket
@@ -37,10 +53,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import worker as worker_mod
-from .config import BindAddress, Config, Mode
+from .bpf import Group, attach_cbpf, detach, steering_program
+from .config import BindAddress, Config, Mode, ProcessManager
 from .errors import BootError, ExitCode
+from .policy import PoolPolicy, PoolView, WorkerView
 from .scoreboard import Scoreboard, SlotState
-from .sockets import bind_shared, check_port_guard, reserve_port
+from .sockets import bind_reuseport, bind_shared, check_port_guard, reserve_port
 
 __all__ = ["Arbiter"]
 
@@ -75,12 +93,20 @@ class WorkerHandle:
     row: int
     channel: socket.socket
     started: float
+    opens_socket: bool  # a new slot: the worker opens the listening socket itself
+    replaces: int | None = None  # pid of the worker this one replaces (reload/recycle)
+    reason: str = "start"
+    got_socket: bool = False
     ready: bool = False
     stopping: bool = False
+    draining: bool = False
+    replaced: bool = False  # a replacement is on its way or ready
     stop_deadline: float | None = None
     abort_sent_at: float | None = None
     boot_error: tuple[int, str] | None = None
     interface: str = ""
+    last_requests: int = 0
+    last_busy: float = 0.0
 
 
 @dataclass(slots=True)
@@ -89,6 +115,12 @@ class _SlotHistory:
 
     quick_failures: int = 0
     not_before: float = 0.0
+
+
+@dataclass(slots=True)
+class _Replacement:
+    slot: int
+    reason: str  # "reload" or "recycle"
 
 
 @dataclass(slots=True)
@@ -104,20 +136,27 @@ class Arbiter:
         self.mode = mode
         self.mode_reason = mode_reason
         self.pid = os.getpid()
+        self.started = time.monotonic()
         self.binds: tuple[BindAddress, ...] = config.binds
         self.shared_socks: list[socket.socket] = []
         self.reservations: list[socket.socket] = []
         self.slot_socks: dict[int, list[socket.socket]] = {}
+        self.groups: list[Group] = []
+        self.draining_slot: int | None = None
+        self.anchor_slot: int | None = None
         self.workers: dict[int, WorkerHandle] = {}  # by pid
         self.history: dict[int, _SlotHistory] = {}
+        self.policy = PoolPolicy(config)
         self.target = config.initial_workers
         self.generation = 0
+        self.replacements: collections.deque[_Replacement] = collections.deque()
         self.pending = _Pending()
         self.stopping = False
         self.stop_deadline = 0.0
         self.exit_code: int = ExitCode.OK
         self.announced_ready = False
         self.scoreboard: Scoreboard | None = None
+        self.control: Any = None
         self._wake_r = -1
         self._wake_w = -1
 
@@ -148,10 +187,21 @@ class Arbiter:
                     sock = reserve_port(addr)
                     self.reservations.append(sock)
                 resolved.append(addr.with_port(sock.getsockname()[1]))
+            self.binds = tuple(resolved)
+            if self.mode is Mode.REUSEPORT:
+                self.groups = [Group() for _ in self.binds]
+                if self.config.pm is ProcessManager.ONDEMAND:
+                    self._open_anchor()
         except BaseException:
             self._close_sockets()
             raise
-        self.binds = tuple(resolved)
+
+    def _open_anchor(self) -> None:
+        socks = [bind_reuseport(addr, self.config.backlog) for addr in self.binds]
+        self.slot_socks[0] = socks
+        for group in self.groups:
+            group.joined(0)
+        self.anchor_slot = 0
 
     def _close_sockets(self) -> None:
         for sock in [*self.shared_socks, *self.reservations]:
@@ -162,6 +212,15 @@ class Arbiter:
         self.shared_socks.clear()
         self.reservations.clear()
         self.slot_socks.clear()
+
+    def _start_control(self) -> None:
+        try:
+            from .control import ControlServer, default_control_path
+        except ImportError:  # pragma: no cover - control.py ships with the package
+            return
+        path = self.config.control or default_control_path(self.pid)
+        self.control = ControlServer(path, self.snapshot)
+        log.info("Control socket at %s (reuseport status --control %s)", path, path)
 
     # ------------------------------------------------------------------ main
     def run(self) -> int:
@@ -179,11 +238,22 @@ class Arbiter:
                 log.info("Listening at http://%s (%s mode)", addr, self.mode.value)
             log.info("Mode %s: %s", self.mode.value, self.mode_reason)
             self._write_pid_file()
+            self._start_control()
             self.scoreboard = Scoreboard(self.config.pool_limit)
+            if self.config.pm is ProcessManager.ONDEMAND:
+                log.info(
+                    "Ready: 0 workers (ondemand pool: the first connection starts one, "
+                    "up to %d) (%s mode)",
+                    self.config.pool_limit,
+                    self.mode.value,
+                )
+                self.announced_ready = True
             self._loop()
         finally:
             self._terminate_all(signal.SIGKILL)
             self._reap_blocking()
+            if self.control is not None:
+                self.control.close()
             self._close_sockets()
             self._remove_pid_file()
             signal.set_wakeup_fd(-1)
@@ -195,7 +265,10 @@ class Arbiter:
     def _loop(self) -> None:
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
+        if self.control is not None:
+            poller.register(self.control.fileno(), select.POLLIN)
         registered: dict[int, WorkerHandle] = {}
+        watched_listeners: set[int] = set()
         while True:
             self._dispatch_signals()
             self._reap()
@@ -205,7 +278,7 @@ class Arbiter:
                 self._enforce_stop_deadline()
             else:
                 self._maintain_pool()
-                self._check_heartbeats()
+                self._check_workers()
             # Keep the poll set in step with the live channels.
             live = {h.channel.fileno(): h for h in self.workers.values() if h.channel.fileno() >= 0}
             for fd in set(registered) - set(live):
@@ -216,6 +289,13 @@ class Arbiter:
                 if fd not in registered:
                     poller.register(fd, select.POLLIN)
                     registered[fd] = handle
+            # With no worker at all (ondemand), wake on the first connection.
+            wanted = set() if (self.workers or self.stopping) else set(self._held_listener_fds())
+            for fd in watched_listeners - wanted:
+                poller.unregister(fd)
+            for fd in wanted - watched_listeners:
+                poller.register(fd, select.POLLIN)
+            watched_listeners = wanted
             try:
                 events = poller.poll(_TICK * 1000)
             except InterruptedError:
@@ -227,6 +307,13 @@ class Arbiter:
                             pass
                 elif fd in registered:
                     self._read_channel(registered[fd])
+                elif self.control is not None and fd == self.control.fileno():
+                    self.control.handle()
+
+    def _held_listener_fds(self) -> list[int]:
+        if self.mode is Mode.SHARED:
+            return [s.fileno() for s in self.shared_socks]
+        return [s.fileno() for socks in self.slot_socks.values() for s in socks]
 
     # ------------------------------------------------------------------ signals
     def _dispatch_signals(self) -> None:
@@ -251,9 +338,18 @@ class Arbiter:
         pass  # reaping happens on every turn of the loop
 
     def handle_sigttin(self) -> None:
+        if self.stopping:
+            return
+        if self.config.pm is not ProcessManager.STATIC:
+            if len(self._live()) >= self.config.pool_limit:
+                log.warning("SIGTTIN ignored: at --max-workers (%d)", self.config.pool_limit)
+            else:
+                log.info("SIGTTIN: starting one more worker")
+                self._spawn(self._free_slot(), reason="SIGTTIN")
+            return
         if self.target >= self.config.pool_limit:
             log.warning(
-                "SIGTTIN ignored: already at the pool limit of %d workers (raise --max-workers)",
+                "SIGTTIN ignored: already at --max-workers (%d); raise it to grow further",
                 self.config.pool_limit,
             )
             return
@@ -261,6 +357,16 @@ class Arbiter:
         log.info("SIGTTIN: workers %d -> %d", self.target - 1, self.target)
 
     def handle_sigttou(self) -> None:
+        if self.stopping:
+            return
+        if self.config.pm is not ProcessManager.STATIC:
+            live = sorted(self._live(), key=lambda h: -h.slot)
+            if len(live) <= 1:
+                log.warning("SIGTTOU ignored: keeping the last worker")
+            else:
+                log.info("SIGTTOU: retiring worker %d", live[0].slot)
+                self._retire(live[0], "SIGTTOU")
+            return
         if self.target <= 1:
             log.warning("SIGTTOU ignored: keeping the last worker")
             return
@@ -268,7 +374,17 @@ class Arbiter:
         log.info("SIGTTOU: workers %d -> %d", self.target + 1, self.target)
 
     def handle_sighup(self) -> None:
-        log.warning("SIGHUP: rolling reload is not available yet; ignored")
+        if self.stopping:
+            return
+        slots = sorted({h.slot for h in self._live()})
+        queued = {r.slot for r in self.replacements}
+        added = [s for s in slots if s not in queued]
+        self.replacements.extend(_Replacement(slot=s, reason="reload") for s in added)
+        log.info(
+            "SIGHUP: rolling reload of %d worker(s); each new worker must be ready before "
+            "the old one stops",
+            len(added),
+        )
 
     def handle_sigusr1(self) -> None:
         log.info("SIGUSR1: logs go to stderr; nothing to reopen")
@@ -293,8 +409,7 @@ class Arbiter:
             alive = [h.pid for h in self.workers.values()]
             if alive:
                 log.warning(
-                    "graceful timeout expired; killing worker(s) %s",
-                    ", ".join(map(str, alive)),
+                    "graceful timeout expired; killing worker(s) %s", ", ".join(map(str, alive))
                 )
                 self._terminate_all(signal.SIGKILL)
                 self.stop_deadline = time.monotonic() + 5.0
@@ -308,40 +423,181 @@ class Arbiter:
         with contextlib.suppress(ProcessLookupError):
             os.kill(handle.pid, sig)
 
-    # ------------------------------------------------------------------ workers
-    def _slots_in_use(self) -> set[int]:
-        return {h.slot for h in self.workers.values() if not h.stopping}
+    # ------------------------------------------------------------------ pool
+    def _live(self) -> list[WorkerHandle]:
+        """Workers that count toward the pool: not stopping, not replaced."""
+        return [h for h in self.workers.values() if not h.stopping and not h.replaced]
+
+    def _free_slot(self) -> int:
+        used = {h.slot for h in self.workers.values() if not h.stopping}
+        draining = {h.slot for h in self.workers.values() if h.draining}
+        # A slot whose socket the master holds but no worker serves comes first:
+        # connections may be waiting in it.
+        for slot in sorted(self.slot_socks):
+            if slot not in used and slot not in draining:
+                return slot
+        slot = 0
+        while slot in used or slot in draining or slot in self.slot_socks:
+            slot += 1
+        return slot
+
+    def _opening_socket(self) -> bool:
+        return any(h.opens_socket and not h.got_socket for h in self.workers.values())
 
     def _maintain_pool(self) -> None:
         now = time.monotonic()
-        used = self._slots_in_use()
-        # Scale down: retire the highest slots above the target.
-        for handle in sorted(self.workers.values(), key=lambda h: -h.slot):
-            if len(used) <= self.target:
-                break
-            if not handle.stopping and handle.slot >= self.target:
-                log.info("retiring worker %d (pid %d)", handle.slot, handle.pid)
-                self._retire(handle)
-                used.discard(handle.slot)
-        for slot in range(self.target):
-            if slot in used:
-                continue
+        self._run_replacements()
+        view = self._pool_view(now)
+        decision = self.policy.decide(view, now)
+        if decision.warning:
+            log.warning("%s", decision.warning)
+        for slot in decision.retire:
+            for handle in self._live():
+                if handle.slot == slot:
+                    self._retire(handle, "pool")
+                    break
+        for _ in range(decision.spawn):
+            slot = self._free_slot()
             history = self.history.setdefault(slot, _SlotHistory())
             if now < history.not_before:
-                continue
-            self._spawn(slot)
-            used.add(slot)
+                break
+            if self.mode is Mode.REUSEPORT and slot not in self.slot_socks:
+                # New sockets join the group one at a time, so the master
+                # knows each one's index.
+                if self._opening_socket():
+                    break
+                if self.draining_slot is not None:
+                    break
+            if len(self.workers) >= 2 * self.config.pool_limit:
+                break
+            self._spawn(slot, reason="pool")
+            if self.mode is Mode.REUSEPORT and self._opening_socket():
+                break
 
-    def _retire(self, handle: WorkerHandle) -> None:
+    def _pool_view(self, now: float) -> PoolView:
+        views = []
+        live = self._live()
+        for handle in live:
+            busy = now - handle.last_busy < 1.0 + _TICK
+            if self.anchor_slot is not None and handle.slot == self.anchor_slot and len(live) > 1:
+                busy = True  # the anchor's worker goes last (see module docstring)
+            views.append(
+                WorkerView(
+                    slot=handle.slot,
+                    ready=handle.ready,
+                    busy=busy,
+                    idle_for=now - handle.last_busy,
+                )
+            )
+        return PoolView(
+            workers=tuple(views), pending=self._connections_waiting(), target=self.target
+        )
+
+    def _connections_waiting(self) -> bool:
+        if self.config.pm is not ProcessManager.ONDEMAND:
+            return False
+        from .control import listen_queue_depth
+
+        socks = (
+            self.shared_socks
+            if self.mode is Mode.SHARED
+            else [s for socks in self.slot_socks.values() for s in socks]
+        )
+        for sock in socks:
+            depth = listen_queue_depth(sock)
+            if depth is not None and depth[0] > 0:
+                return True
+        return False
+
+    def _run_replacements(self) -> None:
+        """Reload/recycle: one slot at a time, new worker first, old one after it is ready."""
+        if any(h.replaces is not None for h in self.workers.values() if not h.stopping):
+            return  # one in progress
+        while self.replacements:
+            job = self.replacements.popleft()
+            old = next((h for h in self._live() if h.slot == job.slot), None)
+            if old is None or not old.ready:
+                continue
+            old.replaced = True
+            log.info(
+                "%s: starting a new worker %d to replace pid %d",
+                job.reason.capitalize(),
+                job.slot,
+                old.pid,
+            )
+            self._spawn(job.slot, reason=job.reason, replaces=old.pid)
+            return
+
+    def _retire(self, handle: WorkerHandle, why: str) -> None:
+        """Stop a worker for good, losing nothing queued for it."""
+        if handle.stopping:
+            return
+        slot = handle.slot
+        if self.mode is Mode.REUSEPORT and slot in self.slot_socks and slot != self.anchor_slot:
+            others = [g for g in self.groups if len(g.order) > 1]
+            if others and len(others) == len(self.groups):
+                if self.draining_slot is not None:
+                    return  # one drain at a time; the pool asks again next second
+                try:
+                    for group, sock in zip(self.groups, self._any_other_socks(slot), strict=True):
+                        attach_cbpf(sock, steering_program(group.indices_except({slot})))
+                except OSError as exc:
+                    log.warning(
+                        "could not steer connections away from worker %d (%s); its queued "
+                        "connections may be reset",
+                        slot,
+                        errno.errorcode.get(exc.errno or 0, exc.errno),
+                    )
+                else:
+                    self.draining_slot = slot
+                    handle.draining = True
+                    handle.stopping = True
+                    handle.stop_deadline = time.monotonic() + self.config.graceful_timeout + 5.0
+                    self._send(handle, {"type": "drain"})
+                    log.info(
+                        "Retiring worker %d (pid %d, %s): draining its queue", slot, handle.pid, why
+                    )
+                    return
+        log.info("Retiring worker %d (pid %d, %s)", slot, handle.pid, why)
         handle.stopping = True
-        handle.stop_deadline = time.monotonic() + self.config.graceful_timeout
+        handle.stop_deadline = time.monotonic() + self.config.graceful_timeout + 5.0
         self._kill(handle, signal.SIGTERM)
 
-    def _spawn(self, slot: int) -> None:
+    def _any_other_socks(self, slot: int) -> list[socket.socket]:
+        """For each bind, a listening socket of some other slot (to attach programs to)."""
+        for other, socks in self.slot_socks.items():
+            if other != slot:
+                return socks
+        raise OSError(errno.ENOENT, "no other slot")
+
+    def _release_slot(self, slot: int) -> None:
+        """The drained slot's worker is gone: close its socket, forget its index."""
+        socks = self.slot_socks.pop(slot, [])
+        for sock in socks:
+            sock.close()
+        for group in self.groups:
+            if slot in group.order:
+                group.left(slot)
+        if self.draining_slot == slot:
+            self.draining_slot = None
+            for sock in self._first_socks():
+                with contextlib.suppress(OSError):
+                    detach(sock)
+
+    def _first_socks(self) -> list[socket.socket]:
+        for socks in self.slot_socks.values():
+            return socks
+        return []
+
+    def _send(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            handle.channel.send(json.dumps(message).encode())
+
+    def _spawn(self, slot: int, *, reason: str, replaces: int | None = None) -> None:
         assert self.scoreboard is not None
         row = self.scoreboard.free_index()
         if row is None:
-            log.error("no free scoreboard row for slot %d", slot)
+            log.error("no free scoreboard row for worker %d; will retry", slot)
             return
         self.generation += 1
         parent_ch, child_ch = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -357,6 +613,7 @@ class Arbiter:
             channel=child_ch,
             scoreboard=self.scoreboard,
             master_pid=self.pid,
+            max_requests=self._request_limit(),
         )
         now = time.monotonic()
         self.scoreboard.write(
@@ -381,10 +638,25 @@ class Arbiter:
         child_ch.close()
         parent_ch.setblocking(False)
         handle = WorkerHandle(
-            pid=pid, slot=slot, generation=self.generation, row=row, channel=parent_ch, started=now
+            pid=pid,
+            slot=slot,
+            generation=self.generation,
+            row=row,
+            channel=parent_ch,
+            started=now,
+            opens_socket=self.mode is Mode.REUSEPORT and not keep,
+            replaces=replaces,
+            reason=reason,
+            last_busy=now,
         )
         self.workers[pid] = handle
-        log.debug("spawned worker %d (pid %d)", slot, pid)
+        log.debug("spawned worker %d (pid %d, %s)", slot, pid, reason)
+
+    def _request_limit(self) -> int:
+        limit = self.config.max_requests
+        if limit and self.config.max_requests_jitter:
+            limit += random.randint(0, self.config.max_requests_jitter)
+        return limit
 
     def _after_fork_in_child(self, parent_ch: socket.socket, keep: list[socket.socket]) -> None:
         signal.set_wakeup_fd(-1)
@@ -395,6 +667,8 @@ class Arbiter:
         parent_ch.close()
         for handle in self.workers.values():
             handle.channel.close()
+        if self.control is not None:
+            self.control.close_in_child()
         # A worker holds only its own listeners, so /proc and `ss` show
         # exactly which worker owns which socket.
         kept = {id(s) for s in keep}
@@ -406,6 +680,7 @@ class Arbiter:
                 if id(sock) not in kept:
                     sock.close()
 
+    # ------------------------------------------------------------------ messages
     def _read_channel(self, handle: WorkerHandle) -> None:
         while True:
             try:
@@ -426,31 +701,75 @@ class Arbiter:
 
     def _on_message(self, handle: WorkerHandle, message: dict[str, Any], fds: list[int]) -> None:
         kind = message.get("type")
-        if kind == "ready":
-            if fds:
-                if self.mode is Mode.REUSEPORT and handle.slot not in self.slot_socks:
-                    self.slot_socks[handle.slot] = [socket.socket(fileno=fd) for fd in fds]
-                else:
-                    for fd in fds:
-                        os.close(fd)
-            handle.ready = True
-            handle.interface = str(message.get("interface", ""))
-            self.history.setdefault(handle.slot, _SlotHistory()).quick_failures = 0
-            if not self.announced_ready and self._ready_count() >= self.target:
-                self.announced_ready = True
+        if kind == "listening":
+            self._on_listening(handle, fds)
+        elif kind == "ready":
+            for fd in fds:
+                os.close(fd)
+            self._on_ready(handle, str(message.get("interface", "")))
+        elif kind == "recycle":
+            if not handle.replaced and not handle.stopping:
                 log.info(
-                    "Ready: %d workers serving %s as %s (%s mode)",
-                    self._ready_count(),
-                    self.config.app_label,
-                    handle.interface,
-                    self.mode.value,
+                    "Worker %d (pid %d) served %s requests (--max-requests): recycling it",
+                    handle.slot,
+                    handle.pid,
+                    message.get("requests"),
                 )
+                self.replacements.append(_Replacement(slot=handle.slot, reason="recycle"))
         elif kind == "boot_error":
             for fd in fds:
                 os.close(fd)
             handle.boot_error = (
                 int(message.get("code", ExitCode.BOOT_ERROR)),
                 str(message.get("message", "")),
+            )
+        else:
+            for fd in fds:
+                os.close(fd)
+
+    def _on_listening(self, handle: WorkerHandle, fds: list[int]) -> None:
+        handle.got_socket = True
+        if not fds:
+            return
+        if self.mode is Mode.REUSEPORT and handle.slot not in self.slot_socks:
+            self.slot_socks[handle.slot] = [socket.socket(fileno=fd) for fd in fds]
+            for group in self.groups:
+                group.joined(handle.slot)
+        else:
+            for fd in fds:
+                os.close(fd)
+
+    def _on_ready(self, handle: WorkerHandle, interface: str) -> None:
+        handle.ready = True
+        handle.interface = interface
+        handle.last_busy = time.monotonic()
+        self.history.setdefault(handle.slot, _SlotHistory()).quick_failures = 0
+        if handle.replaces is not None:
+            old = self.workers.get(handle.replaces)
+            handle.replaces = None
+            if old is not None:
+                log.info(
+                    "Worker %d (pid %d) is ready; stopping pid %d (%s)",
+                    handle.slot,
+                    handle.pid,
+                    old.pid,
+                    handle.reason,
+                )
+                old.stopping = True
+                old.stop_deadline = time.monotonic() + self.config.graceful_timeout + 5.0
+                self._kill(old, signal.SIGTERM)
+            if handle.reason == "reload" and not any(
+                r.reason == "reload" for r in self.replacements
+            ):
+                log.info("Reload complete: %d worker(s) of the new code", len(self._live()))
+        if not self.announced_ready and self._ready_count() >= self.target:
+            self.announced_ready = True
+            log.info(
+                "Ready: %d workers serving %s as %s (%s mode)",
+                self._ready_count(),
+                self.config.app_label,
+                handle.interface,
+                self.mode.value,
             )
 
     def _ready_count(self) -> int:
@@ -493,26 +812,51 @@ class Arbiter:
         code = os.waitstatus_to_exitcode(status)
         if code < 0:
             how = f"was killed by {signal.Signals(-code).name}"
-            if -code == signal.SIGKILL and not handle.stopping:
+            if -code == signal.SIGKILL and not handle.stopping and handle.abort_sent_at is None:
                 how += " (perhaps out of memory?)"
         else:
             how = f"exited with code {code}"
+        if handle.draining:
+            self._release_slot(handle.slot)
+        if handle.replaces is not None:
+            # A replacement died before it was ready: keep the worker it was to replace.
+            old = self.workers.get(handle.replaces)
+            if old is not None:
+                old.replaced = False
+            message = handle.boot_error[1] if handle.boot_error else f"the new worker {how}"
+            log.error(
+                "%s of worker %d failed: %s. The running worker (pid %s) keeps serving.",
+                handle.reason.capitalize(),
+                handle.slot,
+                message,
+                handle.replaces,
+            )
+            if handle.reason == "reload":
+                self.replacements = collections.deque(
+                    r for r in self.replacements if r.reason != "reload"
+                )
+            return
         boot_failed = not handle.ready and (
             handle.boot_error is not None or code in _BOOT_EXIT_CODES
         )
-        if boot_failed:
+        if boot_failed and not self.stopping:
             exit_code, message = handle.boot_error or (code, f"worker {how} before it was ready")
-            if not self.stopping:
+            if self._ready_count() == 0:
                 log.error("Worker %d failed to boot: %s", handle.slot, message)
                 log.error(
                     "Shutting down: a worker that cannot boot would only be respawned in a loop"
                 )
                 self.exit_code = exit_code
                 self._begin_stop("boot error")
+                return
+            self._note_crash(handle, f"failed to boot: {message}")
             return
         if handle.stopping or self.stopping:
             log.info("Worker %d (pid %d) %s", handle.slot, handle.pid, how)
             return
+        self._note_crash(handle, how)
+
+    def _note_crash(self, handle: WorkerHandle, how: str) -> None:
         log.warning("Worker %d (pid %d) %s; starting a replacement", handle.slot, handle.pid, how)
         history = self.history.setdefault(handle.slot, _SlotHistory())
         if time.monotonic() - handle.started < 1.0 or not handle.ready:
@@ -526,12 +870,21 @@ class Arbiter:
                     history.quick_failures,
                     delay,
                 )
+        if (
+            self.config.pm is not ProcessManager.STATIC
+            and handle.slot in self.slot_socks
+            and time.monotonic() >= history.not_before
+        ):
+            # Its socket is held and may hold connections: respawn into it now,
+            # whatever the pool policy would say.
+            self._spawn(handle.slot, reason="respawn")
 
     # ------------------------------------------------------------------ heartbeat
-    def _check_heartbeats(self) -> None:
-        timeout = self.config.timeout
-        if timeout <= 0 or self.scoreboard is None:
+    def _check_workers(self) -> None:
+        """Heartbeats, stop deadlines and busy/idle bookkeeping."""
+        if self.scoreboard is None:
             return
+        timeout = self.config.timeout
         now = time.monotonic()
         for handle in list(self.workers.values()):
             if handle.abort_sent_at is not None:
@@ -550,7 +903,12 @@ class Arbiter:
             if not handle.ready:
                 continue
             row = self.scoreboard.read(handle.row)
-            if now - row.heartbeat > timeout:
+            if row.pid != handle.pid:
+                continue
+            if row.in_flight > 0 or row.requests != handle.last_requests:
+                handle.last_busy = now
+            handle.last_requests = row.requests
+            if timeout > 0 and now - row.heartbeat > timeout:
                 log.error(
                     "Worker %d (pid %d) is stuck: its event loop has not run for %.1fs "
                     "(--timeout %.1f); sending SIGABRT",
@@ -561,6 +919,88 @@ class Arbiter:
                 )
                 self._kill(handle, signal.SIGABRT)
                 handle.abort_sent_at = now
+
+    # ------------------------------------------------------------------ status
+    def snapshot(self) -> dict[str, Any]:
+        """What `reuseport status` shows."""
+        from .control import listen_queue_depth
+
+        now = time.monotonic()
+        workers = []
+        totals = {"requests": 0, "in_flight": 0, "connections": 0, "accepted": 0, "queue": 0}
+        for handle in sorted(self.workers.values(), key=lambda h: (h.slot, h.generation)):
+            row = self.scoreboard.read(handle.row) if self.scoreboard else None
+            if handle.draining:
+                state = "draining"
+            elif handle.stopping:
+                state = "stopping"
+            elif handle.ready:
+                state = "ready"
+            else:
+                state = "starting"
+            socks = (
+                self.shared_socks
+                if self.mode is Mode.SHARED
+                else self.slot_socks.get(handle.slot, [])
+            )
+            queue: int | None = None
+            queue_max: int | None = None
+            for sock in socks:
+                depth = listen_queue_depth(sock)
+                if depth is not None:
+                    queue = (queue or 0) + depth[0]
+                    queue_max = (queue_max or 0) + depth[1]
+            entry = {
+                "slot": handle.slot,
+                "pid": handle.pid,
+                "generation": handle.generation,
+                "state": state,
+                "uptime": now - handle.started,
+                "requests": row.requests if row and row.pid == handle.pid else 0,
+                "in_flight": row.in_flight if row and row.pid == handle.pid else 0,
+                "connections": row.connections if row and row.pid == handle.pid else 0,
+                "accepted": row.accepted if row and row.pid == handle.pid else 0,
+                "queue": queue,
+                "queue_max": queue_max,
+                "heartbeat_age": (now - row.heartbeat) if row and row.pid == handle.pid else None,
+            }
+            workers.append(entry)
+            for key in ("requests", "in_flight", "connections", "accepted"):
+                totals[key] += int(entry[key] or 0)  # type: ignore[call-overload]
+        if self.mode is Mode.SHARED:
+            for sock in self.shared_socks:
+                depth = listen_queue_depth(sock)
+                totals["queue"] += depth[0] if depth else 0
+        else:
+            for socks in self.slot_socks.values():
+                for sock in socks:
+                    depth = listen_queue_depth(sock)
+                    totals["queue"] += depth[0] if depth else 0
+        config = self.config
+        return {
+            "master": {
+                "pid": self.pid,
+                "uptime": now - self.started,
+                "mode": self.mode.value,
+                "app": config.app_label,
+                "binds": [str(b) for b in self.binds],
+                "generation": self.generation,
+            },
+            "pool": {
+                "pm": config.pm.value,
+                "target": self.target if config.pm is ProcessManager.STATIC else len(self._live()),
+                "running": len(self._live()),
+                "max_workers": config.pool_limit,
+                "min_spare": config.effective_min_spare,
+                "max_spare": config.effective_max_spare,
+                "start_workers": config.effective_start_workers,
+                "idle_timeout": config.idle_timeout,
+                "max_requests": config.max_requests,
+                "timeout": config.timeout,
+            },
+            "workers": workers,
+            "totals": totals,
+        }
 
     # ------------------------------------------------------------------ pid file
     def _write_pid_file(self) -> None:

@@ -267,6 +267,11 @@ class Config:
             if value is not None:
                 self._check_positive(name, value, minimum=0 if name != "max_workers" else 1)
         if self.pm is ProcessManager.STATIC:
+            if self.max_workers is not None and self.max_workers < self.workers:
+                raise ConfigError(
+                    f"--max-workers ({self.max_workers}) must not be below --workers "
+                    f"({self.workers})"
+                )
             return
         if self.max_workers is None:
             raise ConfigError(f"--pm {self.pm.value} needs --max-workers (the pool's upper bound)")
@@ -305,11 +310,14 @@ class Config:
 
     @property
     def pool_limit(self) -> int:
-        """Most workers (slots) this configuration may ever run at once."""
-        if self.pm is ProcessManager.STATIC:
-            return self.workers
-        assert self.max_workers is not None
-        return self.max_workers
+        """Most workers (slots) this configuration may ever run at once.
+
+        A static pool may grow by SIGTTIN up to ``--max-workers``, which
+        defaults to twice ``--workers``.
+        """
+        if self.max_workers is not None:
+            return self.max_workers
+        return 2 * self.workers
 
     @property
     def initial_workers(self) -> int:

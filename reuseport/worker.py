@@ -13,8 +13,15 @@ a boot error with an exit code from ``ExitCode`` and the worker exits; the
 master halts instead of respawning a worker that cannot start.
 
 The worker must never outlive the master: the kernel sends SIGTERM when the
-master dies (PR_SET_PDEATHSIG), and a small watchdog thread that waits on the
-channel to the master enforces a hard deadline in case the loop is stuck.
+master dies (PR_SET_PDEATHSIG), the loop also stops when the channel to the
+master reaches EOF, and a small watchdog thread that notices the parent is
+gone enforces a hard deadline in case the loop is stuck.
+
+Messages from the master arrive on the channel: ``drain`` means "the kernel no
+longer sends you new connections (a BPF program steers them away): accept
+what is still queued for you, then stop".  Messages to the master:
+``listening`` (with the new socket fds), ``ready``, ``recycle`` (the request
+limit is reached) and ``boot_error``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import faulthandler
 import json
 import logging
 import os
@@ -48,6 +56,10 @@ log = logging.getLogger("reuseport.worker")
 
 _PR_SET_PDEATHSIG = 1
 _WATCHDOG_GRACE = 5.0
+_WATCHDOG_POLL = 1.0
+_DRAIN_POLL = 0.01
+_DRAIN_QUIET = 0.1  # the queue must stay empty this long: handshakes in flight land
+_RECYCLE_POLL = 0.05
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -64,6 +76,7 @@ class WorkerSpec:
     channel: socket.socket
     scoreboard: Scoreboard
     master_pid: int
+    max_requests: int = 0  # this worker's recycle limit (jitter applied); 0 = never
 
 
 def send_message(
@@ -86,23 +99,12 @@ def _set_parent_death_signal(sig: int) -> None:
         pass
 
 
-def _start_watchdog(channel: socket.socket, deadline: float) -> None:
+def _start_watchdog(master_pid: int, deadline: float) -> None:
     """Exit hard if the master goes away and we have not exited in time."""
 
     def watch() -> None:
-        fd = os.dup(channel.fileno())
-        try:
-            while True:
-                try:
-                    data = os.read(fd, 65536)
-                except InterruptedError:
-                    continue
-                except OSError:
-                    break
-                if not data:
-                    break
-        finally:
-            os.close(fd)
+        while os.getppid() == master_pid:
+            time.sleep(_WATCHDOG_POLL)
         # Master gone: ask for a graceful stop, then insist.
         with contextlib.suppress(OSError):
             os.kill(os.getpid(), signal.SIGTERM)
@@ -136,6 +138,8 @@ class _Worker:
         self.started = time.monotonic()
         self.state = SlotState.STARTING
         self.stop: asyncio.Event | None = None
+        self.sockets: list[socket.socket] = []
+        self.drain_task: asyncio.Task[None] | None = None
 
     def beat(self) -> None:
         s = self.stats
@@ -181,6 +185,11 @@ class _Worker:
             config=config,
             stats=self.stats,
         )
+        # Sockets first: a new reuseport socket joins the group now, in the
+        # order the master expects, and the master holds a copy from here on.
+        socks, handover = self._open_sockets()
+        self.sockets = socks
+        send_message(spec.channel, {"type": "listening"}, handover)
         obj = apps.load_app(config.app or apps.DEMO_APP, config.app_dir)
         if config.interface is Interface.AUTO:
             interface, reason = apps.detect(obj)
@@ -188,7 +197,6 @@ class _Worker:
             interface, reason = config.interface, "from --interface"
         hosted = apps.build(obj, interface, ctx)
         await hosted.startup()
-        socks, handover = self._open_sockets()
         try:
             await hosted.serve(socks)
         except OSError as exc:
@@ -196,9 +204,7 @@ class _Worker:
         self.state = SlotState.READY
         self.beat()
         send_message(
-            spec.channel,
-            {"type": "ready", "interface": interface.value, "reason": reason},
-            handover,
+            spec.channel, {"type": "ready", "interface": interface.value, "reason": reason}
         )
         log.debug(
             "worker %d serving %s as %s (%s)",
@@ -214,6 +220,8 @@ class _Worker:
         self.stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(sig, self.stop.set)
+        self.spec.channel.setblocking(False)
+        loop.add_reader(self.spec.channel.fileno(), self._on_channel)
         self.beat()
         try:
             hosted = await self._boot()
@@ -223,15 +231,70 @@ class _Worker:
             text = "".join(traceback.format_exception(exc)).rstrip()
             return self._boot_failed(ExitCode.BOOT_ERROR, f"worker failed to start:\n{text}")
         interval = self._beat_interval()
+        limit = self.spec.max_requests
+        poll = min(interval, _RECYCLE_POLL) if limit else interval
+        next_beat = 0.0
+        recycling = False
         while not self.stop.is_set():
-            self.beat()
+            now = time.monotonic()
+            if now >= next_beat:
+                self.beat()
+                next_beat = now + interval
+            if limit and not recycling and self.stats.requests >= limit:
+                recycling = True
+                send_message(
+                    self.spec.channel, {"type": "recycle", "requests": self.stats.requests}
+                )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), interval)
+                await asyncio.wait_for(self.stop.wait(), poll)
+        loop.remove_reader(self.spec.channel.fileno())
         self.state = SlotState.STOPPING
         self.beat()
         await hosted.shutdown(self.spec.config.graceful_timeout)
         self.beat()
         return ExitCode.OK
+
+    def _on_channel(self) -> None:
+        assert self.stop is not None
+        while True:
+            try:
+                data = self.spec.channel.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:  # the master is gone
+                asyncio.get_running_loop().remove_reader(self.spec.channel.fileno())
+                self.stop.set()
+                return
+            try:
+                message = json.loads(data)
+            except ValueError:
+                continue
+            if message.get("type") == "drain" and self.drain_task is None:
+                self.drain_task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        """Accept what is still queued on our (steered-away) sockets, then stop."""
+        from .control import listen_queue_depth
+
+        assert self.stop is not None
+        self.state = SlotState.DRAINING
+        self.beat()
+        deadline = time.monotonic() + self.spec.config.graceful_timeout
+        quiet_since: float | None = None
+        while time.monotonic() < deadline:
+            depths = [listen_queue_depth(sock) for sock in self.sockets]
+            empty = all(d is not None and d[0] == 0 for d in depths)
+            now = time.monotonic()
+            if not empty:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since >= _DRAIN_QUIET:
+                break
+            await asyncio.sleep(_DRAIN_POLL)
+        self.stop.set()
 
     def _beat_interval(self) -> float:
         timeout = self.spec.config.timeout
@@ -257,7 +320,8 @@ def run(spec: WorkerSpec) -> int:
     _set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != spec.master_pid:
         return ExitCode.ERROR  # the master died before we got here
-    _start_watchdog(spec.channel, spec.config.graceful_timeout + _WATCHDOG_GRACE)
+    faulthandler.enable()  # SIGABRT from the heartbeat check dumps the stuck stack
+    _start_watchdog(spec.master_pid, spec.config.graceful_timeout + _WATCHDOG_GRACE)
     worker = _Worker(spec)
     try:
         factory = _loop_factory(spec.config.loop)

@@ -98,7 +98,7 @@ class DemoApp(HostedApp):
 
 
 class DemoProtocol(asyncio.Protocol, ManagedConnection):
-    __slots__ = ("app", "closing", "in_message", "out", "parser", "transport", "url")
+    __slots__ = ("app", "closing", "in_message", "out", "parser", "served", "transport", "url")
 
     def __init__(self, app: DemoApp) -> None:
         self.app = app
@@ -108,6 +108,7 @@ class DemoProtocol(asyncio.Protocol, ManagedConnection):
         self.url = b""
         self.in_message = False
         self.closing = False
+        self.served = 0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -163,6 +164,7 @@ class DemoProtocol(asyncio.Protocol, ManagedConnection):
         keep = self.parser.should_keep_alive() and not app.connections.shutting_down
         self.out.append(app.response(keep, self.parser.get_method() == b"HEAD"))
         app.ctx.stats.requests += 1
+        self.served += 1
         if not keep:
             self.closing = True
 
@@ -170,7 +172,11 @@ class DemoProtocol(asyncio.Protocol, ManagedConnection):
     def shutdown(self) -> None:
         if self.transport is None:
             return
-        if not self.in_message:
+        # An idle keep-alive connection may be closed now (clients retry such
+        # closes).  A connection that has not sent its first request yet was
+        # accepted moments ago: its request is on the way, so answer it (with
+        # Connection: close) rather than reset it.
+        if not self.in_message and self.served > 0:
             self.closing = True
             self.transport.close()
         # else: the response in progress carries Connection: close.
