@@ -65,6 +65,9 @@ __all__ = ["Arbiter"]
 log = logging.getLogger("reuseport.master")
 
 _TICK = 0.5
+# A worker beats every 0.25 s at most (worker.py); seen busy within this
+# window means busy now.
+_BUSY_WINDOW = 1.0
 _KILL_AFTER_ABORT = 2.0
 _BOOT_EXIT_CODES = {
     ExitCode.APP_LOAD_ERROR,
@@ -106,7 +109,8 @@ class WorkerHandle:
     boot_error: tuple[int, str] | None = None
     interface: str = ""
     last_requests: int = 0
-    last_busy: float = 0.0
+    last_busy: float = 0.0  # last time seen busy, or when it became ready
+    seen_busy: bool = False  # busy at least once since it became ready
 
 
 @dataclass(slots=True)
@@ -277,8 +281,8 @@ class Arbiter:
                     return
                 self._enforce_stop_deadline()
             else:
-                self._maintain_pool()
                 self._check_workers()
+                self._maintain_pool()
             # Keep the poll set in step with the live channels.
             live = {h.channel.fileno(): h for h in self.workers.values() if h.channel.fileno() >= 0}
             for fd in set(registered) - set(live):
@@ -478,7 +482,7 @@ class Arbiter:
         views = []
         live = self._live()
         for handle in live:
-            busy = now - handle.last_busy < 1.0 + _TICK
+            busy = handle.seen_busy and now - handle.last_busy < _BUSY_WINDOW
             if self.anchor_slot is not None and handle.slot == self.anchor_slot and len(live) > 1:
                 busy = True  # the anchor's worker goes last (see module docstring)
             views.append(
@@ -907,6 +911,7 @@ class Arbiter:
                 continue
             if row.in_flight > 0 or row.requests != handle.last_requests:
                 handle.last_busy = now
+                handle.seen_busy = True
             handle.last_requests = row.requests
             if timeout > 0 and now - row.heartbeat > timeout:
                 log.error(

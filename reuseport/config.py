@@ -120,12 +120,10 @@ def parse_bind(text: str) -> BindAddress:
             host = "0.0.0.0"
         elif host == "localhost":
             host = "127.0.0.1"
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(
-            f"cannot parse bind {text!r}: port {port_text!r} is not a number"
-        ) from None
+    # int() alone would also take "8_000", " 80", "+80" and non-ASCII digits.
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise ConfigError(f"cannot parse bind {text!r}: port {port_text!r} is not a number")
+    port = int(port_text)
     if not 0 <= port <= 65535:
         raise ConfigError(f"cannot parse bind {text!r}: port {port} is outside 0-65535")
     try:

@@ -57,6 +57,7 @@ log = logging.getLogger("reuseport.worker")
 _PR_SET_PDEATHSIG = 1
 _WATCHDOG_GRACE = 5.0
 _WATCHDOG_POLL = 1.0
+_BEAT_INTERVAL = 0.25  # scoreboard freshness; the pool's idle/busy view needs it
 _DRAIN_POLL = 0.01
 _DRAIN_QUIET = 0.1  # the queue must stay empty this long: handshakes in flight land
 _RECYCLE_POLL = 0.05
@@ -298,7 +299,7 @@ class _Worker:
 
     def _beat_interval(self) -> float:
         timeout = self.spec.config.timeout
-        return min(1.0, timeout / 4) if timeout > 0 else 1.0
+        return min(_BEAT_INTERVAL, timeout / 4) if timeout > 0 else _BEAT_INTERVAL
 
     def _boot_failed(self, code: int, message: str) -> int:
         with contextlib.suppress(OSError):

@@ -51,7 +51,9 @@ async def one(host: str, port: int, timeout: float) -> tuple[str, int | None]:
     return "ok", pid
 
 
-async def run(host: str, port: int, duration: float, concurrency: int, timeout: float) -> dict[str, object]:
+async def run(
+    host: str, port: int, duration: float, concurrency: int, timeout: float
+) -> dict[str, object]:
     outcomes: collections.Counter[str] = collections.Counter()
     pids: collections.Counter[int] = collections.Counter()
     deadline = time.monotonic() + duration

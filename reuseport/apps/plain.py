@@ -87,14 +87,28 @@ class _Tracked(asyncio.Protocol):
         stats = self.owner.ctx.stats
         stats.connections += 1
         stats.accepted += 1
-        self.inner.connection_made(transport)
+        try:
+            self.inner.connection_made(transport)
+        except BaseException:
+            # The loop only logs this and leaves the connection open, so the
+            # client would hang and a graceful stop would wait for it in vain.
+            self._untrack()
+            cast(Any, transport).abort()
+            raise
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._untrack():
+            self.inner.connection_lost(exc)
+
+    def _untrack(self) -> bool:
+        """Forget this connection; False if it was forgotten already."""
+        if self not in self.owner.live:
+            return False
         self.owner.live.discard(self)
         self.owner.ctx.stats.connections -= 1
         if not self.owner.live:
             self.owner.drained.set()
-        self.inner.connection_lost(exc)
+        return True
 
     def data_received(self, data: bytes) -> None:
         self.inner.data_received(data)

@@ -1,0 +1,245 @@
+"""What ``reuseport bench`` prints and writes: machine line, table, verdicts, JSON.
+
+Rules: rendering only; the figures come from ``results.Summary`` records.  A
+verdict states measured differences (ratios, milliseconds, fairness) and
+never a recommendation the numbers did not show.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .results import LATENCY_LABELS, Summary
+from .runner import BenchResult
+
+__all__ = ["document", "machine_info", "machine_line", "render", "verdicts", "write_json"]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _recommendation() -> tuple[str | None, str]:
+    try:
+        from reuseport.probe import quick_recommendation
+    except ImportError as exc:
+        return None, f"probe unavailable ({exc})"
+    try:
+        mode, reason = quick_recommendation()
+    except Exception as exc:  # advisory only: a probe bug must not sink the benchmark
+        return None, f"probe failed: {type(exc).__name__}: {exc}"
+    return mode.value, reason
+
+
+def machine_info() -> dict[str, Any]:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count() or 1
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        uvloop_version: str | None = version("uvloop")
+    except PackageNotFoundError:
+        uvloop_version = None
+    mode, reason = _recommendation()
+    return {
+        "system": platform.system(),
+        "kernel": platform.release(),
+        "arch": platform.machine(),
+        "cpus_usable": usable,
+        "cpus_online": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "python": platform.python_version(),
+        "uvloop": uvloop_version,
+        "recommended_mode": mode,
+        "recommendation_reason": reason,
+    }
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    rec = (
+        f"probe recommends {info['recommended_mode']} ({info['recommendation_reason']})"
+        if info["recommended_mode"]
+        else info["recommendation_reason"]
+    )
+    return (
+        f"machine: {info['system']} {info['kernel']} {info['arch']}, "
+        f"{info['cpus_usable']} CPUs ({info['cpu_model']}), Python {info['python']}, "
+        f"uvloop {info['uvloop'] or 'absent'}; {rec}"
+    )
+
+
+def _ms(value: float) -> str:
+    if value < 10:
+        return f"{value:.2f}"
+    if value < 100:
+        return f"{value:.1f}"
+    return f"{value:.0f}"
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _opt(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _mode_label(s: Summary) -> str:
+    if s.mode != s.effective_mode:
+        return f"{s.mode}({s.effective_mode})"
+    return s.mode
+
+
+def _table(summaries: Sequence[Summary]) -> list[str]:
+    header = ["scenario", "mode", "req/s", *(f"{k} ms" for k in LATENCY_LABELS)]
+    header += ["errors", "fairness", "busiest", "idlest", "requests per worker (slot 0/1/…)"]
+    rows = [header]
+    for s in summaries:
+        per_worker = " / ".join(_num(v) for v in s.per_slot.values()) or "-"
+        rows.append(
+            [
+                s.scenario,
+                _mode_label(s),
+                _num(s.rps),
+                *(_ms(s.latency_ms[k]) if k in s.latency_ms else "-" for k in LATENCY_LABELS),
+                _num(s.error_total),
+                _opt(s.fairness, ".3f"),
+                _opt(None if s.busiest is None else s.busiest * 100, ".1f") + "%",
+                _opt(None if s.idlest is None else s.idlest * 100, ".1f") + "%",
+                per_worker,
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    numeric = {i for i in range(2, len(header) - 1)}
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "n/a"
+
+
+def verdicts(result: BenchResult) -> list[str]:
+    """One line per scenario with the measured differences between the modes."""
+    lines = []
+    modes = result.config.modes
+    for scenario in result.config.scenarios:
+        found = [result.summary(scenario.name, m) for m in modes]
+        summaries = [s for s in found if s is not None]
+        if not summaries:
+            continue
+        base = summaries[0]
+        if len(summaries) == 1:
+            lines.append(
+                f"{scenario.name}: {_mode_label(base)} {_num(base.rps)} req/s; "
+                f"p99 {_ms(base.latency_ms.get('p99', 0.0))} ms; "
+                f"fairness {_opt(base.fairness, '.2f')}; errors {_num(base.error_total)}"
+            )
+            continue
+        parts = []
+        for other in summaries[1:]:
+            a, b = base, other
+            parts.append(
+                f"{_mode_label(a)} {_ratio(a.rps, b.rps)} {_mode_label(b)} req/s "
+                f"({_num(a.rps)} vs {_num(b.rps)}); "
+                f"p99 {_ms(a.latency_ms.get('p99', 0.0))} ms vs "
+                f"{_ms(b.latency_ms.get('p99', 0.0))} ms; "
+                f"max {_ms(a.latency_ms.get('max', 0.0))} ms vs "
+                f"{_ms(b.latency_ms.get('max', 0.0))} ms; "
+                f"fairness {_opt(a.fairness, '.2f')} vs {_opt(b.fairness, '.2f')}; "
+                f"errors {_num(a.error_total)} vs {_num(b.error_total)}"
+            )
+        lines.append(f"{scenario.name}: " + " | ".join(parts))
+    return lines
+
+
+def _error_lines(summaries: Sequence[Summary]) -> list[str]:
+    lines = []
+    for s in summaries:
+        kinds = {k: v for k, v in s.errors.items() if v}
+        if kinds:
+            detail = ", ".join(f"{k} {_num(v)}" for k, v in sorted(kinds.items()))
+            lines.append(f"  {s.scenario} {_mode_label(s)}: {detail}")
+    return lines
+
+
+def render(result: BenchResult, info: dict[str, Any]) -> str:
+    cfg = result.config
+    by_gen: dict[str, list[str]] = {}
+    for scenario, gen in result.generators.items():
+        by_gen.setdefault(gen, []).append(scenario)
+    gens = "; ".join(f"{gen} for {', '.join(names)}" for gen, names in by_gen.items())
+    runs = (
+        f"median of {cfg.repeat} runs per mode, modes alternating"
+        if cfg.repeat > 1
+        else "1 run per mode"
+    )
+    lines = [
+        machine_line(info),
+        f"bench: app {cfg.app or 'demo'}, {cfg.workers} workers, {cfg.connections} connections, "
+        f"{cfg.duration:g} s per run, {runs}; {cfg.clients} client "
+        f"process{'es' if cfg.clients > 1 else ''}: {gens}",
+        "",
+        *_table(result.summaries),
+        "",
+    ]
+    accepts = [s.name for s in cfg.scenarios if s.counts_accepts]
+    if accepts:
+        lines.append(
+            f"{', '.join(accepts)}: one connection per request, so requests per worker "
+            "= accepts per worker."
+        )
+    errors = _error_lines(result.summaries)
+    lines += ["errors by kind (median per run):", *errors] if errors else ["errors: none"]
+    churn = [r for r in result.runs if r.churn_actions]
+    if churn:
+        tally: dict[str, int] = {}
+        for r in churn:
+            for action in r.churn_actions:
+                tally[action["action"]] = tally.get(action["action"], 0) + 1
+        per_run = ", ".join(f"{k} {v / len(churn):.1f}" for k, v in tally.items())
+        lines.append(f"churn actions per run (mean): {per_run}; each one is listed in the JSON")
+    notes = {r.measurement.note for r in result.runs if r.measurement.note}
+    lines += [f"note: {n}" for n in sorted(notes)]
+    lines += ["", *verdicts(result)]
+    return "\n".join(lines)
+
+
+def document(result: BenchResult, info: dict[str, Any], argv: Sequence[str]) -> dict[str, Any]:
+    return {
+        "reuseport_bench": 1,
+        "argv": list(argv),
+        "machine": info,
+        "config": result.config.to_dict(),
+        "generators": dict(result.generators),
+        "summaries": [s.to_dict() for s in result.summaries],
+        "verdicts": verdicts(result),
+        "runs": [r.to_dict() for r in result.runs],
+    }
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,97 @@
+"""The four load shapes ``reuseport bench`` compares the listen modes under.
+
+Rules: a scenario is data (what the clients send, whether they reconnect per
+request, whether the runner disturbs the pool); the load generators and the
+runner read it and never special-case a scenario by name.
+
+Why each one exists:
+
+* ``keepalive`` - long-lived connections, one request at a time each.  The
+  listen mode only decides which worker *accepts* each connection, once, so
+  this mostly measures the HTTP path; it shows how connections spread.
+* ``connect`` - a new connection per request (``Connection: close``).  Every
+  request goes through accept, so the kernel's choice of worker (reuseport:
+  a hash of the 4-tuple; shared: whichever worker's epoll wakes first) shows
+  up directly in per-worker counts and in tail latency.
+* ``skewed`` - ``connect`` against ``/work?slot=0&ms=2``: the worker in slot 0
+  burns 2 ms of CPU per request, the others answer at once.  Connection per
+  request is chosen on purpose: with keep-alive, both modes pin a connection
+  to one worker for its whole life, so they would look alike; with a connect
+  per request, reuseport keeps hashing about 1/n of *new* connections into
+  the busy worker's private queue (head-of-line blocking) while in shared
+  mode the idle worker simply accepts more.
+* ``churn`` - ``connect`` while the runner SIGKILLs a worker every ~1.5 s and
+  sends HUP (rolling reload), TTIN and TTOU in between; it counts the errors
+  clients see in each mode.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["SCENARIOS", "ChurnAction", "Scenario", "scenario_by_name"]
+
+
+class ChurnAction(enum.Enum):
+    """What the runner does to the server during the churn scenario."""
+
+    KILL = "kill"  # SIGKILL one worker pid seen in a response
+    HUP = "hup"  # rolling reload
+    TTIN = "ttin"  # one worker more
+    TTOU = "ttou"  # one worker less
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Scenario:
+    name: str
+    summary: str
+    path: str = "/"
+    keepalive: bool = True  # False: a new connection per request
+    churn: tuple[ChurnAction, ...] = ()  # cycled through while the load runs
+    churn_interval: float = 1.5  # seconds between churn actions
+
+    @property
+    def counts_accepts(self) -> bool:
+        """Each request is its own connection, so requests per worker = accepts."""
+        return not self.keepalive
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        name="keepalive",
+        summary="long-lived connections, one request at a time each",
+    ),
+    Scenario(
+        name="connect",
+        summary="a new connection per request (Connection: close)",
+        keepalive=False,
+    ),
+    Scenario(
+        name="skewed",
+        summary="connection per request; slot 0 burns 2 ms of CPU per request",
+        path="/work?slot=0&ms=2",
+        keepalive=False,
+    ),
+    Scenario(
+        name="churn",
+        summary="connection per request while workers are killed, reloaded, added, removed",
+        keepalive=False,
+        churn=(
+            ChurnAction.KILL,
+            ChurnAction.HUP,
+            ChurnAction.KILL,
+            ChurnAction.TTIN,
+            ChurnAction.KILL,
+            ChurnAction.TTOU,
+        ),
+    ),
+)
+
+
+def scenario_by_name(name: str) -> Scenario:
+    for scenario in SCENARIOS:
+        if scenario.name == name:
+            return scenario
+    choices = ", ".join(s.name for s in SCENARIOS)
+    raise ValueError(f"unknown scenario {name!r}: choose one of {choices}")

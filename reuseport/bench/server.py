@@ -1,0 +1,248 @@
+"""The server under test: one ``reuseport serve`` master in a subprocess.
+
+Rules: every wait is bounded; the master's stderr is drained by a thread for
+the process's whole life so its pipe never fills (churn makes the master log
+a lot); ``stop()`` never leaves a process behind (SIGTERM, then SIGKILL of the
+master *and* of the workers it had, since an orphaned worker would keep the
+port and skew the next run).  Signals go only to the master we started or to
+its own children.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import IO
+
+from .errors import BenchError
+
+__all__ = ["ServerProcess", "child_pids", "fetch_worker"]
+
+_LISTENING = re.compile(r"Listening at http://127\.0\.0\.1:(\d+)")
+_READY = re.compile(r"Ready: (\d+) workers?")
+_LOG_TAIL = 200
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc), or [] if it is gone."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    try:
+        for tid in tasks:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found.extend(int(p) for p in f.read().split())
+    except FileNotFoundError:
+        # Kernels without CONFIG_PROC_CHILDREN: scan every process's parent.
+        found = [
+            int(entry)
+            for entry in os.listdir("/proc")
+            if entry.isdigit() and parent_pid(int(entry)) == pid
+        ]
+    except OSError:
+        pass
+    return sorted(set(found))
+
+
+def parent_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (2nd field) may contain spaces and parentheses.
+    return int(stat.rpartition(")")[2].split()[1])
+
+
+def fetch_worker(port: int, *, timeout: float = 1.0) -> tuple[int, int] | None:
+    """(pid, slot) of the worker that answers one request, or None on any failure."""
+    import json
+
+    request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(request)
+            chunks: list[bytes] = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except OSError:
+        return None
+    _, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    try:
+        data = json.loads(body)
+        return int(data["pid"]), int(data["slot"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class ServerProcess:
+    """``python -m reuseport serve`` on 127.0.0.1:0 in one mode."""
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        workers: int,
+        app: str | None,
+        command: Sequence[str] = (sys.executable, "-m", "reuseport"),
+        start_timeout: float = 20.0,
+    ) -> None:
+        self.mode = mode
+        self.workers = workers
+        self.app = app
+        self.start_timeout = start_timeout
+        self.argv = [
+            *command,
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--mode",
+            mode,
+            "-w",
+            str(workers),
+            "--log-level",
+            "info",
+            *([app] if app else []),
+        ]
+        self.port = 0
+        self._proc: subprocess.Popen[str] | None = None
+        self._log: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL)
+        self._cond = threading.Condition()
+        self._ready = False
+        self._reader: threading.Thread | None = None
+        self.known_workers: set[int] = set()  # every worker pid we ever saw
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("server not started")
+        return self._proc.pid
+
+    def log_tail(self, lines: int = 15) -> str:
+        with self._cond:
+            return "\n".join(list(self._log)[-lines:])
+
+    def _drain(self, stream: IO[str]) -> None:
+        for line in stream:
+            with self._cond:
+                self._log.append(line.rstrip("\n"))
+                if not self.port and (m := _LISTENING.search(line)):
+                    self.port = int(m.group(1))
+                    self._cond.notify_all()
+                if not self._ready and _READY.search(line):
+                    self._ready = True
+                    self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()  # EOF: the master is gone
+
+    def start(self) -> None:
+        """Start the master and wait until it says all workers are up."""
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self._proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            env=env,
+        )
+        assert self._proc.stderr is not None
+        self._reader = threading.Thread(
+            target=self._drain, args=(self._proc.stderr,), name="server-stderr", daemon=True
+        )
+        self._reader.start()
+        deadline = time.monotonic() + self.start_timeout
+        with self._cond:
+            while not (self.port and self._ready):
+                left = deadline - time.monotonic()
+                if self._proc.poll() is not None or left <= 0:
+                    break
+                self._cond.wait(timeout=min(left, 0.2))
+        if not (self.port and self._ready):
+            code = self._proc.poll()
+            self.stop()
+            what = (
+                f"exited with code {code}"
+                if code is not None
+                else f"did not report 'Ready' within {self.start_timeout:g} s"
+            )
+            raise BenchError(
+                f"server under test ({' '.join(self.argv[-8:])}) {what}; its last log lines:\n"
+                + (self.log_tail() or "(none)")
+            )
+        self.known_workers.update(self.worker_pids())
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def worker_pids(self) -> list[int]:
+        pids = child_pids(self.pid) if self.running() else []
+        self.known_workers.update(pids)
+        return pids
+
+    def send(self, sig: signal.Signals) -> None:
+        if self.running():
+            os.kill(self.pid, sig)
+
+    def kill_worker(self, pid: int) -> bool:
+        """SIGKILL ``pid`` if (and only if) it is still a child of our master."""
+        if not self.running() or parent_pid(pid) != self.pid:
+            return False
+        self.known_workers.add(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        return True
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, wait up to ``timeout`` s, then SIGKILL; returns the exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            self.worker_pids()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.worker_pids()
+                proc.kill()
+                proc.wait(timeout=5)
+        # Whatever the master left behind (it was killed, or lost track of a
+        # child) must not outlive the run: it would hold the port and eat CPU.
+        for pid in self.known_workers:
+            if _looks_like_ours(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if self._reader is not None:
+            # EOF comes once the master and every worker (which inherit the
+            # pipe) are gone; bounded anyway.
+            self._reader.join(timeout=5)
+        if proc.stderr is not None and (self._reader is None or not self._reader.is_alive()):
+            proc.stderr.close()
+        return proc.returncode
+
+
+def _looks_like_ours(pid: int) -> bool:
+    # A worker whose master died is re-parented, so its parent no longer
+    # tells; the pid was recorded while it was our master's child, and only
+    # a process that still runs Python/reuseport is killed (pid reuse guard).
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return False
+    return b"python" in cmdline or b"reuseport" in cmdline

@@ -1,0 +1,576 @@
+"""Helpers for tests that run real ``reuseport serve`` processes.
+
+Rules: every wait here has a bound and fails with an ``AssertionError`` that
+says what was awaited and shows the server's stderr; nothing sleeps to
+synchronise (``wait_until`` polls a predicate with a small interval).  A
+``Server`` never leaks a process: on exit it stops the master, then checks
+that the master and every worker it ever saw are gone, SIGKILLing whatever is
+left as a last resort (and failing the test, because a leak is a bug).
+
+Process facts come from /proc, read the way ``ps`` does: a process is alive
+while /proc/<pid>/stat exists with the start time we first saw (so a recycled
+pid is not mistaken for ours) and its state is not zombie/dead.  Children are
+found by scanning /proc/*/stat for the parent pid, because
+/proc/<pid>/task/<tid>/children needs CONFIG_PROC_CHILDREN, which some kernels
+lack.
+
+    with Server("--mode", "reuseport", "-w", "2") as server:
+        server.wait_ready()
+        status, body = server.request("/")
+        assert status == 200 and body["mode"] == "reuseport"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "REPO_ROOT",
+    "ProcInfo",
+    "Server",
+    "alive",
+    "assert_closed_by_peer",
+    "child_env",
+    "children_of",
+    "descendants_of",
+    "http_get",
+    "listening_inodes",
+    "proc_info",
+    "read_responses",
+    "send_requests",
+    "signal_all",
+    "socket_inodes_of",
+    "wait_until",
+]
+
+# The checkout under test; put first on the path of every process we start, so
+# a stale installed copy of the package can never be what runs.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_TIMEOUT = 10.0
+POLL_INTERVAL = 0.01
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a ``python -m reuseport`` child.
+
+    The checkout comes first on PYTHONPATH; REUSEPORT_* variables of the outer
+    environment are dropped so they cannot change a test; ``extra`` is added.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REUSEPORT_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+# --------------------------------------------------------------------- waiting
+def wait_until(
+    predicate: Callable[[], object],
+    timeout: float = DEFAULT_TIMEOUT,
+    interval: float = POLL_INTERVAL,
+    message: str | Callable[[], str] = "",
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; return that value.
+
+    Raises ``AssertionError`` naming the predicate (and ``message``, which may
+    be a callable so it is built only on failure, e.g. to show a log) once
+    ``timeout`` seconds pass.  ``interval`` is a polling period, not a way to
+    wait for something to happen: keep it small.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            name = getattr(predicate, "__name__", repr(predicate))
+            raise AssertionError(
+                f"timed out after {timeout:.1f}s waiting for {name}" + (f": {text}" if text else "")
+            )
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------- /proc
+@dataclass(frozen=True, slots=True)
+class ProcInfo:
+    """The fields of /proc/<pid>/stat that the tests use."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    start_time: int  # clock ticks after boot; with pid, identifies a process
+
+
+def proc_info(pid: int) -> ProcInfo | None:
+    """Parse /proc/<pid>/stat, or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    # comm is in parentheses and may itself contain spaces and parentheses.
+    head, _, tail = raw.rpartition(")")
+    comm = head.partition("(")[2]
+    fields = tail.split()
+    # fields[0] is field 3 (state); field 4 is ppid; field 22 is starttime.
+    return ProcInfo(
+        pid=pid, comm=comm, state=fields[0], ppid=int(fields[1]), start_time=int(fields[19])
+    )
+
+
+def alive(pid: int, start_time: int | None = None) -> bool:
+    """True while ``pid`` runs (not a zombie) and, if given, started at ``start_time``."""
+    info = proc_info(pid)
+    if info is None or info.state in {"Z", "X", "x"}:
+        return False
+    return start_time is None or info.start_time == start_time
+
+
+def _all_procs() -> list[ProcInfo]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            info = proc_info(int(entry))
+            if info is not None:
+                found.append(info)
+    return found
+
+
+def children_of(pid: int, *, include_zombies: bool = False) -> list[int]:
+    """Pids whose parent is ``pid`` (zombies only if asked), sorted."""
+    return sorted(
+        p.pid
+        for p in _all_procs()
+        if p.ppid == pid and (include_zombies or p.state not in {"Z", "X", "x"})
+    )
+
+
+def descendants_of(pid: int) -> list[int]:
+    """Every live process below ``pid`` in the process tree, sorted."""
+    procs = [p for p in _all_procs() if p.state not in {"Z", "X", "x"}]
+    by_parent: dict[int, list[int]] = {}
+    for p in procs:
+        by_parent.setdefault(p.ppid, []).append(p.pid)
+    result: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = by_parent.get(todo.pop(), [])
+        result.extend(kids)
+        todo.extend(kids)
+    return sorted(result)
+
+
+def listening_inodes(port: int) -> set[int]:
+    """Inodes of the TCP sockets in LISTEN state (``0A``) on ``port``, IPv4 and IPv6."""
+    inodes: set[int] = set()
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path, encoding="ascii") as fh:
+                rows = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            parts = row.split()
+            if len(parts) < 10 or parts[3] != "0A":
+                continue
+            if int(parts[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(int(parts[9]))
+    return inodes
+
+
+def socket_inodes_of(pid: int) -> set[int]:
+    """Inodes of every socket open in process ``pid`` (from /proc/<pid>/fd)."""
+    inodes: set[int] = set()
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(f"{fd_dir}/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[len("socket:[") : -1]))
+    return inodes
+
+
+# --------------------------------------------------------------------- HTTP
+def _parse_response(raw: bytes) -> tuple[int, Any]:
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep or not head.startswith(b"HTTP/"):
+        raise AssertionError(f"not an HTTP response: {raw[:200]!r}")
+    status = int(head.split(b" ", 2)[1])
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body
+
+
+def http_get(host: str, port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, Any]:
+    """One ``GET`` over a fresh connection: (status, parsed JSON or raw body bytes)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        response = conn.getresponse()
+        body = response.read()
+        try:
+            return response.status, json.loads(body)
+        except ValueError:
+            return response.status, body
+    finally:
+        conn.close()
+
+
+def assert_closed_by_peer(sock: socket.socket, timeout: float = 5.0) -> None:
+    """Fail unless the peer closes ``sock`` (FIN or RST) within ``timeout``; no data allowed."""
+    sock.settimeout(timeout)
+    try:
+        data = sock.recv(65536)
+    except ConnectionResetError:
+        return
+    except TimeoutError:
+        raise AssertionError(f"the connection is still open after {timeout}s") from None
+    assert data == b"", f"expected the peer to close, got {data[:100]!r}"
+
+
+def send_requests(
+    address: tuple[str, int], count: int, path: str = "/", timeout: float = 5.0
+) -> list[socket.socket]:
+    """Open ``count`` connections and send one ``GET`` on each; do not read.
+
+    Each connect is bounded by ``timeout``; the sockets come back
+    non-blocking, ready for ``read_responses``.  The caller closes them.
+    """
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    request = (f"GET {path} HTTP/1.1\r\nHost: {address[0]}\r\nConnection: close\r\n\r\n").encode()
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.settimeout(timeout)
+            sock.connect(address)
+            sock.sendall(request)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def read_responses(socks: Sequence[socket.socket], timeout: float) -> list[tuple[int, Any]]:
+    """Read every socket to EOF, all at once, within ``timeout`` seconds.
+
+    Returns (status, body) per socket, in order.  A connection reset, or one
+    still open at the deadline, fails the test with a count of each.
+    """
+    raw: dict[int, bytearray] = {i: bytearray() for i in range(len(socks))}
+    errors: dict[int, str] = {}
+    open_ = set(range(len(socks)))
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        for i, sock in enumerate(socks):
+            sel.register(sock, selectors.EVENT_READ, i)
+        while open_:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for key, _ in sel.select(min(left, 0.5)):
+                i = key.data
+                try:
+                    data = socks[i].recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    data = b""
+                    errors[i] = type(exc).__name__
+                if data:
+                    raw[i] += data
+                else:
+                    sel.unregister(socks[i])
+                    open_.discard(i)
+    if open_ or errors:
+        raise AssertionError(
+            f"{len(socks)} requests: {len(open_)} got no complete answer within {timeout}s, "
+            f"{len(errors)} failed ({sorted(set(errors.values()))})"
+        )
+    return [_parse_response(bytes(raw[i])) for i in range(len(socks))]
+
+
+# --------------------------------------------------------------------- Server
+_LISTENING = re.compile(r"Listening at http://(\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\s]+)):(?P<port>\d+) ")
+# "Ready: 2 workers serving demo as protocol (reuseport mode)"; an ondemand pool
+# says "Ready: 0 workers (ondemand pool: ...) (reuseport mode)".
+_READY = re.compile(
+    r"Ready: (?P<workers>\d+) workers(?: serving (?P<app>\S+) as (?P<interface>\w+))?"
+    r".*\((?P<mode>\w+) mode\)"
+)
+
+
+class Server:
+    """A ``reuseport serve`` master under test, as a context manager.
+
+    ``args`` go after ``serve``; ``-b 127.0.0.1:0`` is added unless a bind is
+    given.  stderr is read by a thread into ``lines`` (so the pipe never
+    fills); stdout likewise into ``stdout_lines``.  REUSEPORT_* variables of
+    the outer environment are dropped so they cannot change the test; pass
+    ``env`` to set some.
+    """
+
+    def __init__(
+        self,
+        *args: str,
+        log_level: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> None:
+        argv = list(args)
+        if not any(a in {"-b", "--bind"} or a.startswith("--bind=") for a in argv):
+            argv += ["-b", "127.0.0.1:0"]
+        if log_level is not None:
+            argv += ["--log-level", log_level]
+        self.argv = [sys.executable, "-m", "reuseport", "serve", *argv]
+        self.env = child_env(env)
+        self.cwd = cwd
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []  # stderr, one entry per line, without newline
+        self.stdout_lines: list[str] = []
+        self._cond = threading.Condition()
+        self._readers: list[threading.Thread] = []
+        self._eof = 0
+        self._seen: dict[int, int] = {}  # pid -> start time, of every process we saw
+
+    # -- lifecycle
+    def start(self) -> Server:
+        assert self.proc is None, "already started"
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            env=self.env,
+            cwd=self.cwd,
+        )
+        self._remember(self.proc.pid)
+        for stream, sink in ((self.proc.stderr, self.lines), (self.proc.stdout, self.stdout_lines)):
+            thread = threading.Thread(target=self._read, args=(stream, sink), daemon=True)
+            thread.start()
+            self._readers.append(thread)
+        return self
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        assert self.proc is not None, "not started"
+        return self.proc.poll()
+
+    def _read(self, stream: Any, sink: list[str]) -> None:
+        for line in stream:
+            with self._cond:
+                sink.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._eof += 1
+            self._cond.notify_all()
+
+    # -- output
+    @property
+    def stderr(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def _tail(self, count: int = 40) -> str:
+        with self._cond:
+            tail = self.lines[-count:]
+        return "server stderr (last lines):\n    " + "\n    ".join(tail)
+
+    def wait_for_line(
+        self, pattern: str | re.Pattern[str], timeout: float = DEFAULT_TIMEOUT, start: int = 0
+    ) -> re.Match[str]:
+        """The first stderr line from index ``start`` on matching ``pattern`` (re.search).
+
+        Fails at once if the server's output ends (every process exited)
+        without such a line, and after ``timeout`` seconds otherwise.
+        """
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        index = start
+        with self._cond:
+            while True:
+                while index < len(self.lines):
+                    match = regex.search(self.lines[index])
+                    if match:
+                        return match
+                    index += 1
+                if self._eof >= len(self._readers) and self._readers:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+        why = "output ended" if self._eof >= len(self._readers) else f"timed out after {timeout}s"
+        raise AssertionError(f"no stderr line matches {regex.pattern!r} ({why})\n{self._tail()}")
+
+    def count_lines(self, pattern: str) -> int:
+        regex = re.compile(pattern)
+        with self._cond:
+            return sum(1 for line in self.lines if regex.search(line))
+
+    def wait_ready(self, timeout: float = 20.0) -> re.Match[str]:
+        """Wait for the ``Ready:`` line; its match has groups workers, app, interface, mode."""
+        return self.wait_for_line(_READY, timeout)
+
+    # -- addresses
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of every ``Listening at`` line so far, in order."""
+        found = []
+        with self._cond:
+            lines = list(self.lines)
+        for line in lines:
+            match = _LISTENING.search(line)
+            if match:
+                found.append((match["v6"] or match["v4"], int(match["port"])))
+        return found
+
+    @property
+    def port(self) -> int:
+        addresses = self.addresses
+        assert addresses, f"no 'Listening at' line yet\n{self._tail()}"
+        return addresses[0][1]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        addresses = self.addresses
+        assert addresses, f"no 'Listening at' line yet\n{self._tail()}"
+        return addresses[0]
+
+    # -- processes
+    def _remember(self, pid: int) -> None:
+        if pid not in self._seen:
+            info = proc_info(pid)
+            if info is not None:
+                self._seen[pid] = info.start_time
+
+    def worker_pids(self) -> list[int]:
+        """The master's live child processes (its workers), sorted."""
+        pids = children_of(self.pid)
+        for pid in pids:
+            self._remember(pid)
+        return pids
+
+    def wait_workers(self, count: int, timeout: float = DEFAULT_TIMEOUT) -> list[int]:
+        """Wait until the master has exactly ``count`` live workers; return their pids."""
+        pids: list[int] = []
+
+        def exactly() -> bool:
+            nonlocal pids
+            pids = self.worker_pids()
+            return len(pids) == count
+
+        wait_until(exactly, timeout, message=lambda: f"workers now {pids}\n{self._tail()}")
+        return pids
+
+    def leftovers(self) -> list[int]:
+        """Processes this server started that still run."""
+        return sorted(pid for pid, start in self._seen.items() if alive(pid, start))
+
+    # -- requests
+    def request(
+        self, path: str = "/", timeout: float = 5.0, address: tuple[str, int] | None = None
+    ) -> tuple[int, Any]:
+        """``GET path`` over a fresh connection: (status, parsed JSON or raw body)."""
+        host, port = address or self.address
+        return http_get(host, port, path, timeout)
+
+    # -- stopping
+    def send_signal(self, sig: int) -> None:
+        assert self.proc is not None, "not started"
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        """Wait for the master to exit; return its exit code (fail on timeout)."""
+        assert self.proc is not None, "not started"
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"master {self.pid} still runs after {timeout}s\n{self._tail()}"
+            ) from None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Send ``sig`` to the master and wait for it to exit; return its exit code."""
+        for pid in descendants_of(self.pid):
+            self._remember(pid)
+        self.send_signal(sig)
+        return self.wait(timeout)
+
+    def close(self) -> None:
+        """Stop everything; fail if any process of ours outlives a bounded wait."""
+        if self.proc is None:
+            return
+        problems: list[str] = []
+        if self.proc.poll() is None:
+            try:
+                self.stop(signal.SIGTERM, timeout=15.0)
+            except AssertionError as exc:
+                problems.append(str(exc))
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                self.proc.wait(5.0)
+        try:
+            wait_until(lambda: not self.leftovers(), timeout=10.0)
+        except AssertionError:
+            left = self.leftovers()
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            problems.append(f"processes left behind (now SIGKILLed): {left}")
+        for thread in self._readers:
+            thread.join(5.0)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        # Shown by pytest only when the test fails.
+        print(f"--- {' '.join(self.argv[1:])} (exit {self.proc.returncode}) stderr:")
+        print(self.stderr)
+        if problems:
+            raise AssertionError("; ".join(problems))
+
+
+def signal_all(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)

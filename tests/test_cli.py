@@ -1,0 +1,265 @@
+"""The command line: every ``serve`` flag reaches its Config field; file < env < flag.
+
+``build_config`` is pure apart from reading the TOML file, so most of this runs
+in process; only ``--help``, an unknown flag and ``probe --json`` run
+``python -m reuseport`` for real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import child_env
+
+from reuseport.cli import build_config, main, make_parser
+from reuseport.config import (
+    Config,
+    Interface,
+    Lifespan,
+    LoopKind,
+    Mode,
+    ProcessManager,
+    parse_bind,
+)
+from reuseport.errors import ConfigError
+
+DYNAMIC = ("--pm", "dynamic", "--max-workers", "8")
+
+# (command line after `serve`, Config field, expected value)
+FLAG_CASES: list[tuple[tuple[str, ...], str, object]] = [
+    (("web:app",), "app", "web:app"),
+    (("-b", "127.0.0.1:9000"), "binds", (parse_bind("127.0.0.1:9000"),)),
+    (
+        ("--bind", "127.0.0.1:9001", "--bind", "[::1]:9002"),
+        "binds",
+        (parse_bind("127.0.0.1:9001"), parse_bind("[::1]:9002")),
+    ),
+    (("--mode", "shared"), "mode", Mode.SHARED),
+    (("--mode", "reuseport"), "mode", Mode.REUSEPORT),
+    (("--backlog", "16"), "backlog", 16),
+    (("--interface", "socket"), "interface", Interface.SOCKET),
+    (("--app-dir", "src"), "app_dir", "src"),
+    (("--loop", "asyncio"), "loop", LoopKind.ASYNCIO),
+    (("--lifespan", "off"), "lifespan", Lifespan.OFF),
+    (("--root-path", "/api"), "root_path", "/api"),
+    (("-w", "3"), "workers", 3),
+    (("--workers", "5"), "workers", 5),
+    (("--pm", "ondemand", "--max-workers", "4"), "pm", ProcessManager.ONDEMAND),
+    (("-w", "1", "--max-workers", "6"), "max_workers", 6),
+    ((*DYNAMIC, "--start-workers", "3"), "start_workers", 3),
+    ((*DYNAMIC, "--min-spare", "2"), "min_spare", 2),
+    ((*DYNAMIC, "--max-spare", "4"), "max_spare", 4),
+    (("--idle-timeout", "2.5"), "idle_timeout", 2.5),
+    (("--max-spawn-rate", "4"), "max_spawn_rate", 4),
+    (("--max-requests", "100"), "max_requests", 100),
+    (("--max-requests-jitter", "10"), "max_requests_jitter", 10),
+    (("--timeout", "0"), "timeout", 0.0),
+    (("--graceful-timeout", "7.5"), "graceful_timeout", 7.5),
+    (("--limit-concurrency", "50"), "limit_concurrency", 50),
+    (("--timeout-keep-alive", "2"), "timeout_keep_alive", 2.0),
+    (("--header-read-timeout", "3"), "header_read_timeout", 3.0),
+    (
+        ("--forwarded-allow-ips", "10.0.0.1,10.0.0.2"),
+        "forwarded_allow_ips",
+        ("10.0.0.1", "10.0.0.2"),
+    ),
+    (("--no-server-header",), "server_header", False),
+    (("--server-header",), "server_header", True),
+    (("--no-date-header",), "date_header", False),
+    (("--date-header",), "date_header", True),
+    (("--limit-request-line", "100"), "limit_request_line", 100),
+    (("--limit-request-fields", "10"), "limit_request_fields", 10),
+    (("--limit-request-field-size", "200"), "limit_request_field_size", 200),
+    (("--pid", "/run/rp.pid"), "pid_file", "/run/rp.pid"),
+    (("--control", "/run/rp.sock"), "control", "/run/rp.sock"),
+    (("--user", "nobody"), "user", "nobody"),
+    (("--group", "nogroup"), "group", "nogroup"),
+    (("--access-log",), "access_log", True),
+    (("--no-access-log",), "access_log", False),
+    (("--log-level", "debug"), "log_level", "debug"),
+    (("--name", "shop"), "proc_name", "shop"),
+]
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    for action in make_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            parser: argparse.ArgumentParser = action.choices["serve"]
+            return parser
+    raise AssertionError("no serve subcommand")
+
+
+def _config(*argv: str, environ: dict[str, str] | None = None) -> Config:
+    args = make_parser().parse_args(["serve", *argv])
+    return build_config(args, environ={} if environ is None else environ)
+
+
+@pytest.mark.parametrize(
+    ("argv", "field", "expected"), FLAG_CASES, ids=[" ".join(c[0]) for c in FLAG_CASES]
+)
+def test_flag_sets_its_field(argv: tuple[str, ...], field: str, expected: object) -> None:
+    config = _config(*argv)
+    assert getattr(config, field) == expected
+    # Nothing else the case did not mention moved away from its default.
+    default = Config(workers=config.workers, pm=config.pm, max_workers=config.max_workers)
+    touched = {field, "workers", "pm", "max_workers"}
+    for name in Config.field_names():
+        if name not in touched:
+            assert getattr(config, name) == getattr(default, name), name
+
+
+def test_every_serve_flag_has_a_case() -> None:
+    covered = {arg for argv, _, _ in FLAG_CASES for arg in argv if arg.startswith("-")}
+    missing = []
+    for action in _serve_parser()._actions:
+        if not action.option_strings or action.dest in {"help", "config_file"}:
+            continue
+        if not covered & set(action.option_strings):
+            missing.append("/".join(action.option_strings))
+    assert not missing, f"serve flags without a FLAG_CASES entry: {missing}"
+
+
+def test_no_flags_gives_the_defaults() -> None:
+    config = _config()
+    default = Config()
+    for name in Config.field_names():
+        assert getattr(config, name) == getattr(default, name), name
+
+
+# ------------------------------------------------------------------ file < env < flag
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_file_then_env_then_flag(tmp_path: Path) -> None:
+    toml = _write(
+        tmp_path / "rp.toml",
+        'workers = 2\ngraceful-timeout = 5\nbind = "127.0.0.1:7001"\nmode = "shared"\n'
+        "access_log = true\n",
+    )
+    env = {"REUSEPORT_WORKERS": "3", "REUSEPORT_BIND": "127.0.0.1:7002, [::1]:7003"}
+    file_only = _config("--config", toml)
+    assert file_only.workers == 2
+    assert file_only.binds == (parse_bind("127.0.0.1:7001"),)
+    assert file_only.graceful_timeout == 5
+    assert file_only.mode is Mode.SHARED
+    assert file_only.access_log is True
+
+    with_env = _config("--config", toml, environ=env)
+    assert with_env.workers == 3  # env beats the file
+    assert with_env.binds == (parse_bind("127.0.0.1:7002"), parse_bind("[::1]:7003"))
+    assert with_env.graceful_timeout == 5  # the file still counts where env is silent
+
+    with_flag = _config("--config", toml, "-w", "4", "--mode", "reuseport", environ=env)
+    assert with_flag.workers == 4  # the flag beats env and file
+    assert with_flag.mode is Mode.REUSEPORT
+    assert with_flag.binds == with_env.binds
+
+
+def test_config_file_from_env_and_serve_table(tmp_path: Path) -> None:
+    toml = _write(
+        tmp_path / "rp.toml",
+        '[serve]\nbind = ["127.0.0.1:7004", "127.0.0.1:7005"]\nname = "shop"\npid = "/tmp/x"\n',
+    )
+    config = _config(environ={"REUSEPORT_CONFIG": toml})
+    assert config.binds == (parse_bind("127.0.0.1:7004"), parse_bind("127.0.0.1:7005"))
+    assert config.proc_name == "shop"
+    assert config.pid_file == "/tmp/x"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "field", "expected"),
+    [
+        ("REUSEPORT_GRACEFUL_TIMEOUT", "2.5", "graceful_timeout", 2.5),
+        ("REUSEPORT_ACCESS_LOG", "yes", "access_log", True),
+        ("REUSEPORT_SERVER_HEADER", "off", "server_header", False),
+        ("REUSEPORT_MODE", "shared", "mode", Mode.SHARED),
+        ("REUSEPORT_LOG_LEVEL", "WARNING", "log_level", "warning"),
+        ("REUSEPORT_NAME", "shop", "proc_name", "shop"),
+        ("REUSEPORT_PID", "/tmp/rp.pid", "pid_file", "/tmp/rp.pid"),
+        ("REUSEPORT_LIMIT_CONCURRENCY", "7", "limit_concurrency", 7),
+    ],
+)
+def test_env_values_are_typed(name: str, text: str, field: str, expected: object) -> None:
+    assert getattr(_config(environ={name: text}), field) == expected
+
+
+@pytest.mark.parametrize(
+    ("toml", "environ", "message"),
+    [
+        ("wokers = 2\n", {}, r"unknown option 'wokers'"),
+        ("workers = \n", {}, r"is not valid TOML"),
+        ("", {"REUSEPORT_WORKERS": "many"}, r"cannot parse REUSEPORT_WORKERS='many'"),
+        ("", {"REUSEPORT_ACCESS_LOG": "perhaps"}, r"cannot parse 'perhaps' as a boolean"),
+        ("workers = 0\n", {}, r"invalid --workers 0"),
+    ],
+)
+def test_bad_file_or_env(tmp_path: Path, toml: str, environ: dict[str, str], message: str) -> None:
+    path = _write(tmp_path / "rp.toml", toml)
+    with pytest.raises(ConfigError, match=message):
+        _config("--config", path, environ=environ)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot read config file .*nope\.toml"):
+        _config("--config", str(tmp_path / "nope.toml"))
+
+
+def test_main_turns_config_errors_into_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "reuseport: error: invalid --workers 0" in err
+    assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------ real processes
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reuseport", *argv],
+        capture_output=True,
+        env=child_env(),
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("argv", [("--help",), ("serve", "--help"), ("probe", "--help")])
+def test_help_exits_0(argv: tuple[str, ...]) -> None:
+    result = _run(*argv)
+    assert result.returncode == 0, result.stderr
+    assert "usage: reuseport" in result.stdout
+
+
+def test_serve_help_lists_the_contract_flags() -> None:
+    out = _run("serve", "--help").stdout
+    for flag in ("--bind", "--workers", "--mode", "--interface", "--graceful-timeout", "--config"):
+        assert flag in out
+
+
+def test_unknown_flag_exits_2() -> None:
+    result = _run("serve", "--no-such-flag")
+    assert result.returncode == 2
+    assert "unrecognized arguments: --no-such-flag" in result.stderr
+
+
+def test_no_command_prints_usage_and_exits_2() -> None:
+    result = _run()
+    assert result.returncode == 2
+    assert "usage: reuseport" in result.stderr
+
+
+def test_probe_json() -> None:
+    result = _run("probe", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {"kernel", "features", "recommended_mode"} <= set(report)
+    assert report["recommended_mode"] in {"reuseport", "shared"}
+    assert report["features"], "no features probed"
+    assert all({"name", "supported"} <= set(f) for f in report["features"])
