@@ -55,7 +55,7 @@ from typing import Any
 from . import worker as worker_mod
 from .bpf import Group, attach_cbpf, detach, steering_program
 from .config import BindAddress, Config, Mode, ProcessManager
-from .errors import BootError, ExitCode
+from .errors import BootError, ConfigError, ExitCode
 from .policy import PoolPolicy, PoolView, WorkerView
 from .scoreboard import Scoreboard, SlotState
 from .sockets import bind_reuseport, bind_shared, check_port_guard, reserve_port
@@ -132,6 +132,38 @@ class _Pending:
     signals: collections.deque[int] = field(default_factory=collections.deque)
 
 
+def resolve_user(user: str | None, group: str | None) -> tuple[int | None, int | None]:
+    """Turn --user/--group into ids, refusing what cannot work."""
+    import grp
+    import pwd
+
+    uid = gid = None
+    if user is not None:
+        try:
+            entry = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+        except KeyError:
+            raise ConfigError(f"--user {user!r}: no such user on this machine") from None
+        uid, gid = entry.pw_uid, entry.pw_gid
+    if group is not None:
+        try:
+            gid = (
+                grp.getgrnam(group).gr_gid
+                if not group.isdigit()
+                else grp.getgrgid(int(group)).gr_gid
+            )
+        except KeyError:
+            raise ConfigError(f"--group {group!r}: no such group on this machine") from None
+    wants_change = (uid is not None and uid != os.geteuid()) or (
+        gid is not None and gid != os.getegid()
+    )
+    if wants_change and os.geteuid() != 0:
+        raise ConfigError(
+            "--user/--group need the server to be started as root (it drops to them in "
+            "each worker after opening the sockets)"
+        )
+    return uid, gid
+
+
 class Arbiter:
     def __init__(self, config: Config, mode: Mode, mode_reason: str) -> None:
         if mode is Mode.AUTO:
@@ -161,6 +193,7 @@ class Arbiter:
         self.announced_ready = False
         self.scoreboard: Scoreboard | None = None
         self.control: Any = None
+        self.uid, self.gid = resolve_user(config.user, config.group)
         self._wake_r = -1
         self._wake_w = -1
 
@@ -618,6 +651,8 @@ class Arbiter:
             scoreboard=self.scoreboard,
             master_pid=self.pid,
             max_requests=self._request_limit(),
+            uid=self.uid,
+            gid=self.gid,
         )
         now = time.monotonic()
         self.scoreboard.write(

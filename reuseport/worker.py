@@ -78,6 +78,8 @@ class WorkerSpec:
     scoreboard: Scoreboard
     master_pid: int
     max_requests: int = 0  # this worker's recycle limit (jitter applied); 0 = never
+    uid: int | None = None  # drop to this user after opening the sockets
+    gid: int | None = None
 
 
 def send_message(
@@ -113,6 +115,21 @@ def _start_watchdog(master_pid: int, deadline: float) -> None:
         os._exit(ExitCode.ERROR)
 
     threading.Thread(target=watch, name="reuseport-watchdog", daemon=True).start()
+
+
+def drop_privileges(uid: int | None, gid: int | None) -> None:
+    """setgid/setuid for --user/--group; the master checked they are possible."""
+    try:
+        if gid is not None and gid != os.getegid():
+            os.setgroups([gid])
+            os.setgid(gid)
+        if uid is not None and uid != os.geteuid():
+            os.setuid(uid)
+    except OSError as exc:
+        raise BootError(
+            f"cannot switch to uid {uid} / gid {gid}: {exc.strerror}; --user and --group "
+            "need the server to be started as root"
+        ) from None
 
 
 def _loop_factory(kind: LoopKind) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -191,6 +208,9 @@ class _Worker:
         socks, handover = self._open_sockets()
         self.sockets = socks
         send_message(spec.channel, {"type": "listening"}, handover)
+        # Privileges go right after the sockets (a port below 1024 may need
+        # root) and before any of the user's code runs.
+        drop_privileges(spec.uid, spec.gid)
         obj = apps.load_app(config.app or apps.DEMO_APP, config.app_dir)
         if config.interface is Interface.AUTO:
             interface, reason = apps.detect(obj)
