@@ -46,6 +46,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from .bpf import attach_cbpf, detach, steering_program
 from .config import SECONDS, BindAddress, Mode, parse_bind
 from .errors import ConfigError
 from .sockets import ListenerInfo, describe_owner, find_listeners
@@ -65,11 +66,8 @@ __all__ = [
 ]
 
 # Constants Python's socket module lacks (asm-generic values, x86-64 and arm64).
-SO_ATTACH_REUSEPORT_CBPF = 51
 SO_ATTACH_REUSEPORT_EBPF = 52
-SO_DETACH_REUSEPORT_BPF = 68
 SO_INCOMING_CPU: int = getattr(socket, "SO_INCOMING_CPU", 49)
-_BPF_RET_K = 0x06  # BPF_RET | BPF_K: "return the constant k"
 
 # bpf(2)
 _BPF_PROG_LOAD = 5
@@ -462,29 +460,6 @@ def _balance_test(listeners: int, connections: int, *, deadline: float) -> _Bala
     )
 
 
-class _SockFilter(ctypes.Structure):
-    _fields_ = [
-        ("code", ctypes.c_uint16),
-        ("jt", ctypes.c_uint8),
-        ("jf", ctypes.c_uint8),
-        ("k", ctypes.c_uint32),
-    ]
-
-
-class _SockFprog(ctypes.Structure):
-    # The compiler pads `len` to pointer alignment; ctypes does the same.
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
-
-
-def _attach_cbpf(sock: socket.socket, program: Sequence[tuple[int, int, int, int]]) -> None:
-    """setsockopt(SO_ATTACH_REUSEPORT_CBPF) with a packed ``struct sock_fprog``."""
-    filters = (_SockFilter * len(program))(*(_SockFilter(*insn) for insn in program))
-    fprog = _SockFprog(len(program), ctypes.cast(filters, ctypes.POINTER(_SockFilter)))
-    # bytes(fprog) holds only the *address* of `filters`, which this frame keeps
-    # alive; the kernel copies the instructions during the call, so that is enough.
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, bytes(fprog))
-
-
 def _probe_cbpf() -> tuple[Feature, Feature]:
     attach_name, detach_name = "cbpf_attach", "cbpf_detach"
     if not _is_linux() or not hasattr(socket, "SO_REUSEPORT"):
@@ -497,7 +472,7 @@ def _probe_cbpf() -> tuple[Feature, Feature]:
     try:
         with _reuseport_group(2, backlog=4 * connections) as group:
             try:
-                _attach_cbpf(group[0], [(_BPF_RET_K, 0, 0, 0)])
+                attach_cbpf(group[0], steering_program([0]))  # `ret #0`
             except OSError as exc:
                 reason = f"setsockopt(SO_ATTACH_REUSEPORT_CBPF) failed ({_errno_name(exc)})"
                 return (
@@ -516,7 +491,7 @@ def _probe_cbpf() -> tuple[Feature, Feature]:
                 ),
             )
             try:
-                group[0].setsockopt(socket.SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, 0)
+                detach(group[0])
             except OSError as exc:
                 detail = f"setsockopt(SO_DETACH_REUSEPORT_BPF) failed ({_errno_name(exc)})"
                 if exc.errno == errno.ENOPROTOOPT:
