@@ -45,6 +45,8 @@ RUN_FIELDS = SUMMARY_FIELDS - {"runs"} | {
     "server_pid",
     "worker_pids",
     "server_exit_code",
+    "server_argv",
+    "server_events",
     "churn_actions",
     "generator",
     "requests",
@@ -136,35 +138,90 @@ def test_keepalive_and_connect(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert_all_gone(doc)
 
 
-def test_skewed_and_churn_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_skewed_and_churn_lose_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
     code = bench(
-        "--duration", "2", "-w", "2", "--connections", "16",
+        "--duration", "3", "-w", "2", "--connections", "16",
         "--scenario", "skewed", "--scenario", "churn",
         "--load-generator", "builtin", "--json", str(out),
     )  # fmt: skip
     text = capsys.readouterr()
     assert code == 0, text.err
-    assert "errors by kind (median per run):" in text.out
+    assert "churn per run (mean" in text.out
+    assert "lost with killed workers" not in text.out
     doc = json.loads(out.read_text())
     for run_ in doc["runs"]:
         check_run(run_)
+        assert run_["server_exit_code"] == 0
     skewed = [r for r in doc["runs"] if r["scenario"] == "skewed"]
     for r in skewed:
         # Slot 0 burns 2 ms per request, so some requests took at least that.
         assert r["latency_ms"]["max"] >= 2.0
         assert r["churn_actions"] == []
+        assert r["errors"] == {}, r["errors"]
     churn = [r for r in doc["runs"] if r["scenario"] == "churn"]
+    assert [r["mode"] for r in churn] == ["reuseport", "shared"]
     for r in churn:
         actions = [a["action"] for a in r["churn_actions"]]
-        assert actions[:3] == ["kill", "hup", "kill"], actions
-        killed = [a["pid"] for a in r["churn_actions"] if a["action"] == "kill" and a["ok"]]
+        # The graceful pool changes only: no worker is killed.
+        assert actions[:3] == ["hup", "ttin", "ttou"], actions
+        assert all(a["ok"] for a in r["churn_actions"]), r["churn_actions"]
+        assert "--max-requests" in r["server_argv"]
+        events = r["server_events"]
+        # The reload and the scale-down really happened while the load ran...
+        assert events.get("reload_complete", 0) >= 1, events
+        assert events.get("scale_down", 0) >= 1, events
+        if r["mode"] == "reuseport":
+            assert events.get("drain", 0) >= 1, events  # scale-down drains the slot's queue
+        assert not events.get("crash"), events
+        assert not events.get("replacement_failed"), events
+        # ...workers were replaced (reload, recycle): more pids than slots...
+        assert len(r["worker_pids"]) > 3
+        # ...and no client saw an error: reload, scale-up/down and recycling are zero-loss.
+        assert r["errors"] == {}, (r["mode"], r["errors"], events)
+        assert r["error_total"] == 0
+    recycled = [
+        (r["mode"], w["pid"], w["requests"])
+        for r in churn
+        for w in r["requests_per_pid"]
+        if w["requests"] > 3300  # --max-requests 3000 plus the largest jitter
+    ]
+    if recycled:  # a worker went past its limit, so the master must have recycled workers
+        assert sum(r["server_events"].get("recycle", 0) for r in churn) >= 1, recycled
+    assert_all_gone(doc)
+
+
+def test_churn_kill_reports_lost_requests_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    code = bench(
+        "--duration", "2", "-w", "2", "--connections", "16", "--scenario", "connect",
+        "--churn-kill", "--load-generator", "builtin", "--json", str(out),
+    )  # fmt: skip
+    text = capsys.readouterr()
+    assert code == 0, text.err
+    assert doc_scenarios(out) == ["connect", "churn-kill"]
+    assert "churn-kill: lost with killed workers (median per run): reuseport " in text.out
+    assert any(
+        line.startswith("churn-kill: reuseport") and "lost with killed workers" in line
+        for line in text.out.splitlines()
+    )
+    doc = json.loads(out.read_text())
+    for r in [r for r in doc["runs"] if r["scenario"] == "churn-kill"]:
+        check_run(r)
+        assert {a["action"] for a in r["churn_actions"]} == {"kill"}
+        killed = [a["pid"] for a in r["churn_actions"] if a["ok"]]
         assert killed, r["churn_actions"]
         assert set(killed) <= set(r["worker_pids"])
-        # Workers were replaced: more pids answered than there are slots.
-        assert len(r["worker_pids"]) > 2
-        assert isinstance(r["errors"], dict)
+        # The master saw each SIGKILL as a crash and replaced the worker.
+        assert r["server_events"].get("crash", 0) >= len(killed)
+        assert "--max-requests" not in r["server_argv"]
     assert_all_gone(doc)
+
+
+def doc_scenarios(path: Path) -> list[str]:
+    return [str(s) for s in json.loads(path.read_text())["config"]["scenarios"]]
 
 
 def test_plot_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,7 +17,7 @@ from ..errors import ConfigError, ExitCode, ReuseportError
 from .plot import PLOT_SUFFIXES, check_matplotlib, write_plot
 from .report import document, machine_info, render, write_json
 from .runner import BenchConfig, Generator, modes_from_text, run_bench
-from .scenarios import SCENARIOS, scenario_by_name
+from .scenarios import ALL_SCENARIOS, CHURN_KILL, SCENARIOS, scenario_by_name
 
 __all__ = ["add_arguments", "run"]
 
@@ -60,12 +60,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scenario",
         action="append",
-        choices=[s.name for s in SCENARIOS],
+        choices=[s.name for s in ALL_SCENARIOS],
         dest="scenarios",
         metavar="NAME",
         help="scenario to run, repeatable: "
-        + "; ".join(f"{s.name} = {s.summary}" for s in SCENARIOS)
-        + " (default: all four)",
+        + "; ".join(f"{s.name} = {s.summary}" for s in ALL_SCENARIOS)
+        + f" (default: {', '.join(s.name for s in SCENARIOS)})",
+    )
+    parser.add_argument(
+        "--churn-kill",
+        action="store_true",
+        help=f"also run {CHURN_KILL.name}: SIGKILL a serving worker every ~1.5 s; its errors "
+        "are reported apart, as requests lost with killed workers",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure as JSON")
     parser.add_argument(
@@ -101,6 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace) -> BenchConfig:
     names = args.scenarios or [s.name for s in SCENARIOS]
+    if args.churn_kill:
+        names.append(CHURN_KILL.name)
     scenarios = tuple(scenario_by_name(n) for n in dict.fromkeys(names))
     return BenchConfig(
         modes=modes_from_text(args.modes),

@@ -151,11 +151,12 @@ def verdicts(result: BenchResult) -> list[str]:
         if not summaries:
             continue
         base = summaries[0]
+        errors = "lost with killed workers" if scenario.kills else "errors"
         if len(summaries) == 1:
             lines.append(
                 f"{scenario.name}: {_mode_label(base)} {_num(base.rps)} req/s; "
                 f"p99 {_ms(base.latency_ms.get('p99', 0.0))} ms; "
-                f"fairness {_opt(base.fairness, '.2f')}; errors {_num(base.error_total)}"
+                f"fairness {_opt(base.fairness, '.2f')}; {errors} {_num(base.error_total)}"
             )
             continue
         parts = []
@@ -169,7 +170,7 @@ def verdicts(result: BenchResult) -> list[str]:
                 f"max {_ms(a.latency_ms.get('max', 0.0))} ms vs "
                 f"{_ms(b.latency_ms.get('max', 0.0))} ms; "
                 f"fairness {_opt(a.fairness, '.2f')} vs {_opt(b.fairness, '.2f')}; "
-                f"errors {_num(a.error_total)} vs {_num(b.error_total)}"
+                f"{errors} {_num(a.error_total)} vs {_num(b.error_total)}"
             )
         lines.append(f"{scenario.name}: " + " | ".join(parts))
     return lines
@@ -182,6 +183,55 @@ def _error_lines(summaries: Sequence[Summary]) -> list[str]:
         if kinds:
             detail = ", ".join(f"{k} {_num(v)}" for k, v in sorted(kinds.items()))
             lines.append(f"  {s.scenario} {_mode_label(s)}: {detail}")
+    return lines
+
+
+# Pool events worth a line in the report (server.SERVER_EVENTS names -> words).
+_EVENT_WORDS = (
+    ("reload_complete", "reloads completed"),
+    ("recycle", "recycles"),
+    ("drain", "drains"),
+    ("crash", "crashes"),
+    ("replacement_failed", "failed replacements"),
+)
+
+
+def _churn_lines(result: BenchResult) -> list[str]:
+    """Per churn scenario and mode: what the runner did and what the master logged."""
+    lines = []
+    for scenario in result.config.scenarios:
+        if not scenario.churn:
+            continue
+        for mode in result.config.modes:
+            runs = [r for r in result.runs if r.scenario == scenario.name and r.mode == mode]
+            if not runs:
+                continue
+            sent: dict[str, int] = {}
+            for r in runs:
+                for action in r.churn_actions:
+                    sent[action["action"]] = sent.get(action["action"], 0) + 1
+            did = ", ".join(f"{k} {v / len(runs):.1f}" for k, v in sent.items()) or "nothing"
+            logged = ", ".join(
+                f"{sum(r.server_events.get(key, 0) for r in runs) / len(runs):.1f} {words}"
+                for key, words in _EVENT_WORDS
+            )
+            lines.append(f"  {scenario.name} {mode}: sent {did}; master logged {logged}")
+    if lines:
+        lines.insert(0, "churn per run (mean; each action is listed in the JSON):")
+    return lines
+
+
+def _killed_lines(result: BenchResult) -> list[str]:
+    lines = []
+    for scenario in result.config.scenarios:
+        if not scenario.kills:
+            continue
+        found = [result.summary(scenario.name, m) for m in result.config.modes]
+        lost = ", ".join(f"{_mode_label(s)} {_num(s.error_total)}" for s in found if s)
+        lines.append(
+            f"{scenario.name}: lost with killed workers (median per run): {lost}; requests a "
+            "SIGKILLed worker had already accepted are lost by definition"
+        )
     return lines
 
 
@@ -211,16 +261,14 @@ def render(result: BenchResult, info: dict[str, Any]) -> str:
             f"{', '.join(accepts)}: one connection per request, so requests per worker "
             "= accepts per worker."
         )
-    errors = _error_lines(result.summaries)
+    kills = {s.name for s in cfg.scenarios if s.kills}
+    errors = _error_lines([s for s in result.summaries if s.scenario not in kills])
     lines += ["errors by kind (median per run):", *errors] if errors else ["errors: none"]
-    churn = [r for r in result.runs if r.churn_actions]
-    if churn:
-        tally: dict[str, int] = {}
-        for r in churn:
-            for action in r.churn_actions:
-                tally[action["action"]] = tally.get(action["action"], 0) + 1
-        per_run = ", ".join(f"{k} {v / len(churn):.1f}" for k, v in tally.items())
-        lines.append(f"churn actions per run (mean): {per_run}; each one is listed in the JSON")
+    lines += _killed_lines(result)
+    killed = _error_lines([s for s in result.summaries if s.scenario in kills])
+    if killed:
+        lines += ["lost with killed workers, by kind (median per run):", *killed]
+    lines += _churn_lines(result)
     notes = {r.measurement.note for r in result.runs if r.measurement.note}
     lines += [f"note: {n}" for n in sorted(notes)]
     lines += ["", *verdicts(result)]

@@ -106,6 +106,9 @@ class RunResult:
     worker_pids: tuple[int, ...] = ()  # every worker pid seen (server and responses)
     churn_actions: tuple[Mapping[str, Any], ...] = ()
     server_exit_code: int | None = None
+    server_argv: tuple[str, ...] = ()  # `serve …` as started
+    # Pool events counted in the master's log (server.SERVER_EVENTS names).
+    server_events: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def effective_mode(self) -> str:
@@ -140,6 +143,8 @@ class RunResult:
             "idlest_share": s.idlest if s else None,
             "fairness": s.fairness if s else None,
             "churn_actions": [dict(a) for a in self.churn_actions],
+            "server_argv": list(self.server_argv),
+            "server_events": dict(self.server_events),
             **self.measurement.to_dict(),
         }
         return out

@@ -191,6 +191,7 @@ def run_one(
         app=config.app,
         command=config.server_command,
         start_timeout=config.start_timeout,
+        extra_args=scenario.server_args,
     )
     load: _BuiltinRun | WrkProcess | None = None
     exit_code: int | None = None
@@ -243,6 +244,8 @@ def run_one(
         worker_pids=tuple(sorted(pids)),
         churn_actions=tuple(actions),
         server_exit_code=exit_code,
+        server_argv=tuple(server.argv[server.argv.index("serve") :]),
+        server_events=server.events,
     )
 
 

@@ -1,4 +1,4 @@
-"""The four load shapes ``reuseport bench`` compares the listen modes under.
+"""The load shapes ``reuseport bench`` compares the listen modes under.
 
 Rules: a scenario is data (what the clients send, whether they reconnect per
 request, whether the runner disturbs the pool); the load generators and the
@@ -20,9 +20,16 @@ Why each one exists:
   per request, reuseport keeps hashing about 1/n of *new* connections into
   the busy worker's private queue (head-of-line blocking) while in shared
   mode the idle worker simply accepts more.
-* ``churn`` - ``connect`` while the runner SIGKILLs a worker every ~1.5 s and
-  sends HUP (rolling reload), TTIN and TTOU in between; it counts the errors
-  clients see in each mode.
+* ``churn`` - ``connect`` while the pool keeps changing the graceful ways:
+  the runner sends HUP (rolling reload), TTIN (one worker more) and TTOU (one
+  worker less: in reuseport mode its queue is steered away and drained
+  first) in turn, one a second, and the server runs with ``--max-requests``
+  so workers are also recycled during the run.  None of these may lose a
+  request, so churn's errors should be 0 in both modes.
+* ``churn-kill`` (opt-in, ``--churn-kill``) - ``connect`` while the runner
+  SIGKILLs a worker that is serving, every ~1.5 s, and does nothing else.
+  The requests a killed worker had already accepted are lost by definition;
+  the report calls its errors "lost with killed workers", apart from churn's.
 """
 
 from __future__ import annotations
@@ -30,7 +37,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["SCENARIOS", "ChurnAction", "Scenario", "scenario_by_name"]
+__all__ = [
+    "ALL_SCENARIOS",
+    "CHURN_KILL",
+    "SCENARIOS",
+    "ChurnAction",
+    "Scenario",
+    "scenario_by_name",
+]
 
 
 class ChurnAction(enum.Enum):
@@ -50,6 +64,12 @@ class Scenario:
     keepalive: bool = True  # False: a new connection per request
     churn: tuple[ChurnAction, ...] = ()  # cycled through while the load runs
     churn_interval: float = 1.5  # seconds between churn actions
+    server_args: tuple[str, ...] = ()  # added to the server's `reuseport serve` command
+
+    @property
+    def kills(self) -> bool:
+        """SIGKILLs workers: its errors are requests lost with a killed worker."""
+        return ChurnAction.KILL in self.churn
 
     @property
     def counts_accepts(self) -> bool:
@@ -75,23 +95,30 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         name="churn",
-        summary="connection per request while workers are killed, reloaded, added, removed",
+        summary="connection per request while workers are reloaded, added, removed and "
+        "recycled (HUP, TTIN, TTOU, --max-requests)",
         keepalive=False,
-        churn=(
-            ChurnAction.KILL,
-            ChurnAction.HUP,
-            ChurnAction.KILL,
-            ChurnAction.TTIN,
-            ChurnAction.KILL,
-            ChurnAction.TTOU,
-        ),
+        churn=(ChurnAction.HUP, ChurnAction.TTIN, ChurnAction.TTOU),
+        churn_interval=1.0,
+        # A few thousand connections per worker: recycles several times a run.
+        server_args=("--max-requests", "3000", "--max-requests-jitter", "300"),
     ),
 )
 
+CHURN_KILL = Scenario(
+    name="churn-kill",
+    summary="connection per request while a serving worker is SIGKILLed every ~1.5 s",
+    keepalive=False,
+    churn=(ChurnAction.KILL,),
+)
+
+# What --scenario accepts; SCENARIOS is the default set.
+ALL_SCENARIOS: tuple[Scenario, ...] = (*SCENARIOS, CHURN_KILL)
+
 
 def scenario_by_name(name: str) -> Scenario:
-    for scenario in SCENARIOS:
+    for scenario in ALL_SCENARIOS:
         if scenario.name == name:
             return scenario
-    choices = ", ".join(s.name for s in SCENARIOS)
+    choices = ", ".join(s.name for s in ALL_SCENARIOS)
     raise ValueError(f"unknown scenario {name!r}: choose one of {choices}")

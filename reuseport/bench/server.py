@@ -6,6 +6,11 @@ a lot); ``stop()`` never leaves a process behind (SIGTERM, then SIGKILL of the
 master *and* of the workers it had, since an orphaned worker would keep the
 port and skew the next run).  Signals go only to the master we started or to
 its own children.
+
+The master's log is also read for pool events (``SERVER_EVENTS``: reloads
+completed, max-requests recycles, drained slots, crashes, warnings), so a
+churn run can show that the pool really changed under the load.  The
+patterns follow arbiter.py's wording; a line nobody matches is not an error.
 """
 
 from __future__ import annotations
@@ -20,16 +25,45 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO
 
 from .errors import BenchError
 
-__all__ = ["ServerProcess", "child_pids", "fetch_worker"]
+__all__ = ["SERVER_EVENTS", "ServerProcess", "child_pids", "count_events", "fetch_worker"]
 
 _LISTENING = re.compile(r"Listening at http://127\.0\.0\.1:(\d+)")
 _READY = re.compile(r"Ready: (\d+) workers?")
 _LOG_TAIL = 200
+_PROBLEMS_KEPT = 50
+
+# Pool events, by the master's log lines (arbiter.py).  Every line is matched
+# against every pattern; the counts are what a run reports.
+SERVER_EVENTS: dict[str, re.Pattern[str]] = {
+    "reload_started": re.compile(r"SIGHUP: rolling reload"),
+    "reload_complete": re.compile(r"Reload complete: "),
+    "recycle": re.compile(r"\(--max-requests\): recycling it"),
+    "replaced": re.compile(r"Worker \d+ \(pid \d+\) is ready; stopping pid \d+"),
+    "scale_up": re.compile(r"SIGTTIN: workers \d+ -> \d+"),
+    "scale_down": re.compile(r"SIGTTOU: workers \d+ -> \d+"),
+    "drain": re.compile(r"Retiring worker \d+ \(pid \d+, [^)]*\): draining its queue"),
+    "crash": re.compile(r"; starting a replacement"),
+    "replacement_failed": re.compile(r"The running worker \(pid \S+\) keeps serving"),
+    "warning": re.compile(r" WARNING "),
+    "error": re.compile(r" (ERROR|CRITICAL) "),
+}
+
+
+def count_events(line: str, counter: Counter[str]) -> bool:
+    """Add ``line``'s pool events to ``counter``; True if it is a warning or error."""
+    problem = False
+    for name, pattern in SERVER_EVENTS.items():
+        if pattern.search(line):
+            counter[name] += 1
+            problem = problem or name in ("warning", "error")
+    return problem
 
 
 def child_pids(pid: int) -> list[int]:
@@ -98,6 +132,8 @@ class ServerProcess:
         app: str | None,
         command: Sequence[str] = (sys.executable, "-m", "reuseport"),
         start_timeout: float = 20.0,
+        extra_args: Sequence[str] = (),
+        log_path: Path | None = None,
     ) -> None:
         self.mode = mode
         self.workers = workers
@@ -114,8 +150,10 @@ class ServerProcess:
             str(workers),
             "--log-level",
             "info",
+            *extra_args,
             *([app] if app else []),
         ]
+        self.log_path = log_path  # every line of the master's log, when given
         self.port = 0
         self._proc: subprocess.Popen[str] | None = None
         self._log: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL)
@@ -123,6 +161,20 @@ class ServerProcess:
         self._ready = False
         self._reader: threading.Thread | None = None
         self.known_workers: set[int] = set()  # every worker pid we ever saw
+        self._events: Counter[str] = Counter()
+        self._problems: list[str] = []  # the first warning and error lines
+
+    @property
+    def events(self) -> dict[str, int]:
+        """Pool events seen in the master's log so far (``SERVER_EVENTS`` names)."""
+        with self._cond:
+            return dict(self._events)
+
+    @property
+    def problems(self) -> list[str]:
+        """The first warning/error lines of the master's log."""
+        with self._cond:
+            return list(self._problems)
 
     @property
     def pid(self) -> int:
@@ -135,17 +187,26 @@ class ServerProcess:
             return "\n".join(list(self._log)[-lines:])
 
     def _drain(self, stream: IO[str]) -> None:
-        for line in stream:
-            with self._cond:
-                self._log.append(line.rstrip("\n"))
-                if not self.port and (m := _LISTENING.search(line)):
-                    self.port = int(m.group(1))
-                    self._cond.notify_all()
-                if not self._ready and _READY.search(line):
-                    self._ready = True
-                    self._cond.notify_all()
+        with contextlib.ExitStack() as stack:
+            copy = stack.enter_context(self.log_path.open("w")) if self.log_path else None
+            for line in stream:
+                if copy is not None:
+                    copy.write(line)
+                self._take(line.rstrip("\n"))
         with self._cond:
             self._cond.notify_all()  # EOF: the master is gone
+
+    def _take(self, line: str) -> None:
+        with self._cond:
+            self._log.append(line)
+            if count_events(line, self._events) and len(self._problems) < _PROBLEMS_KEPT:
+                self._problems.append(line)
+            if not self.port and (m := _LISTENING.search(line)):
+                self.port = int(m.group(1))
+                self._cond.notify_all()
+            if not self._ready and _READY.search(line):
+                self._ready = True
+                self._cond.notify_all()
 
     def start(self) -> None:
         """Start the master and wait until it says all workers are up."""
@@ -181,8 +242,8 @@ class ServerProcess:
                 else f"did not report 'Ready' within {self.start_timeout:g} s"
             )
             raise BenchError(
-                f"server under test ({' '.join(self.argv[-8:])}) {what}; its last log lines:\n"
-                + (self.log_tail() or "(none)")
+                f"server under test ({' '.join(self.argv[self.argv.index('serve') :])}) {what}; "
+                "its last log lines:\n" + (self.log_tail() or "(none)")
             )
         self.known_workers.update(self.worker_pids())
 
