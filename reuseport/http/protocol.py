@@ -18,6 +18,9 @@ Rules of this module:
   not one per request): header_read_timeout from the first byte of a request
   (or from accept) until its headers are complete, timeout_keep_alive while
   idle between requests.
+* Graceful shutdown closes at once only connections idle between requests
+  (they served one); a fresh connection's first request is on the way, so it
+  is answered with ``Connection: close`` (or ended by the timeouts above).
 * Nothing raised by the app or by a peer escapes into the event loop: app
   errors are logged on ``reuseport.http`` and answered with 500 (before the
   response started) or by closing the connection (after).
@@ -514,6 +517,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         self.client: tuple[str, int] | None = None
         self.sockname: tuple[str, int] | None = None
         self.trusted = False
+        self.served = 0  # responses completed on this connection
         self.cycle: RequestCycle | None = None  # the request the app is answering
         self.queue: deque[RequestCycle] = deque()  # parsed, waiting their turn
         self.receiving: RequestCycle | None = None  # where parsed body bytes go
@@ -637,7 +641,13 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
 
     def shutdown(self) -> None:
         self.shutting_down = True
-        if self.cycle is None and not self.queue:
+        # Only a connection idle *between* requests may be closed now (clients
+        # retry a keep-alive connection closed under them).  One that has not
+        # finished sending its first request was accepted moments ago and its
+        # request is on the way: a connection-per-request client would see an
+        # empty reply.  It gets its answer (with Connection: close), or the
+        # header-read timeout / the graceful deadline ends it.
+        if self.cycle is None and not self.queue and self.served > 0 and self._parse_state == _IDLE:
             self.close()
 
     def abort(self) -> None:
@@ -825,6 +835,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         stats = self.stats
         stats.in_flight -= 1
         stats.requests += 1
+        self.served += 1
         if self.server.access_log:
             self._log_access(cycle)
         cycle.wake()
@@ -835,10 +846,11 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
                 self._linger()  # unread request body: avoid a RST eating the answer
             return
         if cycle.message_done:
-            self._finish(cycle)
-        # else: keep reading and dropping the rest of the body, bounded by the
+            self._finish(cycle)  # (it updates reading itself)
+            return
+        # Keep reading and dropping the rest of the body, bounded by the
         # keep-alive deadline; on_message_complete then finishes the cycle.
-        elif self.server.keep_alive_timeout > 0:
+        if self.server.keep_alive_timeout > 0:
             self.deadline = self.loop.time() + self.server.keep_alive_timeout
         self.update_reading()
 

@@ -1,0 +1,42 @@
+"""The peer benchmark's app: a raw ASGI 3 hello-world (``hello:app``).
+
+Every HTTP request gets ``200``, ``text/plain`` and ``Hello, world!`` with a
+Content-Length; the lifespan scope is acknowledged so every server starts it
+the same way.  Nothing here depends on the server, so each one runs the same
+bytes of Python per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Message = MutableMapping[str, Any]
+
+BODY = b"Hello, world!"
+START: Message = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [
+        (b"content-type", b"text/plain"),
+        (b"content-length", str(len(BODY)).encode("ascii")),
+    ],
+}
+RESPONSE: Message = {"type": "http.response.body", "body": BODY}
+
+
+async def app(
+    scope: MutableMapping[str, Any],
+    receive: Callable[[], Awaitable[Message]],
+    send: Callable[[Message], Awaitable[None]],
+) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await send(START)
+    await send(RESPONSE)
