@@ -125,6 +125,7 @@ class _SlotHistory:
 class _Replacement:
     slot: int
     reason: str  # "reload" or "recycle"
+    pid: int | None = None  # recycle: the worker that asked (not its successor)
 
 
 @dataclass(slots=True)
@@ -186,6 +187,7 @@ class Arbiter:
         self.target = config.initial_workers
         self.generation = 0
         self.replacements: collections.deque[_Replacement] = collections.deque()
+        self.extra_spawns = 0  # SIGTTIN in a dynamic/ondemand pool
         self.pending = _Pending()
         self.stopping = False
         self.stop_deadline = 0.0
@@ -325,7 +327,9 @@ class Arbiter:
             for fd, handle in live.items():
                 if fd not in registered:
                     poller.register(fd, select.POLLIN)
-                    registered[fd] = handle
+                # A reaped worker's channel fd is often reused at once by the
+                # next worker's channel: map the number to the current handle.
+                registered[fd] = handle
             # With no worker at all (ondemand), wake on the first connection.
             wanted = set() if (self.workers or self.stopping) else set(self._held_listener_fds())
             for fd in watched_listeners - wanted:
@@ -378,11 +382,11 @@ class Arbiter:
         if self.stopping:
             return
         if self.config.pm is not ProcessManager.STATIC:
-            if len(self._live()) >= self.config.pool_limit:
+            if len(self._live()) + self.extra_spawns >= self.config.pool_limit:
                 log.warning("SIGTTIN ignored: at --max-workers (%d)", self.config.pool_limit)
             else:
                 log.info("SIGTTIN: starting one more worker")
-                self._spawn(self._free_slot(), reason="SIGTTIN")
+                self.extra_spawns += 1
             return
         if self.target >= self.config.pool_limit:
             log.warning(
@@ -398,11 +402,11 @@ class Arbiter:
             return
         if self.config.pm is not ProcessManager.STATIC:
             live = sorted(self._live(), key=lambda h: -h.slot)
+            ready = [h for h in live if h.ready]
             if len(live) <= 1:
                 log.warning("SIGTTOU ignored: keeping the last worker")
-            else:
-                log.info("SIGTTOU: retiring worker %d", live[0].slot)
-                self._retire(live[0], "SIGTTOU")
+            elif not ready or not self._retire(ready[0], "SIGTTOU"):
+                log.warning("SIGTTOU ignored: a worker is starting or draining; try again")
             return
         if self.target <= 1:
             log.warning("SIGTTOU ignored: keeping the last worker")
@@ -414,7 +418,9 @@ class Arbiter:
         if self.stopping:
             return
         slots = sorted({h.slot for h in self._live()})
-        queued = {r.slot for r in self.replacements}
+        # A queued recycle may be skipped (its worker replaced meanwhile): only
+        # a queued reload makes a slot's reload already pending.
+        queued = {r.slot for r in self.replacements if r.reason == "reload"}
         added = [s for s in slots if s not in queued]
         self.replacements.extend(_Replacement(slot=s, reason="reload") for s in added)
         log.info(
@@ -493,23 +499,28 @@ class Arbiter:
                 if handle.slot == slot:
                     self._retire(handle, "pool")
                     break
-        for _ in range(decision.spawn):
+        self._spawn_some(decision.spawn, "pool", now)
+        if self.extra_spawns:
+            self.extra_spawns -= self._spawn_some(self.extra_spawns, "SIGTTIN", now)
+
+    def _spawn_some(self, count: int, reason: str, now: float) -> int:
+        """Start up to ``count`` workers in free slots; return how many started."""
+        started = 0
+        for _ in range(count):
             slot = self._free_slot()
             history = self.history.setdefault(slot, _SlotHistory())
             if now < history.not_before:
                 break
-            if self.mode is Mode.REUSEPORT and slot not in self.slot_socks:
-                # New sockets join the group one at a time, so the master
-                # knows each one's index.
-                if self._opening_socket():
-                    break
-                if self.draining_slot is not None:
-                    break
+            # New sockets join the group one at a time, so the master knows
+            # each one's index.
+            new_socket = self.mode is Mode.REUSEPORT and slot not in self.slot_socks
+            if new_socket and (self._opening_socket() or self.draining_slot is not None):
+                break
             if len(self.workers) >= 2 * self.config.pool_limit:
                 break
-            self._spawn(slot, reason="pool")
-            if self.mode is Mode.REUSEPORT and self._opening_socket():
-                break
+            self._spawn(slot, reason=reason)
+            started += 1
+        return started
 
     def _pool_view(self, now: float) -> PoolView:
         views = []
@@ -555,6 +566,8 @@ class Arbiter:
             old = next((h for h in self._live() if h.slot == job.slot), None)
             if old is None or not old.ready:
                 continue
+            if job.pid is not None and old.pid != job.pid:
+                continue  # a reload already replaced the worker that asked to be recycled
             old.replaced = True
             log.info(
                 "%s: starting a new worker %d to replace pid %d",
@@ -565,16 +578,28 @@ class Arbiter:
             self._spawn(job.slot, reason=job.reason, replaces=old.pid)
             return
 
-    def _retire(self, handle: WorkerHandle, why: str) -> None:
-        """Stop a worker for good, losing nothing queued for it."""
+    def _retire(self, handle: WorkerHandle, why: str) -> bool:
+        """Stop a worker for good, losing nothing queued for it.
+
+        Returns False when it cannot start now (the caller may ask again).
+        """
         if handle.stopping:
-            return
+            return False
+        if not handle.ready:
+            # Still booting: it may be replacing a worker (stopping it would
+            # fail the reload and leave the slot to the old worker) or be
+            # opening a socket the master does not hold yet (which could then
+            # not be drained).  Retire it once it serves.
+            return False
         slot = handle.slot
         if self.mode is Mode.REUSEPORT and slot in self.slot_socks and slot != self.anchor_slot:
             others = [g for g in self.groups if len(g.order) > 1]
             if others and len(others) == len(self.groups):
-                if self.draining_slot is not None:
-                    return  # one drain at a time; the pool asks again next second
+                if self.draining_slot is not None or self._opening_socket():
+                    # One drain at a time, and never while a new socket joins the
+                    # group (its index must be known when the drained one leaves);
+                    # the pool asks again.
+                    return False
                 try:
                     for group, sock in zip(self.groups, self._any_other_socks(slot), strict=True):
                         attach_cbpf(sock, steering_program(group.indices_except({slot})))
@@ -594,11 +619,12 @@ class Arbiter:
                     log.info(
                         "Retiring worker %d (pid %d, %s): draining its queue", slot, handle.pid, why
                     )
-                    return
+                    return True
         log.info("Retiring worker %d (pid %d, %s)", slot, handle.pid, why)
         handle.stopping = True
         handle.stop_deadline = time.monotonic() + self.config.graceful_timeout + 5.0
         self._kill(handle, signal.SIGTERM)
+        return True
 
     def _any_other_socks(self, slot: int) -> list[socket.socket]:
         """For each bind, a listening socket of some other slot (to attach programs to)."""
@@ -754,7 +780,9 @@ class Arbiter:
                     handle.pid,
                     message.get("requests"),
                 )
-                self.replacements.append(_Replacement(slot=handle.slot, reason="recycle"))
+                self.replacements.append(
+                    _Replacement(slot=handle.slot, reason="recycle", pid=handle.pid)
+                )
         elif kind == "boot_error":
             for fd in fds:
                 os.close(fd)
@@ -782,7 +810,6 @@ class Arbiter:
         handle.ready = True
         handle.interface = interface
         handle.last_busy = time.monotonic()
-        self.history.setdefault(handle.slot, _SlotHistory()).quick_failures = 0
         if handle.replaces is not None:
             old = self.workers.get(handle.replaces)
             handle.replaces = None
@@ -909,10 +936,16 @@ class Arbiter:
                     history.quick_failures,
                     delay,
                 )
+        else:
+            # It served for a while: the next crash starts the count again.  (Not
+            # reset when a worker becomes ready: one that crashes right after
+            # that would be respawned in a tight loop.)
+            history.quick_failures = 0
         if (
             self.config.pm is not ProcessManager.STATIC
             and handle.slot in self.slot_socks
             and time.monotonic() >= history.not_before
+            and not any(h.slot == handle.slot for h in self._live())
         ):
             # Its socket is held and may hold connections: respawn into it now,
             # whatever the pool policy would say.

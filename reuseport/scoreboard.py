@@ -5,9 +5,11 @@ mapping, so every worker inherits it).  It has twice as many rows as the pool
 has slots, because during a rolling reload a slot's old and new worker live
 side by side; the master hands each new worker a free row.  Each worker writes
 only its own row; the master reads every row and writes a row only while no
-worker owns it (before spawning into it, after reaping).  No locks: a row is small and written with
-one ``pack_into``; a reader may see a torn row at worst for one heartbeat,
-which no decision depends on to the byte.
+worker owns it (before spawning into it, after reaping).  No locks: a row is
+small, packed first and then copied in with one slice assignment; a reader may
+see a row that mixes two consecutive writes field by field, at worst for one
+heartbeat, which no decision depends on to the byte (but never a field that
+neither write had: see ``write``).
 """
 
 from __future__ import annotations
@@ -67,9 +69,12 @@ class Scoreboard:
         connections: int = 0,
         accepted: int = 0,
     ) -> None:
-        _ROW.pack_into(
-            self._mem,
-            index * _ROW.size,
+        # Pack first, then copy the row in one go: ``pack_into`` would zero
+        # the whole row before writing each field, and a reader catching that
+        # moment would see heartbeat 0 (a loop stuck since boot) or state
+        # EMPTY (a live worker's row looking free).
+        offset = index * _ROW.size
+        self._mem[offset : offset + _ROW.size] = _ROW.pack(
             pid,
             slot,
             generation,
