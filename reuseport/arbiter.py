@@ -54,17 +54,21 @@ from typing import Any
 
 from . import worker as worker_mod
 from .bpf import Group, attach_cbpf, detach, steering_program
-from .config import BindAddress, Config, Mode, ProcessManager
+from .config import BindAddress, Config, Mode, ProcessManager, SteeringKind
 from .errors import BootError, ConfigError, ExitCode
 from .policy import PoolPolicy, PoolView, WorkerView
 from .scoreboard import Scoreboard, SlotState
 from .sockets import bind_reuseport, bind_shared, check_port_guard, reserve_port
+from .steering import SlotLoad, Steering
 
 __all__ = ["Arbiter"]
 
 log = logging.getLogger("reuseport.master")
 
 _TICK = 0.5
+_STEER_TICK = 0.02  # --steering load samples the accept queues this often
+_STALE_AFTER = 1.0  # a loop that has not beaten for this long is behind
+_STALL_AFTER = 0.1  # a queue that has not gone down for this long is stalled
 # A worker beats every 0.25 s at most (worker.py); seen busy within this
 # window means busy now.
 _BUSY_WINDOW = 1.0
@@ -188,6 +192,12 @@ class Arbiter:
         self.generation = 0
         self.replacements: collections.deque[_Replacement] = collections.deque()
         self.extra_spawns = 0  # SIGTTIN in a dynamic/ondemand pool
+        self.steering = Steering(load_aware=config.steering is SteeringKind.LOAD)
+        self.attached: tuple[int, ...] | None = None  # group indices the program allows
+        self._steer_warned = False
+        self.steered_away: list[int] = []  # slots new connections are kept from
+        self.stalled: list[int] = []  # slots whose loop or accept queue stands still
+        self._queue_trend: dict[int, tuple[int, float]] = {}  # slot: (queue, last went down)
         self.pending = _Pending()
         self.stopping = False
         self.stop_deadline = 0.0
@@ -308,6 +318,7 @@ class Arbiter:
             poller.register(self.control.fileno(), select.POLLIN)
         registered: dict[int, WorkerHandle] = {}
         watched_listeners: set[int] = set()
+        load_steering = self.steering.load_aware and self.mode is Mode.REUSEPORT
         while True:
             self._dispatch_signals()
             self._reap()
@@ -318,6 +329,8 @@ class Arbiter:
             else:
                 self._check_workers()
                 self._maintain_pool()
+                if load_steering:
+                    self._steer_quietly()
             # Keep the poll set in step with the live channels.
             live = {h.channel.fileno(): h for h in self.workers.values() if h.channel.fileno() >= 0}
             for fd in set(registered) - set(live):
@@ -337,8 +350,9 @@ class Arbiter:
             for fd in wanted - watched_listeners:
                 poller.register(fd, select.POLLIN)
             watched_listeners = wanted
+            tick = _STEER_TICK if load_steering and self.workers else _TICK
             try:
-                events = poller.poll(_TICK * 1000)
+                events = poller.poll(tick * 1000)
             except InterruptedError:
                 continue
             for fd, _mask in events:
@@ -600,10 +614,11 @@ class Arbiter:
                     # group (its index must be known when the drained one leaves);
                     # the pool asks again.
                     return False
+                self.draining_slot = slot
                 try:
-                    for group, sock in zip(self.groups, self._any_other_socks(slot), strict=True):
-                        attach_cbpf(sock, steering_program(group.indices_except({slot})))
+                    self._steer(force=True)
                 except OSError as exc:
+                    self.draining_slot = None
                     log.warning(
                         "could not steer connections away from worker %d (%s); its queued "
                         "connections may be reset",
@@ -611,7 +626,6 @@ class Arbiter:
                         errno.errorcode.get(exc.errno or 0, exc.errno),
                     )
                 else:
-                    self.draining_slot = slot
                     handle.draining = True
                     handle.stopping = True
                     handle.stop_deadline = time.monotonic() + self.config.graceful_timeout + 5.0
@@ -626,13 +640,6 @@ class Arbiter:
         self._kill(handle, signal.SIGTERM)
         return True
 
-    def _any_other_socks(self, slot: int) -> list[socket.socket]:
-        """For each bind, a listening socket of some other slot (to attach programs to)."""
-        for other, socks in self.slot_socks.items():
-            if other != slot:
-                return socks
-        raise OSError(errno.ENOENT, "no other slot")
-
     def _release_slot(self, slot: int) -> None:
         """The drained slot's worker is gone: close its socket, forget its index."""
         socks = self.slot_socks.pop(slot, [])
@@ -643,14 +650,102 @@ class Arbiter:
                 group.left(slot)
         if self.draining_slot == slot:
             self.draining_slot = None
-            for sock in self._first_socks():
-                with contextlib.suppress(OSError):
-                    detach(sock)
+        # The indices moved (the last member took the hole): the program
+        # attached for the old layout is stale.
+        with contextlib.suppress(OSError):
+            self._steer(force=True)
 
-    def _first_socks(self) -> list[socket.socket]:
-        for socks in self.slot_socks.values():
-            return socks
-        return []
+    # ------------------------------------------------------------------ steering
+    def _slot_ready(self, slot: int) -> bool:
+        return any(h.slot == slot and h.ready and not h.stopping for h in self.workers.values())
+
+    def _slot_loads(self, now: float) -> list[SlotLoad]:
+        from .control import listen_queue_depth
+
+        load_aware = self.steering.load_aware
+        rows = {}
+        if load_aware and self.scoreboard is not None:
+            for handle in self.workers.values():
+                if handle.ready and not handle.stopping:
+                    rows[handle.slot] = self.scoreboard.read(handle.row)
+        loads = []
+        behind: list[int] = []
+        for slot in self.groups[0].order:
+            queue = 0
+            stale = False
+            if load_aware:
+                for sock in self.slot_socks.get(slot, []):
+                    depth = listen_queue_depth(sock)
+                    queue += depth[0] if depth else 0
+                row = rows.get(slot)
+                stale = row is not None and now - row.heartbeat > _STALE_AFTER
+                # A queue that holds connections and does not go down is not
+                # being accepted from: a stalled worker, whatever its length.
+                last_queue, moved_at = self._queue_trend.get(slot, (0, now))
+                if queue == 0 or queue < last_queue:
+                    moved_at = now
+                self._queue_trend[slot] = (queue, moved_at)
+                if queue > self.steering.queue_limit and now - moved_at > _STALL_AFTER:
+                    stale = True
+                if stale:
+                    behind.append(slot)
+            loads.append(
+                SlotLoad(
+                    slot=slot,
+                    ready=(self._slot_ready(slot) if load_aware else True),
+                    draining=slot == self.draining_slot,
+                    queue=queue,
+                    stale=stale,
+                )
+            )
+        self.stalled = behind
+        return loads
+
+    def _steer_quietly(self) -> None:
+        try:
+            self._steer()
+        except OSError as exc:
+            if not self._steer_warned:
+                self._steer_warned = True
+                log.warning(
+                    "--steering load: attaching the steering program failed (%s); new "
+                    "connections follow the kernel's hash",
+                    errno.errorcode.get(exc.errno or 0, exc.errno),
+                )
+
+    def _steer(self, *, force: bool = False) -> None:
+        """Attach (or detach) the group program that matches who may receive.
+
+        Raises OSError if the kernel refuses; callers decide what that costs.
+        """
+        if self.mode is not Mode.REUSEPORT or not self.groups or not self.groups[0].order:
+            return
+        order = self.groups[0].order
+        allowed = self.steering.allowed(self._slot_loads(time.monotonic()))
+        self.steered_away = sorted(set(order) - allowed)
+        wanted: tuple[int, ...] | None = None
+        if allowed != set(order):
+            wanted = tuple(Steering.indices(order, allowed))
+        if wanted == self.attached and not force:
+            return
+        for group in self.groups:
+            if group.order != order:
+                raise OSError(errno.EINVAL, "the groups of the binds disagree")
+        holders = [self.slot_socks[s] for s in order if s in self.slot_socks]
+        if not holders:
+            return
+        for sock in holders[0]:
+            if wanted is None:
+                try:
+                    detach(sock)
+                except OSError as exc:
+                    if exc.errno == errno.ENOENT:  # nothing attached
+                        continue
+                    # Linux < 5.3 cannot detach: allow every index instead.
+                    attach_cbpf(sock, steering_program(list(range(len(order)))))
+            else:
+                attach_cbpf(sock, steering_program(wanted))
+        self.attached = wanted
 
     def _send(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -1073,6 +1168,11 @@ class Arbiter:
             },
             "workers": workers,
             "totals": totals,
+            "steering": {
+                "kind": config.steering.value,
+                "steered_away": list(self.steered_away),
+                "stalled": list(self.stalled),
+            },
         }
 
     # ------------------------------------------------------------------ pid file

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
-from .config import Config, Interface, Lifespan, LoopKind, Mode, ProcessManager
+from .config import Config, Interface, Lifespan, LoopKind, Mode, ProcessManager, SteeringKind
 from .errors import ConfigError, ExitCode, ReuseportError
 
 __all__ = ["main"]
@@ -78,6 +78,14 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "by the master; auto (default): reuseport if the kernel balances it",
     )
     g.add_argument("--backlog", type=int, default=S, help="listen backlog (default 2048)")
+    g.add_argument(
+        "--steering",
+        default=S,
+        choices=_choices(SteeringKind),
+        help="reuseport mode: hash (default) leaves new connections to the kernel's "
+        "hash; load steers them away from workers whose accept queue backs up "
+        "or that are not ready (a cBPF program, no privilege needed)",
+    )
     g = p.add_argument_group("application")
     g.add_argument(
         "--interface",

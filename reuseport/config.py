@@ -28,6 +28,7 @@ __all__ = [
     "LoopKind",
     "Mode",
     "ProcessManager",
+    "SteeringKind",
     "parse_bind",
 ]
 
@@ -66,6 +67,13 @@ class ProcessManager(enum.Enum):
     STATIC = "static"
     DYNAMIC = "dynamic"
     ONDEMAND = "ondemand"
+
+
+class SteeringKind(enum.Enum):
+    """How a reuseport group's new connections are spread (see steering.py)."""
+
+    HASH = "hash"  # the kernel's hash; only a draining slot is steered away from
+    LOAD = "load"  # also skip workers that fall behind or are not ready
 
 
 class Lifespan(enum.Enum):
@@ -169,6 +177,7 @@ class Config:
     interface: Interface = Interface.AUTO
     loop: LoopKind = LoopKind.AUTO
     backlog: int = 2048
+    steering: SteeringKind = SteeringKind.HASH
 
     # Process manager (php-fpm names in comments).
     pm: ProcessManager = ProcessManager.STATIC
@@ -212,6 +221,7 @@ class Config:
         set_(self, "loop", _enum_value(LoopKind, self.loop, "loop"))
         set_(self, "pm", _enum_value(ProcessManager, self.pm, "pm"))
         set_(self, "lifespan", _enum_value(Lifespan, self.lifespan, "lifespan"))
+        set_(self, "steering", _enum_value(SteeringKind, self.steering, "steering"))
         binds = tuple(b if isinstance(b, BindAddress) else parse_bind(str(b)) for b in self.binds)
         if not binds:
             raise ConfigError("no --bind given: pass at least one HOST:PORT")

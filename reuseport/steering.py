@@ -9,15 +9,16 @@ group, whatever that member's worker is doing.  Two situations need better:
 - a slot leaving the group for good must get no new connections while its
   worker empties its queue (``draining``): always excluded;
 - with ``--steering load``, a worker that falls behind (its accept queue holds
-  more than ``queue_limit`` connections, or its event loop misses heartbeats)
-  is taken out of the rotation until it catches up (queue back to zero), so a
-  slow worker no longer keeps receiving its share: per-worker queues without
-  reuseport's head-of-line blocking.
+  ``queue_limit`` more connections than the shortest queue of the group, its
+  queue stops going down, or its event loop misses heartbeats) is taken out of the rotation until it
+  catches up (its queue back down to the shortest), so a slow worker no
+  longer keeps receiving its share: per-worker queues without reuseport's
+  head-of-line blocking.
 
 A slot whose worker is not ready yet (booting, or respawning after a crash)
 is left out too when others can serve, so connections do not wait behind an
-import.  If no slot qualifies, every member that is not draining is allowed:
-queueing somewhere beats refusing.
+import.  If no worker serves at all, every member that is not draining is
+allowed: queueing somewhere beats refusing.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class SlotLoad:
     ready: bool  # a ready worker accepts from this slot's socket
     draining: bool
     queue: int  # connections waiting in its accept queue
-    stale: bool  # its worker's loop missed heartbeats
+    stale: bool  # its worker's loop missed heartbeats, or its queue stopped going down
 
 
 class Steering:
@@ -49,20 +50,26 @@ class Steering:
         loads = list(loads)
         open_slots = [s for s in loads if not s.draining]
         serving = [s for s in open_slots if s.ready]
-        if self.load_aware:
-            for s in serving:
-                if s.stale or s.queue > self.queue_limit:
-                    self._held_back.add(s.slot)
-                elif s.queue == 0:
-                    self._held_back.discard(s.slot)
-            known = {s.slot for s in loads}
-            self._held_back &= known
-            healthy = [s for s in serving if s.slot not in self._held_back]
-            if healthy:
-                return {s.slot for s in healthy}
-        if serving:
+        if not serving:
+            return {s.slot for s in open_slots}
+        if not self.load_aware:
             return {s.slot for s in serving}
-        return {s.slot for s in open_slots}
+        # Queues are compared with each other, not with a fixed bound: under
+        # a burst every queue grows and nobody should be skipped, but a
+        # worker that stalls falls behind the others.  A worker held back
+        # comes back once its queue is down to the shortest one.
+        live = [s for s in serving if not s.stale]
+        if not live:  # every loop is late: judge by queue alone
+            live = serving
+        shortest = min(s.queue for s in live)
+        for s in serving:
+            if s not in live or s.queue > shortest + self.queue_limit:
+                self._held_back.add(s.slot)
+            elif s.queue <= shortest:
+                self._held_back.discard(s.slot)
+        self._held_back &= {s.slot for s in loads}
+        allowed = {s.slot for s in live if s.slot not in self._held_back}
+        return allowed or {s.slot for s in live if s.queue == shortest}
 
     @staticmethod
     def indices(order: Sequence[int], allowed: set[int]) -> list[int]:

@@ -59,7 +59,9 @@ _WATCHDOG_GRACE = 5.0
 _WATCHDOG_POLL = 1.0
 _BEAT_INTERVAL = 0.25  # scoreboard freshness; the pool's idle/busy view needs it
 _DRAIN_POLL = 0.01
-_DRAIN_QUIET = 0.1  # the queue must stay empty this long: handshakes in flight land
+_DRAIN_QUIET = 1.0  # the queue must stay empty this long: handshakes in flight land
+# (on a starved machine the final ACK of a handshake can sit in softirq for
+# well over 100 ms; a connection that lands after we close would be reset)
 _RECYCLE_POLL = 0.05
 
 

@@ -24,6 +24,7 @@ from reuseport.config import (
     LoopKind,
     Mode,
     ProcessManager,
+    SteeringKind,
     parse_bind,
 )
 from reuseport.errors import ConfigError
@@ -42,6 +43,7 @@ FLAG_CASES: list[tuple[tuple[str, ...], str, object]] = [
     (("--mode", "shared"), "mode", Mode.SHARED),
     (("--mode", "reuseport"), "mode", Mode.REUSEPORT),
     (("--backlog", "16"), "backlog", 16),
+    (("--steering", "load"), "steering", SteeringKind.LOAD),
     (("--interface", "socket"), "interface", Interface.SOCKET),
     (("--app-dir", "src"), "app_dir", "src"),
     (("--loop", "asyncio"), "loop", LoopKind.ASYNCIO),

@@ -33,22 +33,39 @@ def test_hash_mode_ignores_queues() -> None:
     assert steering.allowed([load(0, queue=100), load(1)]) == {0, 1}
 
 
-def test_load_aware_holds_back_a_backlogged_slot_until_its_queue_is_empty() -> None:
+def test_load_aware_holds_back_a_backlogged_slot_until_it_catches_up() -> None:
     steering = Steering(load_aware=True, queue_limit=4)
     assert steering.allowed([load(0, queue=5), load(1)]) == {1}
-    # Still backlogged (below the limit but not empty): stays out.
+    # Still behind (within the limit, but longer than the shortest): stays out.
     assert steering.allowed([load(0, queue=2), load(1)]) == {1}
     assert steering.allowed([load(0, queue=0), load(1)]) == {0, 1}
 
 
+def test_queues_are_judged_against_each_other() -> None:
+    steering = Steering(load_aware=True, queue_limit=4)
+    # A burst fills every queue alike: nobody is skipped.
+    assert steering.allowed([load(0, queue=30), load(1, queue=28)]) == {0, 1}
+    # One worker stops draining while the other catches up.
+    assert steering.allowed([load(0, queue=40), load(1, queue=3)]) == {1}
+    assert steering.allowed([load(0, queue=40), load(1, queue=0)]) == {1}
+
+
 def test_load_aware_holds_back_a_stale_worker() -> None:
     steering = Steering(load_aware=True)
-    assert steering.allowed([load(0, stale=True), load(1)]) == {1}
+    assert steering.allowed([load(0, stale=True), load(1, queue=9)]) == {1}
 
 
-def test_load_aware_never_leaves_no_slot() -> None:
+def test_when_every_loop_is_stale_queues_decide() -> None:
+    steering = Steering(load_aware=True, queue_limit=4)
+    loads = [load(0, queue=40, stale=True), load(1, queue=6, stale=True)]
+    assert steering.allowed(loads) == {1}
+
+
+def test_shortest_queue_is_never_held_back() -> None:
     steering = Steering(load_aware=True, queue_limit=1)
-    assert steering.allowed([load(0, queue=9), load(1, queue=9)]) == {0, 1}
+    for queues in ([9, 9], [0, 50], [50, 0], [7, 3, 12]):
+        allowed = steering.allowed([load(i, queue=q) for i, q in enumerate(queues)])
+        assert queues.index(min(queues)) in allowed
 
 
 def test_forgotten_slots_are_dropped_from_the_hold_list() -> None:

@@ -31,7 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--modes",
         default="reuseport,shared",
-        help="comma-separated modes to compare: reuseport, shared, auto (default: %(default)s)",
+        help=(
+            "comma-separated modes to compare: reuseport, shared, auto, and reuseport+load "
+            "(reuseport mode with --steering load) (default: %(default)s)"
+        ),
     )
     parser.add_argument(
         "-w", "--workers", type=int, default=2, help="workers per server (default: %(default)s)"

@@ -286,8 +286,11 @@ def run_bench(
     return BenchResult(config=config, runs=tuple(runs), summaries=summaries, generators=generators)
 
 
+STEERED_MODE = "reuseport+load"  # reuseport mode with --steering load
+
+
 def modes_from_text(text: str) -> tuple[str, ...]:
-    allowed = ("reuseport", "shared", "auto")
+    allowed = ("reuseport", "shared", "auto", STEERED_MODE)
     modes = tuple(m.strip().lower() for m in text.split(",") if m.strip())
     for mode in modes:
         if mode not in allowed:

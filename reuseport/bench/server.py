@@ -121,8 +121,16 @@ def fetch_worker(port: int, *, timeout: float = 1.0) -> tuple[int, int] | None:
         return None
 
 
+def _mode_args(mode: str) -> list[str]:
+    base, _, steering = mode.partition("+")
+    return ["--mode", base, *(["--steering", steering] if steering else [])]
+
+
 class ServerProcess:
-    """``python -m reuseport serve`` on 127.0.0.1:0 in one mode."""
+    """``python -m reuseport serve`` on 127.0.0.1:0 in one mode.
+
+    The mode ``reuseport+load`` is reuseport mode with ``--steering load``.
+    """
 
     def __init__(
         self,
@@ -144,8 +152,7 @@ class ServerProcess:
             "serve",
             "--bind",
             "127.0.0.1:0",
-            "--mode",
-            mode,
+            *_mode_args(mode),
             "-w",
             str(workers),
             "--log-level",
