@@ -30,7 +30,8 @@ def check_matplotlib() -> None:
 
 def _label(summary: Mapping[str, Any]) -> str:
     mode, eff = summary["mode"], summary["effective_mode"]
-    return str(mode) if mode == eff else f"{mode} ({eff})"
+    same = str(mode).partition("+")[0] == str(eff).partition("+")[0]
+    return str(mode) if same else f"{mode} ({eff})"
 
 
 def write_plot(doc: Mapping[str, Any], path: Path) -> None:
@@ -53,7 +54,7 @@ def write_plot(doc: Mapping[str, Any], path: Path) -> None:
     modes = list(dict.fromkeys(s["mode"] for s in summaries))
     colors = {m: c for m, c in zip(modes, ("#1f77b4", "#ff7f0e", "#2ca02c"), strict=False)}
     fig, axes = plt.subplots(
-        len(scenarios), 2, figsize=(12, 3.1 * len(scenarios) + 0.9), squeeze=False
+        len(scenarios), 2, figsize=(13, 3.8 * len(scenarios) + 0.9), squeeze=False
     )
     width = 0.8 / max(1, len(modes))
     for row, scenario in enumerate(scenarios):
@@ -86,8 +87,15 @@ def write_plot(doc: Mapping[str, Any], path: Path) -> None:
         # Head room above the tallest bar so the legend never hides one.
         ax_share.set_ylim(0, min(100.0, max(ax_share.get_ylim()[1], 50.0)) * 1.3)
         ax_share.set_ylabel("share of requests (%)")
-        ax_share.set_title(f"{scenario}: requests per worker — " + ", ".join(rates), fontsize=10)
-        ax_share.legend(fontsize=8, loc="upper center", ncol=len(rows) + 1, frameon=False)
+        ax_share.set_title(f"{scenario}: requests per worker\n" + ", ".join(rates), fontsize=10)
+        # Below the axes, so the legend never hides a bar.
+        ax_share.legend(
+            fontsize=8,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.12),
+            ncol=len(rows) + 1,
+            frameon=False,
+        )
         ax_lat.set_xticks(range(len(_LATENCY)), list(_LATENCY))
         ax_lat.set_yscale("log")
         ax_lat.yaxis.set_major_formatter(plain)

@@ -99,7 +99,7 @@ def _opt(value: float | None, fmt: str) -> str:
 
 
 def _mode_label(s: Summary) -> str:
-    if s.mode != s.effective_mode:
+    if s.mode.partition("+")[0] != s.effective_mode.partition("+")[0]:  # "auto": its choice
         return f"{s.mode}({s.effective_mode})"
     return s.mode
 
