@@ -304,17 +304,38 @@ class _Worker:
         assert self.stop is not None
         self.state = SlotState.DRAINING
         self.beat()
-        deadline = time.monotonic() + self.spec.config.graceful_timeout
+        started = time.monotonic()
+        deadline = started + self.spec.config.graceful_timeout
         quiet_since: float | None = None
-        while time.monotonic() < deadline:
+        accepted_at_start = accepted = self.stats.accepted
+        # Quiet means: nothing waits in the queue *and* nothing new was
+        # accepted for a while.  An empty queue alone proves little: a worker
+        # that accepts fast sees an empty queue even while connections still
+        # arrive.
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                log.warning(
+                    "worker %d: its queue did not go quiet within the graceful timeout "
+                    "(%d connections accepted while draining); closing it",
+                    self.spec.slot,
+                    self.stats.accepted - accepted_at_start,
+                )
+                break
             depths = [listen_queue_depth(sock) for sock in self.sockets]
             empty = all(d is not None and d[0] == 0 for d in depths)
-            now = time.monotonic()
-            if not empty:
+            if not empty or self.stats.accepted != accepted:
                 quiet_since = None
+                accepted = self.stats.accepted
             elif quiet_since is None:
                 quiet_since = now
             elif now - quiet_since >= _DRAIN_QUIET:
+                log.info(
+                    "Worker %d drained in %.2fs (%d connections accepted while draining)",
+                    self.spec.slot,
+                    now - started,
+                    accepted - accepted_at_start,
+                )
                 break
             await asyncio.sleep(_DRAIN_POLL)
         self.stop.set()
