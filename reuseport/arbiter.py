@@ -725,7 +725,7 @@ class Arbiter:
         self.steered_away = sorted(set(order) - allowed)
         wanted: tuple[int, ...] | None = None
         if allowed != set(order):
-            wanted = tuple(Steering.indices(order, allowed))
+            wanted = tuple(self.groups[0].indices_except(set(order) - allowed))
         if wanted == self.attached and not force:
             return
         for group in self.groups:

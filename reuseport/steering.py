@@ -23,7 +23,7 @@ allowed: queueing somewhere beats refusing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = ["SlotLoad", "Steering"]
@@ -70,8 +70,3 @@ class Steering:
         self._held_back &= {s.slot for s in loads}
         allowed = {s.slot for s in live if s.slot not in self._held_back}
         return allowed or {s.slot for s in live if s.queue == shortest}
-
-    @staticmethod
-    def indices(order: Sequence[int], allowed: set[int]) -> list[int]:
-        """Group indices (listen order) of the allowed slots."""
-        return [index for index, slot in enumerate(order) if slot in allowed]

@@ -73,7 +73,3 @@ def test_forgotten_slots_are_dropped_from_the_hold_list() -> None:
     steering.allowed([load(0, queue=9), load(1)])
     steering.allowed([load(1)])  # slot 0 left the group
     assert steering.allowed([load(0), load(1)]) == {0, 1}
-
-
-def test_indices_follow_listen_order() -> None:
-    assert Steering.indices([2, 0, 1], {0, 1}) == [1, 2]
