@@ -1106,11 +1106,8 @@ class Arbiter:
                 state = "ready"
             else:
                 state = "starting"
-            socks = (
-                self.shared_socks
-                if self.mode is Mode.SHARED
-                else self.slot_socks.get(handle.slot, [])
-            )
+            # Shared mode has one queue for everybody: it goes in the totals only.
+            socks = [] if self.mode is Mode.SHARED else self.slot_socks.get(handle.slot, [])
             queue: int | None = None
             queue_max: int | None = None
             for sock in socks:
