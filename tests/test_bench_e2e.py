@@ -267,3 +267,27 @@ def test_wrk_generator_counts_workers(tmp_path: Path, capsys: pytest.CaptureFixt
     assert sum(run_["requests_per_worker"].values()) == run_["requests"]
     assert set(LATENCY_LABELS) <= set(run_["latency_ms"])
     assert_all_gone(doc)
+
+
+def test_steered_mode_runs_reuseport_with_load_steering(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    code = bench(
+        "--duration", "1.5", "-w", "2", "--connections", "16",
+        "--modes", "reuseport+load", "--scenario", "connect",
+        "--load-generator", "builtin", "--json", str(out),
+    )  # fmt: skip
+    text = capsys.readouterr()
+    assert code == 0, text.err
+    assert any(line.split()[:2] == ["connect", "reuseport+load"] for line in text.out.splitlines())
+    doc = json.loads(out.read_text())
+    (run_,) = doc["runs"]
+    assert run_["mode"] == "reuseport+load"
+    argv = run_["server_argv"]
+    assert argv[argv.index("--mode") + 1] == "reuseport"
+    assert argv[argv.index("--steering") + 1] == "load"
+    assert run_["modes_seen"] == ["reuseport"]
+    assert run_["errors"] == {}
+    assert sum(run_["requests_per_worker"].values()) == run_["requests"] > 0
+    assert_all_gone(doc)
