@@ -11,7 +11,7 @@ from pathlib import Path
 
 import apps_plain
 import pytest
-from support import Server
+from support import Server, wait_until
 
 from reuseport import apps
 from reuseport.config import Interface
@@ -70,3 +70,23 @@ def test_detect_names_a_reason(obj: object, expected: Interface) -> None:
     interface, reason = apps.detect(obj)
     assert interface is expected
     assert reason
+
+
+@pytest.mark.parametrize("app", ["apps_plain:stream_handler", "apps_plain:HttpProtocol"])
+def test_max_requests_counts_connections_for_plain_interfaces(app: str) -> None:
+    """A stream or protocol app has no visible requests: each connection counts as one."""
+    with Server(app, "--app-dir", TESTS_DIR, "-w", "1", "--max-requests", "10") as server:
+        server.wait_ready()
+        first = server.wait_workers(1)[0]
+        pids: set[int] = set()
+
+        def successor_answers() -> bool:
+            status, body = server.request("/")
+            assert status == 200
+            pids.add(body["pid"])
+            return len(pids) >= 2
+
+        wait_until(successor_answers, timeout=15)
+        assert first in pids
+        server.wait_for_line(r"served \d+ requests \(--max-requests\): recycling it")
+        assert server.stop() == 0

@@ -1,5 +1,10 @@
 """Adapters for the three plain asyncio interfaces: stream, protocol, socket.
 
+These interfaces carry any protocol, so a *request* is not visible to us: for
+the stream and protocol adapters one connection counts as one request (in
+flight while it is open), which is what ``--max-requests`` and the dynamic
+pool's idea of "busy" then mean.  A socket app's work is invisible to us.
+
 Rules: these adapters cannot ask the user's code to wind down politely, so
 graceful shutdown means: stop accepting, give live connections up to the
 graceful timeout to finish by themselves, then close (stream/protocol) or
@@ -47,6 +52,7 @@ class StreamApp(HostedApp):
         stats = self.ctx.stats
         stats.connections += 1
         stats.accepted += 1
+        stats.in_flight += 1
         task = asyncio.current_task()
         assert task is not None
         self.tasks.add(cast("asyncio.Task[None]", task))
@@ -58,6 +64,8 @@ class StreamApp(HostedApp):
             log.exception("stream handler raised")
         finally:
             stats.connections -= 1
+            stats.in_flight -= 1
+            stats.requests += 1
             self.tasks.discard(cast("asyncio.Task[None]", task))
             writer.close()
 
@@ -87,6 +95,7 @@ class _Tracked(asyncio.Protocol):
         stats = self.owner.ctx.stats
         stats.connections += 1
         stats.accepted += 1
+        stats.in_flight += 1
         try:
             self.inner.connection_made(transport)
         except BaseException:
@@ -105,7 +114,10 @@ class _Tracked(asyncio.Protocol):
         if self not in self.owner.live:
             return False
         self.owner.live.discard(self)
-        self.owner.ctx.stats.connections -= 1
+        stats = self.owner.ctx.stats
+        stats.connections -= 1
+        stats.in_flight -= 1
+        stats.requests += 1
         if not self.owner.live:
             self.owner.drained.set()
         return True
