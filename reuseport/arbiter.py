@@ -49,16 +49,23 @@ import signal
 import socket
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import worker as worker_mod
 from .bpf import Group, attach_cbpf, detach, steering_program
 from .config import BindAddress, Config, Mode, ProcessManager, SteeringKind
+from .control import ControlServer, default_control_path
 from .errors import BootError, ConfigError, ExitCode
 from .policy import PoolPolicy, PoolView, WorkerView
 from .scoreboard import Scoreboard, SlotState
-from .sockets import bind_reuseport, bind_shared, check_port_guard, reserve_port
+from .sockets import (
+    bind_reuseport,
+    bind_shared,
+    check_port_guard,
+    listen_queue_depth,
+    reserve_port,
+)
 from .steering import SlotLoad, Steering
 
 __all__ = ["Arbiter"]
@@ -132,11 +139,6 @@ class _Replacement:
     pid: int | None = None  # recycle: the worker that asked (not its successor)
 
 
-@dataclass(slots=True)
-class _Pending:
-    signals: collections.deque[int] = field(default_factory=collections.deque)
-
-
 def resolve_user(user: str | None, group: str | None) -> tuple[int | None, int | None]:
     """Turn --user/--group into ids, refusing what cannot work."""
     import grp
@@ -198,13 +200,13 @@ class Arbiter:
         self.steered_away: list[int] = []  # slots new connections are kept from
         self.stalled: list[int] = []  # slots whose loop or accept queue stands still
         self._queue_trend: dict[int, tuple[int, float]] = {}  # slot: (queue, last went down)
-        self.pending = _Pending()
+        self.signals: collections.deque[int] = collections.deque()  # filled by handlers
         self.stopping = False
         self.stop_deadline = 0.0
         self.exit_code: int = ExitCode.OK
         self.announced_ready = False
         self.scoreboard: Scoreboard | None = None
-        self.control: Any = None
+        self.control: ControlServer | None = None
         self.uid, self.gid = resolve_user(config.user, config.group)
         self._wake_r = -1
         self._wake_w = -1
@@ -216,7 +218,7 @@ class Arbiter:
             os.set_blocking(fd, False)
             os.set_inheritable(fd, False)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        queue = self.pending.signals
+        queue = self.signals
 
         def enqueue(signum: int, _frame: object) -> None:
             queue.append(signum)
@@ -263,10 +265,6 @@ class Arbiter:
         self.slot_socks.clear()
 
     def _start_control(self) -> None:
-        try:
-            from .control import ControlServer, default_control_path
-        except ImportError:  # pragma: no cover - control.py ships with the package
-            return
         path = self.config.control or default_control_path(self.pid)
         self.control = ControlServer(path, self.snapshot)
         log.info("Control socket at %s (reuseport status --control %s)", path, path)
@@ -344,7 +342,11 @@ class Arbiter:
                 # next worker's channel: map the number to the current handle.
                 registered[fd] = handle
             # With no worker at all (ondemand), wake on the first connection.
-            wanted = set() if (self.workers or self.stopping) else set(self._held_listener_fds())
+            wanted = (
+                set()
+                if (self.workers or self.stopping)
+                else {s.fileno() for s in self._held_listeners()}
+            )
             for fd in watched_listeners - wanted:
                 poller.unregister(fd)
             for fd in wanted - watched_listeners:
@@ -365,14 +367,15 @@ class Arbiter:
                 elif self.control is not None and fd == self.control.fileno():
                     self.control.handle()
 
-    def _held_listener_fds(self) -> list[int]:
+    def _held_listeners(self) -> list[socket.socket]:
+        """Every listening socket the master holds (the shared one, or each slot's)."""
         if self.mode is Mode.SHARED:
-            return [s.fileno() for s in self.shared_socks]
-        return [s.fileno() for socks in self.slot_socks.values() for s in socks]
+            return list(self.shared_socks)
+        return [s for socks in self.slot_socks.values() for s in socks]
 
     # ------------------------------------------------------------------ signals
     def _dispatch_signals(self) -> None:
-        queue = self.pending.signals
+        queue = self.signals
         while queue:
             signum = queue.popleft()
             name = signal.Signals(signum).name.lower()
@@ -558,18 +561,12 @@ class Arbiter:
     def _connections_waiting(self) -> bool:
         if self.config.pm is not ProcessManager.ONDEMAND:
             return False
-        from .control import listen_queue_depth
+        return self._queued() > 0
 
-        socks = (
-            self.shared_socks
-            if self.mode is Mode.SHARED
-            else [s for socks in self.slot_socks.values() for s in socks]
-        )
-        for sock in socks:
-            depth = listen_queue_depth(sock)
-            if depth is not None and depth[0] > 0:
-                return True
-        return False
+    def _queued(self) -> int:
+        """Connections waiting in every queue the master holds."""
+        depths = (listen_queue_depth(sock) for sock in self._held_listeners())
+        return sum(depth[0] for depth in depths if depth is not None)
 
     def _run_replacements(self) -> None:
         """Reload/recycle: one slot at a time, new worker first, old one after it is ready."""
@@ -660,8 +657,6 @@ class Arbiter:
         return any(h.slot == slot and h.ready and not h.stopping for h in self.workers.values())
 
     def _slot_loads(self, now: float) -> list[SlotLoad]:
-        from .control import listen_queue_depth
-
         load_aware = self.steering.load_aware
         rows = {}
         if load_aware and self.scoreboard is not None:
@@ -1091,13 +1086,12 @@ class Arbiter:
     # ------------------------------------------------------------------ status
     def snapshot(self) -> dict[str, Any]:
         """What `reuseport status` shows."""
-        from .control import listen_queue_depth
-
         now = time.monotonic()
         workers = []
         totals = {"requests": 0, "in_flight": 0, "connections": 0, "accepted": 0, "queue": 0}
         for handle in sorted(self.workers.values(), key=lambda h: (h.slot, h.generation)):
             row = self.scoreboard.read(handle.row) if self.scoreboard else None
+            own = row if row is not None and row.pid == handle.pid else None
             if handle.draining:
                 state = "draining"
             elif handle.stopping:
@@ -1121,26 +1115,21 @@ class Arbiter:
                 "generation": handle.generation,
                 "state": state,
                 "uptime": now - handle.started,
-                "requests": row.requests if row and row.pid == handle.pid else 0,
-                "in_flight": row.in_flight if row and row.pid == handle.pid else 0,
-                "connections": row.connections if row and row.pid == handle.pid else 0,
-                "accepted": row.accepted if row and row.pid == handle.pid else 0,
+                "requests": own.requests if own else 0,
+                "in_flight": own.in_flight if own else 0,
+                "connections": own.connections if own else 0,
+                "accepted": own.accepted if own else 0,
                 "queue": queue,
                 "queue_max": queue_max,
-                "heartbeat_age": (now - row.heartbeat) if row and row.pid == handle.pid else None,
+                "heartbeat_age": (now - own.heartbeat) if own else None,
             }
             workers.append(entry)
-            for key in ("requests", "in_flight", "connections", "accepted"):
-                totals[key] += int(entry[key] or 0)  # type: ignore[call-overload]
-        if self.mode is Mode.SHARED:
-            for sock in self.shared_socks:
-                depth = listen_queue_depth(sock)
-                totals["queue"] += depth[0] if depth else 0
-        else:
-            for socks in self.slot_socks.values():
-                for sock in socks:
-                    depth = listen_queue_depth(sock)
-                    totals["queue"] += depth[0] if depth else 0
+            if own:
+                totals["requests"] += own.requests
+                totals["in_flight"] += own.in_flight
+                totals["connections"] += own.connections
+                totals["accepted"] += own.accepted
+        totals["queue"] = self._queued()
         config = self.config
         return {
             "master": {

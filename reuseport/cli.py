@@ -354,20 +354,14 @@ def make_parser() -> argparse.ArgumentParser:
     add_probe_arguments(probe)
     probe.set_defaults(func=_cmd_probe)
     bench = sub.add_parser("bench", help="compare the listen modes under identical load")
-    try:
-        from .bench.cli import add_arguments as add_bench_arguments
-    except ImportError:
-        pass
-    else:
-        add_bench_arguments(bench)
+    from .bench.cli import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bench)
     bench.set_defaults(func=_cmd_bench)
     status = sub.add_parser("status", help="show the live workers of a running server")
-    try:
-        from .control import add_status_arguments
-    except ImportError:
-        pass
-    else:
-        add_status_arguments(status)
+    from .control import add_status_arguments
+
+    add_status_arguments(status)
     status.set_defaults(func=_cmd_status)
     return parser
 

@@ -40,7 +40,6 @@ import logging
 import os
 import socket
 import stat
-import struct
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -49,6 +48,7 @@ from typing import Any
 
 from .config import SECONDS
 from .errors import BootError, ReuseportError
+from .sockets import listen_queue_depth
 
 __all__ = [
     "HANDLE_BUDGET",
@@ -76,14 +76,6 @@ _MAX_REQUEST = 256  # bytes; a request line is "status\n"
 _MAX_REPLY = 64 * 1024 * 1024  # bytes; a snapshot of thousands of workers is far less
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 _SOCKET_SUFFIX = ".sock"
-
-# struct tcp_info (linux/tcp.h): 8 one-byte fields, then u32 rto, ato,
-# snd_mss, rcv_mss, unacked, sacked.  For a LISTEN socket the kernel reports
-# the accept-queue length in tcpi_unacked and the backlog in tcpi_sacked
-# (tcp_get_info(), since Linux 2.6.18).
-_TCP_INFO_LEN = 104
-_TCP_INFO_HEAD = struct.Struct("=8B6I")
-_TCP_LISTEN = 10  # tcpi_state of a listening socket
 
 
 class ControlError(ReuseportError):
@@ -494,28 +486,6 @@ def find_control_sockets() -> list[str]:
 
 
 # ---------------------------------------------------------------- listen queues
-def listen_queue_depth(sock: socket.socket) -> tuple[int, int] | None:
-    """``(connections waiting in the accept queue, backlog limit)`` of a listening TCP socket.
-
-    None when the socket is not a listening TCP socket or the platform has no
-    ``TCP_INFO`` (only Linux reports the queue this way).
-    """
-    tcp_info = getattr(socket, "TCP_INFO", None)
-    if tcp_info is None or not sys.platform.startswith("linux"):
-        return None
-    try:
-        raw = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, _TCP_INFO_LEN)
-    except OSError:
-        return None
-    if len(raw) < _TCP_INFO_HEAD.size:
-        return None
-    fields = _TCP_INFO_HEAD.unpack_from(raw)
-    if fields[0] != _TCP_LISTEN:
-        return None
-    unacked, sacked = fields[12], fields[13]
-    return unacked, sacked
-
-
 # ---------------------------------------------------------------- `reuseport status`
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,11 +32,19 @@ __all__ = [
     "bind_shared",
     "check_port_guard",
     "find_listeners",
+    "listen_queue_depth",
     "reserve_port",
     "socket_inode",
 ]
 
 _LISTEN_STATE = "0A"
+# struct tcp_info (linux/tcp.h): 8 one-byte fields, then u32 rto, ato,
+# snd_mss, rcv_mss, unacked, sacked.  For a LISTEN socket the kernel reports
+# the accept-queue length in tcpi_unacked and the backlog in tcpi_sacked
+# (tcp_get_info(), since Linux 2.6.18).
+_TCP_INFO_LEN = 104
+_TCP_INFO_HEAD = struct.Struct("=8B6I")
+_TCP_LISTEN = 10  # tcpi_state of a listening socket
 
 
 def _errno_name(exc: OSError) -> str:
@@ -273,3 +282,25 @@ def check_port_guard(addr: BindAddress, own_inodes: Iterable[int] = ()) -> None:
             "mode a second listener of the same user would silently share the traffic. Stop "
             "that process, or choose another port with --bind"
         )
+
+
+def listen_queue_depth(sock: socket.socket) -> tuple[int, int] | None:
+    """``(connections waiting in the accept queue, backlog limit)`` of a listening TCP socket.
+
+    None when the socket is not a listening TCP socket or the platform has no
+    ``TCP_INFO`` (only Linux reports the queue this way).
+    """
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if tcp_info is None or not sys.platform.startswith("linux"):
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, _TCP_INFO_LEN)
+    except OSError:
+        return None
+    if len(raw) < _TCP_INFO_HEAD.size:
+        return None
+    fields = _TCP_INFO_HEAD.unpack_from(raw)
+    if fields[0] != _TCP_LISTEN:
+        return None
+    unacked, sacked = fields[12], fields[13]
+    return unacked, sacked

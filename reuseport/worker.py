@@ -48,7 +48,7 @@ from .apps.base import HostedApp, WorkerContext, WorkerStats
 from .config import BindAddress, Config, Interface, LoopKind, Mode
 from .errors import BootError, ExitCode, ReuseportError
 from .scoreboard import Scoreboard, SlotState
-from .sockets import adopt, bind_reuseport
+from .sockets import adopt, bind_reuseport, listen_queue_depth
 
 __all__ = ["WorkerSpec", "run"]
 
@@ -299,8 +299,6 @@ class _Worker:
 
     async def _drain(self) -> None:
         """Accept what is still queued on our (steered-away) sockets, then stop."""
-        from .control import listen_queue_depth
-
         assert self.stop is not None
         self.state = SlotState.DRAINING
         self.beat()
