@@ -22,7 +22,7 @@ from asgi_apps import (
     wait_for,
 )
 
-from reuseport.http.protocol import HIGH_WATER
+from reuseport.http.flow import HIGH_WATER
 
 GET = b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n"
 CLOSE = b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
