@@ -215,6 +215,26 @@ def test_head_of_streamed_response_has_no_body() -> None:
     run(main())
 
 
+@pytest.mark.parametrize("path", ["/head-first", "/head-later"])
+def test_head_goes_out_while_the_app_waits_before_its_body(path: str) -> None:
+    async def main() -> None:
+        probe = Probe()
+        async with serving(probe) as srv:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            try:
+                writer.write(get(path, close=True))
+                head = await read_response_head(reader)  # before the body is released
+                assert head.startswith(b"HTTP/1.1 200 OK")
+                assert b"transfer-encoding: chunked" in head
+                probe.event("head-release").set()
+                (response,) = parse_responses(head + await wait_for(reader.read()))
+                assert response.body == b"late body"
+            finally:
+                writer.close()
+
+    run(main())
+
+
 # --- headers ------------------------------------------------------------------
 
 

@@ -46,10 +46,10 @@ How, on Python 3.11, which has no eager tasks:
   already-yielded future back to the Task machinery and then forwards
   ``send``/``throw`` to the app's coroutine.
 * The C ``Task.get_coro()`` dereferences the coroutine without a NULL check; a
-  subclass overrides it so nothing can crash on the uninitialised placeholder.
-  So does ``__repr__`` (anyio formats the current task into cancel
-  reasons).  Other methods of an uninitialised Task raise ``RuntimeError``
-  cleanly.
+  subclass overrides it to return the app's coroutine while the placeholder is
+  uninitialised (anyio's ``get_current_task()`` needs one).  It overrides
+  ``__repr__`` too (anyio formats the current task into cancel reasons).
+  Other methods of an uninitialised Task raise ``RuntimeError`` cleanly.
 """
 
 from __future__ import annotations
@@ -93,8 +93,15 @@ else:
     class _EagerTask(asyncio.Task[None]):
         """A Task that may be the current task before ``__init__`` ran."""
 
+        __slots__ = ("_first_coro",)
+        _first_coro: Any
+
         def get_coro(self) -> Any:
-            # The ``_coro`` property returns None instead of crashing when unset.
+            # anyio's TaskInfo (``anyio.get_current_task()``) asserts that the
+            # current task has a coroutine.  The C ``_coro`` property returns
+            # None instead of crashing when unset.
+            if self._loop is None:
+                return self._first_coro
             return self._coro  # type: ignore[attr-defined]
 
         def __repr__(self) -> str:
@@ -182,6 +189,7 @@ else:
             coro: Any = awaitable
             if not hasattr(coro, "send"):
                 coro = coro.__await__()  # an awaitable object, not a coroutine
+            task._first_coro = coro
             first = context.run(coro.send, None)
         except StopIteration:
             on_done(None)
