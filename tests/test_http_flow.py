@@ -47,14 +47,20 @@ def test_forced_pause_and_resume_are_idempotent() -> None:
     assert transport.calls == ["pause", "resume"]
 
 
+async def waiting_drains(count: int) -> tuple[FlowControl, list[asyncio.Future[None]]]:
+    """A flow paused for writing, with ``count`` ``drain()`` calls waiting on it."""
+    flow, _ = make(asyncio.get_running_loop())
+    flow.pause_writing()
+    assert flow.write_paused
+    waiters = [asyncio.ensure_future(flow.drain()) for _ in range(count)]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waiters)
+    return flow, waiters
+
+
 def test_drain_waits_for_resume_writing() -> None:
     async def main() -> None:
-        flow, _ = make(asyncio.get_running_loop())
-        flow.pause_writing()
-        assert flow.write_paused
-        waiters = [asyncio.ensure_future(flow.drain()) for _ in range(2)]
-        await asyncio.sleep(0)
-        assert not any(w.done() for w in waiters)
+        flow, waiters = await waiting_drains(2)
         flow.resume_writing()
         await asyncio.wait_for(asyncio.gather(*waiters), 1.0)
         assert not flow.write_paused
@@ -64,10 +70,7 @@ def test_drain_waits_for_resume_writing() -> None:
 
 def test_release_wakes_a_waiting_drain() -> None:
     async def main() -> None:
-        flow, _ = make(asyncio.get_running_loop())
-        flow.pause_writing()
-        waiter = asyncio.ensure_future(flow.drain())
-        await asyncio.sleep(0)
+        flow, (waiter,) = await waiting_drains(1)
         flow.release()  # the connection is lost
         await asyncio.wait_for(waiter, 1.0)
         await asyncio.wait_for(flow.drain(), 1.0)  # a later drain does not wait either
@@ -77,11 +80,7 @@ def test_release_wakes_a_waiting_drain() -> None:
 
 def test_cancelled_drain_leaves_the_waiter_for_others() -> None:
     async def main() -> None:
-        flow, _ = make(asyncio.get_running_loop())
-        flow.pause_writing()
-        first = asyncio.ensure_future(flow.drain())
-        second = asyncio.ensure_future(flow.drain())
-        await asyncio.sleep(0)
+        flow, (first, second) = await waiting_drains(2)
         first.cancel()
         await asyncio.sleep(0)
         assert first.cancelled()

@@ -21,9 +21,12 @@ Rules:
   the response started) or by closing the connection (after); they never
   escape into the event loop.
 
-A second app interface (WSGI, issue 13) is a sibling of this class: the
-connection needs from a cycle only ``run()``, the body buffer with ``wake()``,
-``request``, ``response`` and ``client_gone()``; everything ASGI is here.
+A second app interface (WSGI, issue 13) is a sibling of this class, built by
+the connection from the same parsed parts (the constructor's arguments): the
+connection needs from a cycle only ``run()``, the body buffer with
+``wake()``, ``request``, ``response``, ``client_gone()`` and
+``log_access()``; everything ASGI (the scope, ``root_path`` in the path, the
+lifespan state copy, the message types) is here.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._eager import start_eager
 from .flow import HIGH_WATER
-from .framing import ResponseFramer, ResponseState
+from .framing import COMPLETE, HEAD_HELD, WAITING, ResponseFramer
 
 if TYPE_CHECKING:
     from .protocol import HttpProtocol
@@ -53,6 +56,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("reuseport.http")
+access_logger = logging.getLogger("reuseport.access")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -82,9 +86,6 @@ RECEIVING = RequestState.RECEIVING
 RECEIVED = RequestState.RECEIVED
 DELIVERED = RequestState.DELIVERED
 GONE = RequestState.GONE
-_WAITING = ResponseState.WAITING
-_HEAD_HELD = ResponseState.HEAD_HELD
-_COMPLETE = ResponseState.COMPLETE
 
 
 class RequestCycle:
@@ -102,9 +103,40 @@ class RequestCycle:
         "waiter",
     )
 
-    def __init__(self, proto: HttpProtocol, scope: Scope, response: ResponseFramer) -> None:
+    def __init__(
+        self,
+        proto: HttpProtocol,
+        response: ResponseFramer,
+        method: str,
+        http_version: str,
+        path: str,
+        raw_path: bytes,
+        query: bytes,
+        client: tuple[str, int] | None,
+        scheme: str,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        server = proto.server
+        root_path = server.root_path
+        if root_path:
+            path = root_path + path
+            raw_path = server.root_path_bytes + raw_path
+        self.scope: Scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": http_version,
+            "server": proto.sockname,
+            "client": client,
+            "scheme": scheme,
+            "method": method,
+            "root_path": root_path,
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": headers,
+            "state": server.state.copy(),
+        }
         self.proto = proto
-        self.scope = scope
         self.response = response
         self.request = RECEIVING
         self.expect_100 = False  # send "100 Continue" on the first receive()
@@ -144,11 +176,11 @@ class RequestCycle:
     async def receive(self) -> Message:
         if self.expect_100:
             self.expect_100 = False
-            if self.response.state is _WAITING and not self.proto.closed:
+            if self.response.state is WAITING and not self.proto.closed:
                 self.proto.transport.write(_CONTINUE)
         while True:
             state = self.request
-            if state is GONE or self.response.state is _COMPLETE:
+            if state is GONE or self.response.state is COMPLETE:
                 return _DISCONNECT
             if state is not DELIVERED and (self.body or state is RECEIVED):
                 chunks = self.body
@@ -190,18 +222,18 @@ class RequestCycle:
         kind = message["type"]
         if kind == "http.response.body":
             state = response.state
-            if state is _WAITING:
+            if state is WAITING:
                 raise RuntimeError(
                     "the ASGI app sent 'http.response.body' before 'http.response.start'"
                 )
-            if state is _COMPLETE:
+            if state is COMPLETE:
                 raise RuntimeError(
                     "the ASGI app sent 'http.response.body' after the response was complete"
                 )
             data = response.body(message.get("body", b""), message.get("more_body", False))
             if data:
                 proto.transport.write(data)
-            if response.state is _COMPLETE:
+            if response.state is COMPLETE:
                 if response.left:
                     logger.error(
                         "the ASGI app sent %d body bytes fewer than its Content-Length header "
@@ -210,7 +242,7 @@ class RequestCycle:
                     )
                 proto.response_complete(self)
         elif kind == "http.response.start":
-            if response.state is not _WAITING:
+            if response.state is not WAITING:
                 raise RuntimeError("the ASGI app sent 'http.response.start' twice")
             # A client still waiting for "100 Continue" may or may not send its
             # body now: the connection is in an unknown state, so it ends.
@@ -228,14 +260,14 @@ class RequestCycle:
                 "support (the extension is not offered in the scope); closing the connection"
             )
             response.keep_alive = False
-            if response.state is _COMPLETE:
+            if response.state is COMPLETE:
                 proto.close()
         else:
             raise RuntimeError(f"the ASGI app sent an unexpected message type {kind!r}")
 
     def flush_head(self) -> None:
         """Send a head held back for joining once the app waits for something."""
-        if self.response.state is not _HEAD_HELD or self.request is GONE or self.proto.closed:
+        if self.response.state is not HEAD_HELD or self.request is GONE or self.proto.closed:
             return
         self.proto.transport.write(self.response.flush_head())
 
@@ -259,9 +291,9 @@ class RequestCycle:
         proto = self.proto
         state = self.response.state
         if exc is None:
-            if state is _COMPLETE or self.request is GONE:
+            if state is COMPLETE or self.request is GONE:
                 return
-            if state is _WAITING:
+            if state is WAITING:
                 logger.error("the ASGI app returned without sending a response")
                 self._fail_before_start()
             else:
@@ -275,13 +307,34 @@ class RequestCycle:
             logger.debug("ASGI app was cancelled")
         else:
             logger.error("Exception in ASGI application", exc_info=exc)
-        if state is _COMPLETE:
+        if state is COMPLETE:
             return  # the response was sent; the error came later (e.g. a background task)
-        if state is _WAITING:
+        if state is WAITING:
             self._fail_before_start()
         else:
             proto.close()
 
+    def log_access(self) -> None:
+        scope = self.scope
+        query = scope["query_string"]
+        path = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+        access_logger.info(
+            '%s - "%s %s HTTP/%s" %d %d',
+            format_client(scope["client"]),
+            scope["method"],
+            path,
+            scope["http_version"],
+            self.response.status,
+            self.response.bytes_sent,
+        )
+
     def _fail_before_start(self) -> None:
         self.proto.transport.write(self.response.refuse(500))
         self.proto.response_complete(self)
+
+
+def format_client(client: tuple[str, int] | None) -> str:
+    """``host:port`` for the access log, ``-`` when unknown."""
+    if client is None:
+        return "-"
+    return f"{client[0]}:{client[1]}"

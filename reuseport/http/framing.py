@@ -40,7 +40,17 @@ from enum import IntEnum
 
 from ._wire import error_response, status_line
 
-__all__ = ["NO_BODY_STATUS", "DefaultHeaders", "Framing", "ResponseFramer", "ResponseState"]
+__all__ = [
+    "BODY",
+    "COMPLETE",
+    "HEAD_HELD",
+    "NO_BODY_STATUS",
+    "WAITING",
+    "DefaultHeaders",
+    "Framing",
+    "ResponseFramer",
+    "ResponseState",
+]
 
 NO_BODY_STATUS = frozenset({204, 304, *range(100, 200)})
 _SPECIAL = frozenset({b"content-length", b"transfer-encoding", b"connection", b"server", b"date"})
@@ -66,12 +76,12 @@ class Framing(IntEnum):
     NONE = 4  # no body bytes at all: a HEAD request, or a 1xx/204/304 status
 
 
-# Module-level aliases: a global lookup is cheaper than an enum class attribute
-# on the per-request path.
-_WAITING = ResponseState.WAITING
-_HEAD_HELD = ResponseState.HEAD_HELD
-_BODY = ResponseState.BODY
-_COMPLETE = ResponseState.COMPLETE
+# Module-level aliases (also for the callers): a global lookup is cheaper than
+# an enum class attribute on the per-request path.
+WAITING = ResponseState.WAITING
+HEAD_HELD = ResponseState.HEAD_HELD
+BODY = ResponseState.BODY
+COMPLETE = ResponseState.COMPLETE
 _UNDECIDED = Framing.UNDECIDED
 _LENGTH = Framing.LENGTH
 _CHUNKED = Framing.CHUNKED
@@ -126,7 +136,7 @@ class ResponseFramer:
         self._head = head
         self._http10 = http10
         self.keep_alive = keep_alive
-        self.state = _WAITING
+        self.state = WAITING
         self.status = 0
         self.bytes_sent = 0  # body bytes the app gave (also for HEAD)
         self.left = 0  # with Framing.LENGTH: bytes still owed; after the end, missing
@@ -189,7 +199,7 @@ class ResponseFramer:
             prefix = defaults.both
         self._held = line + prefix + block
         self.status = status
-        self.state = _HEAD_HELD
+        self.state = HEAD_HELD
 
     def body(self, data: bytes, more: bool) -> bytes:
         """The bytes to write for one piece of body; ``more=False`` ends the response."""
@@ -219,9 +229,9 @@ class ResponseFramer:
             out = data
         self.bytes_sent += len(data)
         if more:
-            self.state = _BODY
+            self.state = BODY
         else:
-            self.state = _COMPLETE
+            self.state = COMPLETE
             if self.left:
                 self.keep_alive = False  # the peer would wait for the missing bytes
         if head is None:
@@ -234,14 +244,14 @@ class ResponseFramer:
         if head is None:
             return b""
         self._held = None
-        self.state = _BODY
+        self.state = BODY
         return self._end_head(head, None)
 
     def refuse(self, status: int) -> bytes:
         """End a response that never started with a canned error; closes the connection."""
         self.status = status
         self.keep_alive = False
-        self.state = _COMPLETE
+        self.state = COMPLETE
         return self._defaults.error_response(status)
 
     def _end_head(self, head: bytes, length: int | None) -> bytes:

@@ -35,9 +35,9 @@ Where the next features plug in:
   protocol's begin; today we answer the request as plain HTTP and close.  A
   WebSocket cycle would take the transport, its ``FlowControl`` and the bytes
   after the request head from there.
-* A second app interface (WSGI, issue 13) replaces ``RequestCycle`` (and the
-  scope built in ``on_headers_complete``); the queue, deadlines and errors
-  here do not change.
+* A second app interface (WSGI, issue 13) is another cycle class, built in
+  ``on_headers_complete`` from the same parsed parts; the queue, deadlines
+  and errors here do not change.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ from urllib.parse import unquote_to_bytes
 import httptools
 
 from ..connections import ManagedConnection
-from .cycle import GONE, RECEIVED, RECEIVING, RequestCycle, Scope
+from .cycle import GONE, RECEIVED, RECEIVING, RequestCycle, format_client
 from .flow import FlowControl
-from .framing import ResponseFramer, ResponseState
+from .framing import COMPLETE, WAITING, ResponseFramer
 from .proxy import forwarded_client, forwarded_scheme
 
 if TYPE_CHECKING:
@@ -85,7 +85,6 @@ class ParseState(IntEnum):
 _IDLE = ParseState.IDLE
 _HEADERS = ParseState.HEADERS
 _BODY = ParseState.BODY
-_COMPLETE = ResponseState.COMPLETE
 
 
 class _LimitExceeded(Exception):
@@ -160,7 +159,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         stats.connections -= 1
         cycle = self.cycle
         if cycle is not None:
-            if cycle.response.state is not _COMPLETE:
+            if cycle.response.state is not COMPLETE:
                 stats.in_flight -= 1
             cycle.client_gone()
         stats.in_flight -= len(self.queue)
@@ -311,27 +310,11 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
                 scheme = forwarded_scheme(self._xfp, scheme)
             if self._xff is not None:
                 client = forwarded_client(self._xff, server.trust, client)
-        if server.root_path:
-            path = server.root_path + path
-            raw_path = server.root_path_bytes + raw_path
-        scope: Scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": version,
-            "server": self.sockname,
-            "client": client,
-            "scheme": scheme,
-            "method": method,
-            "root_path": server.root_path,
-            "path": path,
-            "raw_path": raw_path,
-            "query_string": query,
-            "headers": self._headers,
-            "state": server.state.copy(),
-        }
         keep_alive = parser.should_keep_alive() and not self.shutting_down
         response = ResponseFramer(server.defaults, method == "HEAD", version == "1.0", keep_alive)
-        cycle = RequestCycle(self, scope, response)
+        cycle = RequestCycle(
+            self, response, method, version, path, raw_path, query, client, scheme, self._headers
+        )
         if self._expect and version == "1.1":
             cycle.expect_100 = True
         self.stats.in_flight += 1
@@ -340,7 +323,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
 
     def on_body(self, body: bytes) -> None:
         cycle = self.receiving
-        if cycle is None or cycle.request is GONE or cycle.response.state is _COMPLETE:
+        if cycle is None or cycle.request is GONE or cycle.response.state is COMPLETE:
             return  # answered already: the rest of the body is read and dropped
         cycle.body.append(body)
         cycle.body_size += len(body)
@@ -354,7 +337,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
             return
         self.receiving = None
         cycle.request = RECEIVED
-        if cycle.response.state is _COMPLETE:
+        if cycle.response.state is COMPLETE:
             if cycle is self.cycle:
                 self._finish(cycle)
         elif cycle.waiter is not None:
@@ -386,7 +369,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         stats.requests += 1
         self.served += 1
         if self.server.access_log:
-            self._log_access(cycle)
+            cycle.log_access()
         cycle.wake()
         if not cycle.response.keep_alive or self.shutting_down:
             if cycle.request is not RECEIVING or self._parser_dead:
@@ -435,7 +418,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         if self.closed:
             return
         cycle = self.receiving
-        if cycle is None or cycle.response.state is _COMPLETE:
+        if cycle is None or cycle.response.state is COMPLETE:
             self.flow.update_reading(bool(self.queue), 0)
         else:
             self.flow.update_reading(bool(self.queue), cycle.body_size)
@@ -449,7 +432,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
             # The app is reading a body that turned out malformed: it sees a
             # disconnect, the client gets the error if nothing was sent yet.
             receiving.client_gone()
-            if receiving.response.state is not ResponseState.WAITING:
+            if receiving.response.state is not WAITING:
                 self.close()
             else:
                 self._send_error(status)
@@ -468,7 +451,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         if self.closed:
             return
         if self.server.access_log:
-            access_logger.info('%s - "-" %d -', _format_client(self.client), status)
+            access_logger.info('%s - "-" %d -', format_client(self.client), status)
         self.transport.write(self.server.defaults.error_response(status))
         self._linger()
 
@@ -487,23 +470,3 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
             return
         self.deadline = self.loop.time() + _LINGER
         self.flow.resume_reading()
-
-    def _log_access(self, cycle: RequestCycle) -> None:
-        scope = cycle.scope
-        query = scope["query_string"]
-        path = scope["path"] + ("?" + query.decode("latin-1") if query else "")
-        access_logger.info(
-            '%s - "%s %s HTTP/%s" %d %d',
-            _format_client(scope["client"]),
-            scope["method"],
-            path,
-            scope["http_version"],
-            cycle.response.status,
-            cycle.response.bytes_sent,
-        )
-
-
-def _format_client(client: tuple[str, int] | None) -> str:
-    if client is None:
-        return "-"
-    return f"{client[0]}:{client[1]}"
