@@ -38,7 +38,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 from ._eager import start_eager
-from .flow import HIGH_WATER
+from .flow import RECHECK_AFTER
 from .framing import COMPLETE, HEAD_HELD, WAITING, ResponseFramer
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ class RequestCycle:
                 more = state is RECEIVING
                 if not more:
                     self.request = DELIVERED
-                if size > HIGH_WATER // 2:
+                if size > RECHECK_AFTER:
                     self.proto.update_reading()
                 return {"type": "http.request", "body": body, "more_body": more}
             waiter = self.proto.loop.create_future()

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import asyncio
 
-__all__ = ["HIGH_WATER", "FlowControl"]
+__all__ = ["HIGH_WATER", "RECHECK_AFTER", "FlowControl"]
 
 HIGH_WATER = 64 * 1024  # request body bytes buffered for the app before we pause reading
+# After handing the app more than this at once, the cycle asks for an update:
+# the buffer it emptied may have paused reading (a much smaller one cannot have).
+RECHECK_AFTER = HIGH_WATER // 2
 
 
 class FlowControl:
