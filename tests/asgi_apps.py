@@ -253,6 +253,19 @@ class Probe:
         await self.event("release").wait()
         await send_text(send, 200, b"released")
 
+    async def h_head_first(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Start in the first step, then wait: the head must go out meanwhile.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await self.event("head-release").wait()
+        await send({"type": "http.response.body", "body": b"late body"})
+
+    async def h_head_later(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The same from a later step (the request has a Task by then).
+        await asyncio.sleep(0)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await self.event("head-release").wait()
+        await send({"type": "http.response.body", "body": b"late body"})
+
     async def h_disconnect(self, scope: Scope, receive: Receive, send: Send) -> None:
         await read_body(receive)
         self.event("disconnect-entered").set()

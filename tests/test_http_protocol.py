@@ -22,7 +22,7 @@ from asgi_apps import (
     wait_for,
 )
 
-from reuseport.http.protocol import HIGH_WATER
+from reuseport.http.flow import HIGH_WATER
 
 GET = b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n"
 CLOSE = b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
@@ -209,6 +209,26 @@ def test_head_of_streamed_response_has_no_body() -> None:
                 assert head.startswith(b"HTTP/1.1 200 OK")
                 (after,) = parse_responses(await wait_for(reader.read()))
                 assert after.body == b"/x"
+            finally:
+                writer.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("path", ["/head-first", "/head-later"])
+def test_head_goes_out_while_the_app_waits_before_its_body(path: str) -> None:
+    async def main() -> None:
+        probe = Probe()
+        async with serving(probe) as srv:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            try:
+                writer.write(get(path, close=True))
+                head = await read_response_head(reader)  # before the body is released
+                assert head.startswith(b"HTTP/1.1 200 OK")
+                assert b"transfer-encoding: chunked" in head
+                probe.event("head-release").set()
+                (response,) = parse_responses(head + await wait_for(reader.read()))
+                assert response.body == b"late body"
             finally:
                 writer.close()
 

@@ -20,8 +20,7 @@ from typing import Any
 
 from ..config import Lifespan
 from ..errors import BootError
-from ..http import ASGIApp, HttpServer
-from ..http.protocol import Message, Receive, Scope, Send
+from ..http import ASGIApp, HttpServer, Message, Receive, Scope, Send
 from .base import HostedApp, WorkerContext
 
 __all__ = ["AsgiApp", "as_asgi3"]

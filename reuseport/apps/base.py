@@ -13,7 +13,9 @@ worker drives every adapter through the same three steps:
    then run app-level shutdown.  It must return within about ``timeout``.
 
 Counters go to ``WorkerContext.stats`` (plain attributes, no locks: the worker
-copies them into the shared scoreboard on its heartbeat).
+copies them into the shared scoreboard on its heartbeat).  ``WorkerStats``,
+``ManagedConnection`` and ``Connections`` live in ``reuseport.connections``
+(below both this package and ``reuseport.http``) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -25,18 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..config import Config, Mode
+from ..connections import Connections, ManagedConnection, WorkerStats
 
 __all__ = ["Connections", "HostedApp", "ManagedConnection", "WorkerContext", "WorkerStats"]
-
-
-@dataclass(slots=True)
-class WorkerStats:
-    """Counters of one worker, bumped on the hot path by the adapters."""
-
-    requests: int = 0  # completed requests (responses finished)
-    in_flight: int = 0  # requests read but not yet answered
-    connections: int = 0  # open client connections
-    accepted: int = 0  # connections accepted since start
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -49,58 +42,6 @@ class WorkerContext:
     mode: Mode  # the effective mode: REUSEPORT or SHARED, never AUTO
     config: Config
     stats: WorkerStats = field(default_factory=WorkerStats)
-
-
-class ManagedConnection(abc.ABC):
-    """A client connection the adapter owns and can wind down on shutdown."""
-
-    @abc.abstractmethod
-    def shutdown(self) -> None:
-        """Close now if idle; otherwise finish the current request, then close."""
-
-    @abc.abstractmethod
-    def abort(self) -> None:
-        """Close at once (graceful timeout expired)."""
-
-
-class Connections:
-    """The set of live connections of one adapter, with a drained event."""
-
-    def __init__(self) -> None:
-        self._live: set[ManagedConnection] = set()
-        self._empty = asyncio.Event()
-        self._empty.set()
-        self.shutting_down = False
-
-    def __len__(self) -> int:
-        return len(self._live)
-
-    def add(self, conn: ManagedConnection) -> None:
-        self._live.add(conn)
-        self._empty.clear()
-        if self.shutting_down:
-            conn.shutdown()
-
-    def discard(self, conn: ManagedConnection) -> None:
-        self._live.discard(conn)
-        if not self._live:
-            self._empty.set()
-
-    async def drain(self, timeout: float) -> bool:
-        """Ask every connection to wind down; abort the rest after ``timeout``.
-
-        Returns True when all closed by themselves in time.
-        """
-        self.shutting_down = True
-        for conn in list(self._live):
-            conn.shutdown()
-        try:
-            await asyncio.wait_for(self._empty.wait(), timeout)
-            return True
-        except TimeoutError:
-            for conn in list(self._live):
-                conn.abort()
-            return False
 
 
 class HostedApp(abc.ABC):

@@ -25,7 +25,8 @@ from urllib.parse import parse_qs
 import httptools
 
 from ..config import Interface
-from .base import Connections, HostedApp, ManagedConnection, WorkerContext
+from ..connections import Connections, ManagedConnection
+from .base import HostedApp, WorkerContext
 
 __all__ = ["DemoApp", "app"]
 

@@ -1,0 +1,96 @@
+"""What every HTTP connection of one app in one worker shares.
+
+Rules: ``HttpServer`` is the protocol factory handed to
+``loop.create_server``; it holds the app, the limits and settings read once
+from ``Config``, the live connections (for the tick and the graceful drain),
+the Tasks of suspended requests, and the server-wide response header lines.
+One timer per worker, the tick, refreshes the Date header (it must change
+every second) and checks every connection's deadline, so no request arms a
+timer of its own.  ``start()`` before serving, ``stop()`` after draining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from ..config import Config
+from ..connections import Connections, WorkerStats
+from ._wire import DateCache
+from .cycle import ASGIApp
+from .framing import DefaultHeaders
+from .protocol import HttpProtocol
+from .proxy import TrustedProxies
+
+__all__ = ["HttpServer"]
+
+_MAX_TICK = 1.0  # the Date header must change every second
+_MIN_TICK = 0.02
+
+
+class HttpServer:
+    """What every connection of one app in one worker shares (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: Config,
+        stats: WorkerStats,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.stats = stats
+        self.state: dict[str, Any] = state if state is not None else {}
+        self.loop = asyncio.get_running_loop()
+        self.connections = Connections()
+        self.live: set[HttpProtocol] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.active = 0  # app calls running, for limit_concurrency
+        self.limit_concurrency = config.limit_concurrency
+        self.keep_alive_timeout = config.timeout_keep_alive
+        self.header_timeout = config.header_read_timeout
+        self.root_path = config.root_path
+        self.root_path_bytes = config.root_path.encode("utf-8")
+        self.trust = TrustedProxies(config.forwarded_allow_ips)
+        self.access_log = config.access_log
+        self.limit_request_line = config.limit_request_line
+        self.limit_request_fields = config.limit_request_fields
+        self.limit_request_field_size = config.limit_request_field_size
+        self.max_header_bytes = config.limit_request_line + config.limit_request_fields * (
+            config.limit_request_field_size + 4
+        )
+        self._date = DateCache()
+        self.defaults = DefaultHeaders(b"server: reuseport\r\n" if config.server_header else b"")
+        positive = [t for t in (self.keep_alive_timeout, self.header_timeout) if t > 0]
+        self._tick_interval = max(_MIN_TICK, min([_MAX_TICK, *(t / 4 for t in positive)]))
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._refresh()
+
+    def start(self) -> None:
+        if self._tick_handle is None:
+            self._tick_handle = self.loop.call_later(self._tick_interval, self._tick)
+
+    def stop(self) -> None:
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+
+    def __call__(self) -> HttpProtocol:
+        """Protocol factory for ``loop.create_server``."""
+        return HttpProtocol(self)
+
+    def _refresh(self) -> None:
+        if self.config.date_header:
+            self._date.refresh(time.time())
+            self.defaults.set_date(self._date.header)
+
+    def _tick(self) -> None:
+        self._refresh()
+        now = self.loop.time()
+        for conn in list(self.live):
+            deadline = conn.deadline
+            if deadline is not None and deadline <= now:
+                conn.on_deadline()
+        self._tick_handle = self.loop.call_later(self._tick_interval, self._tick)
