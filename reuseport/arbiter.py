@@ -44,8 +44,8 @@ from .errors import ExitCode
 from .lifecycle import ExitCause, SpawnCause, WorkerHandle, WorkerState
 from .listeners import Listeners
 from .pidfile import PidFile
-from .policy import CrashBackoff, PoolPolicy, PoolView, Replacements, WorkerView
-from .scoreboard import Scoreboard, SlotState
+from .policy import CrashBackoff, PoolPolicy, PoolView, Replacements, Resize
+from .scoreboard import Scoreboard
 from .status import (
     MasterEvents,
     MasterStatus,
@@ -55,7 +55,7 @@ from .status import (
     Totals,
     WorkerStatus,
 )
-from .steering import SlotLoad, Steering
+from .steering import Steering
 
 __all__ = ["Arbiter"]
 
@@ -94,15 +94,11 @@ class Arbiter:
         self.workers: dict[int, WorkerHandle] = {}  # by pid
         self.policy = PoolPolicy(config)
         self.backoff = CrashBackoff()
-        self.target = config.initial_workers
         self.generation = 0
         self.replacements = Replacements()
-        self.extra_spawns = 0  # SIGTTIN in a dynamic/ondemand pool
-        self.respawn_slots: set[int] = set()  # slots whose worker died unasked
         self.steering = Steering(load_aware=config.steering is SteeringKind.LOAD)
         self._steer_warned = False
-        self.stalled: list[int] = []  # slots whose loop or accept queue stands still
-        self.events = MasterEvents()
+        self.events = MasterEvents(initial=config.initial_workers)
         self.signals: collections.deque[int] = collections.deque()  # filled by handlers
         self.stopping = False
         self.stop_deadline = 0.0
@@ -248,40 +244,28 @@ class Arbiter:
         pass  # reaping happens on every turn of the loop
 
     def handle_sigttin(self) -> None:
-        if self.stopping:
-            return
-        if self.config.pm is not ProcessManager.STATIC:
-            if len(self._live()) + self.extra_spawns >= self.config.pool_limit:
-                log.warning("SIGTTIN ignored: at --max-workers (%d)", self.config.pool_limit)
-            else:
-                log.info("SIGTTIN: starting one more worker")
-                self.extra_spawns += 1
-            return
-        if self.target >= self.config.pool_limit:
-            log.warning(
-                "SIGTTIN ignored: already at --max-workers (%d); raise it to grow further",
-                self.config.pool_limit,
-            )
-            return
-        self.target += 1
-        log.info("SIGTTIN: workers %d -> %d", self.target - 1, self.target)
+        if not self.stopping:
+            self._log_resize(self.policy.more(len(self._live())))
 
     def handle_sigttou(self) -> None:
         if self.stopping:
             return
-        if self.config.pm is not ProcessManager.STATIC:
-            live = sorted(self._live(), key=lambda h: -h.slot)
-            ready = [h for h in live if h.state is WorkerState.READY]
-            if len(live) <= 1:
-                log.warning("SIGTTOU ignored: keeping the last worker")
-            elif not ready or not self._retire(ready[0], "SIGTTOU"):
-                log.warning("SIGTTOU ignored: a worker is starting or draining; try again")
+        if self.config.pm is ProcessManager.STATIC:
+            self._log_resize(self.policy.fewer())
             return
-        if self.target <= 1:
+        live = sorted(self._live(), key=lambda h: -h.slot)
+        ready = [h for h in live if h.state is WorkerState.READY]
+        if len(live) <= 1:
             log.warning("SIGTTOU ignored: keeping the last worker")
-            return
-        self.target -= 1
-        log.info("SIGTTOU: workers %d -> %d", self.target + 1, self.target)
+        elif not ready or not self._retire(ready[0], "SIGTTOU"):
+            log.warning("SIGTTOU ignored: a worker is starting or draining; try again")
+
+    @staticmethod
+    def _log_resize(resize: Resize) -> None:
+        if resize.done:
+            log.info("%s", resize.message)
+        else:
+            log.warning("%s", resize.message)
 
     def handle_sighup(self) -> None:
         if self.stopping:
@@ -359,7 +343,14 @@ class Arbiter:
     def _maintain_pool(self) -> None:
         now = time.monotonic()
         self._run_replacements()
-        decision = self.policy.decide(self._pool_view(now), now)
+        view = PoolView.of(
+            self._live(),
+            now=now,
+            anchor=self.listeners.anchor,
+            pending=self.config.pm is ProcessManager.ONDEMAND and self.listeners.queued() > 0,
+            target=self.policy.target,
+        )
+        decision = self.policy.decide(view, now)
         if decision.warning:
             log.warning("%s", decision.warning)
         for slot in decision.retire:
@@ -368,8 +359,8 @@ class Arbiter:
                     self._retire(handle, "pool")
                     break
         self._spawn_some(decision.spawn, None, now)
-        if self.extra_spawns:
-            self.extra_spawns -= self._spawn_some(self.extra_spawns, SpawnCause.SCALE, now)
+        if self.policy.extra:
+            self.policy.extra -= self._spawn_some(self.policy.extra, SpawnCause.SCALE, now)
 
     def _spawn_some(self, count: int, cause: SpawnCause | None, now: float) -> int:
         """Start up to ``count`` workers in free slots; return how many started.
@@ -384,36 +375,10 @@ class Arbiter:
                 break
             if len(self.workers) >= 2 * self.config.pool_limit:
                 break
-            if not self._spawn(slot, cause or self._pool_cause(slot)):
+            if not self._spawn(slot, cause or self.events.pool_cause(slot)):
                 break
             started += 1
         return started
-
-    def _pool_cause(self, slot: int) -> SpawnCause:
-        if slot in self.respawn_slots:
-            return SpawnCause.RESPAWN
-        if self.events.spawns[SpawnCause.START] < self.config.initial_workers:
-            return SpawnCause.START
-        return SpawnCause.SCALE
-
-    def _pool_view(self, now: float) -> PoolView:
-        views = []
-        live = self._live()
-        anchor = self.listeners.anchor
-        for handle in live:
-            busy = handle.busy(now)
-            if handle.slot == anchor and len(live) > 1:
-                busy = True  # the anchor's worker goes last (see listeners.py)
-            views.append(
-                WorkerView(
-                    slot=handle.slot,
-                    ready=handle.state is WorkerState.READY,
-                    busy=busy,
-                    idle_for=now - handle.last_busy,
-                )
-            )
-        pending = self.config.pm is ProcessManager.ONDEMAND and self.listeners.queued() > 0
-        return PoolView(workers=tuple(views), pending=pending, target=self.target)
 
     def _run_replacements(self) -> None:
         """Reload/recycle: one slot at a time, new worker first, old one after it is ready."""
@@ -492,38 +457,28 @@ class Arbiter:
             self._kill(handle, signal.SIGTERM)
 
     # ------------------------------------------------------------------ steering
-    def _slot_loads(self, now: float) -> list[SlotLoad]:
-        load_aware = self.steering.load_aware
-        serving = {h.slot: h for h in self.workers.values() if h.serving}
-        loads = []
-        behind: list[int] = []
-        for slot in self.listeners.order:
-            queue = 0
-            stale = False
-            if load_aware:
-                depth = self.listeners.queue_depth(slot)
-                queue = depth[0] if depth else 0
-                handle = serving.get(slot)
-                beat_age = None
-                if handle is not None and self.scoreboard is not None:
-                    beat_age = now - self.scoreboard.read(handle.row).heartbeat
-                stale = self.steering.behind(slot, queue, beat_age, now)
-                if stale:
-                    behind.append(slot)
-            loads.append(
-                SlotLoad(
-                    slot=slot,
-                    ready=slot in serving if load_aware else True,
-                    draining=slot == self.listeners.draining,
-                    queue=queue,
-                    stale=stale,
-                )
-            )
-        self.stalled = behind
-        return loads
-
     def _allowed_slots(self) -> set[int]:
-        return self.steering.allowed(self._slot_loads(time.monotonic()))
+        """Ask the steering which slots may get new connections (measuring if load-aware)."""
+        now = time.monotonic()
+        order = self.listeners.order
+        serving = {h.slot: h for h in self.workers.values() if h.serving}
+        queues: dict[int, int] = {}
+        beat_ages: dict[int, float] = {}
+        if self.steering.load_aware:
+            for slot in order:
+                depth = self.listeners.queue_depth(slot)
+                queues[slot] = depth[0] if depth else 0
+            if self.scoreboard is not None:
+                for slot, handle in serving.items():
+                    beat_ages[slot] = now - self.scoreboard.read(handle.row).heartbeat
+        return self.steering.decide(
+            order,
+            serving=serving.keys(),
+            draining=self.listeners.draining,
+            queues=queues,
+            beat_ages=beat_ages,
+            now=now,
+        )
 
     def _steer_quietly(self) -> None:
         try:
@@ -547,7 +502,8 @@ class Arbiter:
         assert self.scoreboard is not None
         if not self.listeners.may_start(slot):
             return False
-        row = self.scoreboard.free_index()
+        now = time.monotonic()
+        row = self.scoreboard.claim(slot=slot, generation=self.generation + 1, now=now)
         if row is None:
             log.error("no free scoreboard row for worker %d; will retry", slot)
             return False
@@ -568,16 +524,6 @@ class Arbiter:
             max_requests=self._request_limit(),
             uid=self.uid,
             gid=self.gid,
-        )
-        now = time.monotonic()
-        self.scoreboard.write(
-            row,
-            pid=0,
-            slot=slot,
-            generation=self.generation,
-            state=SlotState.STARTING,
-            started=now,
-            heartbeat=now,
         )
         pid = os.fork()
         if pid == 0:  # child
@@ -606,8 +552,7 @@ class Arbiter:
             replaces=replaces,
             last_busy=now,
         )
-        self.events.spawned(cause)
-        self.respawn_slots.discard(slot)
+        self.events.spawned(cause, slot)
         log.debug("spawned worker %d (pid %d, %s)", slot, pid, cause.value)
         return True
 
@@ -684,7 +629,7 @@ class Arbiter:
                 self._stop(old, ExitCause.RELOAD if reload else ExitCause.RECYCLE)
                 if not reload:
                     self.events.recycles += 1
-        if not self.announced_ready and self._ready_count() >= self.target:
+        if not self.announced_ready and self._ready_count() >= self.policy.target:
             self.announced_ready = True
             log.info(
                 "Ready: %d workers serving %s as %s (%s mode)",
@@ -753,7 +698,7 @@ class Arbiter:
             log.info("Worker %d (pid %d) %s", slot, handle.pid, how)
             return
         if not self._in_slot(slot, live=True):
-            self.respawn_slots.add(slot)
+            self.events.orphaned(slot)
         if handle.failed_to_boot(code) and not self.stopping:
             exit_code, message = handle.boot_error or (code, f"worker {how} before it was ready")
             if self._ready_count() == 0:
@@ -871,7 +816,7 @@ class Arbiter:
             ),
             pool=PoolStatus.of(
                 config,
-                target=self.target if config.pm is ProcessManager.STATIC else running,
+                target=self.policy.target if config.pm is ProcessManager.STATIC else running,
                 running=running,
             ),
             workers=tuple(workers),
@@ -879,7 +824,7 @@ class Arbiter:
             steering=SteeringStatus(
                 kind=config.steering,
                 steered_away=tuple(self.listeners.steered_away()),
-                stalled=tuple(self.stalled),
+                stalled=tuple(self.steering.stalled),
             ),
             events=self.events.snapshot(),
         )

@@ -41,11 +41,11 @@ would otherwise be respawned in a tight loop.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .config import Config, ProcessManager
-from .lifecycle import SpawnCause
+from .lifecycle import SpawnCause, WorkerHandle, WorkerState
 
 __all__ = [
     "CrashBackoff",
@@ -54,6 +54,7 @@ __all__ = [
     "PoolView",
     "Replacement",
     "Replacements",
+    "Resize",
     "WorkerView",
 ]
 
@@ -74,12 +75,46 @@ class PoolView:
     pending: bool = False  # connections wait in a queue
     target: int = 0  # static pool size
 
+    @classmethod
+    def of(
+        cls,
+        live: Sequence[WorkerHandle],
+        *,
+        now: float,
+        anchor: int | None = None,
+        pending: bool = False,
+        target: int = 0,
+    ) -> PoolView:
+        """The view of the master's ``live`` workers; ``anchor``: the ondemand anchor slot."""
+        views = []
+        for handle in live:
+            # The anchor's worker goes last: its slot is never drained, so
+            # while others run, retiring it would leave a queue nobody serves.
+            busy = handle.busy(now) or (handle.slot == anchor and len(live) > 1)
+            views.append(
+                WorkerView(
+                    slot=handle.slot,
+                    ready=handle.state is WorkerState.READY,
+                    busy=busy,
+                    idle_for=now - handle.last_busy,
+                )
+            )
+        return cls(workers=tuple(views), pending=pending, target=target)
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Decision:
     spawn: int = 0
     retire: tuple[int, ...] = ()  # slots, in the order to retire them
     warning: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Resize:
+    """What SIGTTIN/SIGTTOU did: ``done``, or ignored; ``message`` says which."""
+
+    done: bool
+    message: str
 
 
 class PoolPolicy:
@@ -92,10 +127,36 @@ class PoolPolicy:
         self.max_spare = config.effective_max_spare
         self.max_spawn_rate = config.max_spawn_rate
         self.idle_timeout = config.idle_timeout
+        self.target = config.initial_workers  # static pool size; SIGTTIN/SIGTTOU move it
+        self.extra = 0  # SIGTTIN in a dynamic/ondemand pool: workers to start now
         self._spawn_rate = 1
         self._last_maintenance = float("-inf")
         self._spawned_at: deque[float] = deque()
         self._warned_full = False
+
+    def more(self, live: int) -> Resize:
+        """SIGTTIN with ``live`` workers: static pools grow the target, others start one."""
+        limit = self.max_workers
+        if self.pm is not ProcessManager.STATIC:
+            if live + self.extra >= limit:
+                return Resize(done=False, message=f"SIGTTIN ignored: at --max-workers ({limit})")
+            self.extra += 1
+            return Resize(done=True, message="SIGTTIN: starting one more worker")
+        if self.target >= limit:
+            return Resize(
+                done=False,
+                message=f"SIGTTIN ignored: already at --max-workers ({limit}); "
+                "raise it to grow further",
+            )
+        self.target += 1
+        return Resize(done=True, message=f"SIGTTIN: workers {self.target - 1} -> {self.target}")
+
+    def fewer(self) -> Resize:
+        """SIGTTOU in a static pool: the target shrinks, never below one worker."""
+        if self.target <= 1:
+            return Resize(done=False, message="SIGTTOU ignored: keeping the last worker")
+        self.target -= 1
+        return Resize(done=True, message=f"SIGTTOU: workers {self.target + 1} -> {self.target}")
 
     def decide(self, view: PoolView, now: float) -> Decision:
         if self.pm is ProcessManager.STATIC:

@@ -176,18 +176,38 @@ class EventCounts:
 
 
 class MasterEvents:
-    """Cumulative counters the arbiter bumps; ``snapshot()`` freezes them."""
+    """Cumulative counters the arbiter bumps; ``snapshot()`` freezes them.
 
-    def __init__(self) -> None:
+    It also names the cause of a spawn the pool decided (``pool_cause``): a
+    worker started in the slot of one that died unasked is a respawn (even
+    when the pool, not the crash handler, starts it), the first
+    ``initial`` others are the start, the rest are scaling.
+    """
+
+    def __init__(self, *, initial: int = 0) -> None:
         self.spawns = dict.fromkeys(SpawnCause, 0)
         self.exits = dict.fromkeys(ExitCause, 0)
         self.reloads = 0
         self.reloads_failed = 0
         self.recycles = 0
         self.drains = 0
+        self._initial = initial
+        self._orphaned: set[int] = set()  # slots whose worker died unasked, none since
 
-    def spawned(self, cause: SpawnCause) -> None:
+    def pool_cause(self, slot: int) -> SpawnCause:
+        if slot in self._orphaned:
+            return SpawnCause.RESPAWN
+        if self.spawns[SpawnCause.START] < self._initial:
+            return SpawnCause.START
+        return SpawnCause.SCALE
+
+    def orphaned(self, slot: int) -> None:
+        """``slot``'s worker died unasked and no other live worker serves it."""
+        self._orphaned.add(slot)
+
+    def spawned(self, cause: SpawnCause, slot: int) -> None:
         self.spawns[cause] += 1
+        self._orphaned.discard(slot)
 
     def exited(self, cause: ExitCause) -> None:
         self.exits[cause] += 1

@@ -23,7 +23,7 @@ allowed: queueing somewhere beats refusing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = ["SlotLoad", "Steering"]
@@ -55,6 +55,41 @@ class Steering:
         self.stall_after = stall_after  # seconds a long queue may stand still
         self._held_back: set[int] = set()
         self._trend: dict[int, tuple[int, float]] = {}  # slot: (queue, when it last went down)
+        self.stalled: list[int] = []  # slots found behind at the last ``decide``
+
+    def decide(
+        self,
+        order: Sequence[int],
+        *,
+        serving: Collection[int],
+        draining: int | None,
+        queues: Mapping[int, int],
+        beat_ages: Mapping[int, float],
+        now: float,
+    ) -> set[int]:
+        """The slots of ``order`` (a group's slots by index) that may get new connections.
+
+        ``serving``: slots a ready worker accepts from; ``queues`` and
+        ``beat_ages`` (seconds since a serving worker's last heartbeat) are
+        only read when load-aware.
+        """
+        loads = []
+        self.stalled = []
+        for slot in order:
+            queue = queues.get(slot, 0)
+            stale = self.load_aware and self.behind(slot, queue, beat_ages.get(slot), now)
+            if stale:
+                self.stalled.append(slot)
+            loads.append(
+                SlotLoad(
+                    slot=slot,
+                    ready=slot in serving or not self.load_aware,
+                    draining=slot == draining,
+                    queue=queue,
+                    stale=stale,
+                )
+            )
+        return self.allowed(loads)
 
     def behind(self, slot: int, queue: int, beat_age: float | None, now: float) -> bool:
         """Record ``slot``'s queue at ``now``; True if its worker falls behind (``stale``).
