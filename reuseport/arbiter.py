@@ -792,6 +792,10 @@ class Arbiter:
                     timeout,
                 )
                 self._abort(handle, signal.SIGABRT, ExitCause.HEARTBEAT)
+                # It no longer counts toward the pool: the pool may start its
+                # replacement right away, and that is a respawn.
+                if not self._in_slot(handle.slot, live=True):
+                    self.events.orphaned(handle.slot)
 
     # ------------------------------------------------------------------ status
     def status(self) -> Status:
