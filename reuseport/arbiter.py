@@ -82,6 +82,8 @@ def _errno_name(exc: OSError) -> str:
 
 
 class Arbiter:
+    """The master process: ``Arbiter(config, mode, why).run()`` returns its exit code."""
+
     def __init__(self, config: Config, mode: Mode, mode_reason: str) -> None:
         if mode is Mode.AUTO:
             raise ValueError("the arbiter needs a resolved mode")

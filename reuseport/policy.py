@@ -1,9 +1,10 @@
 """Pool decisions: how many workers to start or retire, given what the scoreboard shows.
 
 Rules: pure.  No ``os`` calls, no clock of its own (``now`` is passed in), no
-I/O: the arbiter builds a ``PoolView`` from its handles and the scoreboard,
-asks ``PoolPolicy.decide``, and carries the ``Decision`` out.  That keeps
-every pool rule testable with a fake clock.
+I/O: the arbiter builds a ``PoolView`` from its worker handles
+(``PoolView.of``), asks ``PoolPolicy.decide``, and carries the ``Decision``
+out; SIGTTIN/SIGTTOU come here as ``more``/``fewer``.  That keeps every pool
+rule testable with a fake clock.
 
 What "idle" means for an asyncio worker.  A php-fpm child is idle when it is
 not running a request.  An asyncio worker runs many requests at once, so we

@@ -148,6 +148,11 @@ def wait_settled(path: str, count: int, timeout: float, server: Server) -> dict[
     return snapshot
 
 
+def one_shared_worker(app: str, *args: str) -> Server:
+    """A master running one shared-mode worker of ``apps_pool:<app>``."""
+    return Server(f"apps_pool:{app}", "--app-dir", TESTS_DIR, "-w", "1", "--mode", "shared", *args)
+
+
 def pids_answering(server: Server, requests: int, path: str = "/") -> collections.Counter[int]:
     answered: collections.Counter[int] = collections.Counter()
     for _ in range(requests):
@@ -435,19 +440,7 @@ def test_ondemand_starts_empty_serves_and_idles_out(mode: str, control: str) -> 
 
 # ------------------------------------------------------------------ heartbeat
 def test_stuck_event_loop_is_aborted_and_replaced(control: str) -> None:
-    with Server(
-        "apps_pool:app",
-        "--app-dir",
-        TESTS_DIR,
-        "-w",
-        "1",
-        "--mode",
-        "shared",
-        "--timeout",
-        "1",
-        "--control",
-        control,
-    ) as server:
+    with one_shared_worker("app", "--timeout", "1", "--control", control) as server:
         server.wait_ready()
         (stuck,) = server.wait_workers(1)
         # The worker dies mid-request (RemoteDisconnected is a ConnectionResetError).
@@ -472,9 +465,7 @@ def test_stuck_event_loop_is_aborted_and_replaced(control: str) -> None:
 
 def test_busy_but_live_worker_is_not_killed() -> None:
     """Many slow requests on a live loop, for longer than --timeout: nobody is killed."""
-    with Server(
-        "apps_pool:app", "--app-dir", TESTS_DIR, "-w", "1", "--mode", "shared", "--timeout", "1"
-    ) as server:
+    with one_shared_worker("app", "--timeout", "1") as server:
         server.wait_ready()
         (pid,) = server.wait_workers(1)
         started = time.monotonic()
@@ -617,17 +608,7 @@ def test_status_shows_every_worker_ready_with_its_requests(mode: str, control: s
 # ------------------------------------------------------------------ crash loop backoff
 def test_worker_crashing_right_after_start_is_respawned_with_backoff(control: str) -> None:
     """A worker that dies 0.2 s after it is ready, every time: the delays double."""
-    with Server(
-        "apps_pool:crash_soon",
-        "--app-dir",
-        TESTS_DIR,
-        "-w",
-        "1",
-        "--mode",
-        "shared",
-        "--control",
-        control,
-    ) as server:
+    with one_shared_worker("crash_soon", "--control", control) as server:
         server.wait_ready()
         server.wait_for_line(
             r"Worker 0 crashed 5 times in a row right after start; next try in 1\.6s", timeout=15
