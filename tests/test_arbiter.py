@@ -21,11 +21,12 @@ from collections.abc import Iterator
 
 import pytest
 from features import requires_cbpf
+from handles import handle_in
 
 from reuseport.arbiter import Arbiter
 from reuseport.config import Config, Mode, ProcessManager
 from reuseport.lifecycle import ExitCause, SpawnCause, WorkerHandle, WorkerState
-from reuseport.scoreboard import Scoreboard, SlotState
+from reuseport.scoreboard import Scoreboard
 from reuseport.sockets import bind_reuseport
 
 
@@ -62,32 +63,15 @@ def add_handle(
     state: WorkerState,
     cause: SpawnCause = SpawnCause.START,
 ) -> WorkerHandle:
-    handle = WorkerHandle(
-        pid=pid,
-        slot=slot,
-        generation=1,
-        row=slot,
-        channel=channel,
-        started=time.monotonic(),
-        cause=cause,
-    )
-    handle.state = state
+    handle = handle_in(state, channel, pid=pid, slot=slot, started=time.monotonic(), cause=cause)
     arbiter.workers[pid] = handle
     return handle
 
 
 def full_scoreboard(slots: int) -> Scoreboard:
     board = Scoreboard(slots)
-    for row in range(board.size):
-        board.write(
-            row,
-            pid=10_000 + row,
-            slot=row,
-            generation=1,
-            state=SlotState.READY,
-            started=0.0,
-            heartbeat=0.0,
-        )
+    while board.claim(slot=0, generation=1, now=0.0) is not None:
+        pass
     return board
 
 

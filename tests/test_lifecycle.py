@@ -14,6 +14,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from handles import handle_in
 
 from reuseport.errors import ExitCode
 from reuseport.lifecycle import (
@@ -60,14 +61,6 @@ def channel() -> Iterator[socket.socket]:
     b.close()
 
 
-def handle_in(state: WorkerState, channel: socket.socket) -> WorkerHandle:
-    handle = WorkerHandle(
-        pid=4242, slot=1, generation=7, row=0, channel=channel, started=0.0, cause=SpawnCause.START
-    )
-    handle.state = state  # set directly: this is the starting point of a test
-    return handle
-
-
 def test_the_table_is_exactly_the_expected_one() -> None:
     table = {(a, b) for a, targets in TRANSITIONS.items() for b in targets}
     assert table == EXPECTED
@@ -97,7 +90,7 @@ def test_every_forbidden_transition_raises(
 
 def test_a_new_handle_is_booting_and_live(channel: socket.socket) -> None:
     handle = WorkerHandle(
-        pid=1, slot=0, generation=1, row=0, channel=channel, started=0.0, cause=SpawnCause.START
+        pid=1, slot=0, generation=1, row=0, channel=channel, started=0.0, cause=SpawnCause.RESPAWN
     )
     assert handle.state is S.BOOTING
     assert handle.live

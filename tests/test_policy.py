@@ -10,10 +10,11 @@ from __future__ import annotations
 import socket
 
 import pytest
+from handles import handle_in
 
 from reuseport.config import Config, ProcessManager
 from reuseport.errors import ConfigError
-from reuseport.lifecycle import SpawnCause, WorkerHandle, WorkerState
+from reuseport.lifecycle import SpawnCause, WorkerState
 from reuseport.policy import (
     CrashBackoff,
     Decision,
@@ -387,18 +388,7 @@ def test_pool_view_of_handles_marks_busy_ready_and_the_anchor() -> None:
             (1, WorkerState.READY),
             (2, WorkerState.STARTING),
         ):
-            handle = WorkerHandle(
-                pid=50 + slot,
-                slot=slot,
-                generation=1,
-                row=slot,
-                channel=a,
-                started=0.0,
-                cause=SpawnCause.START,
-                last_busy=90.0,
-            )
-            handle.state = state
-            handles.append(handle)
+            handles.append(handle_in(state, a, pid=50 + slot, slot=slot, last_busy=90.0))
         handles[1].saw(requests=3, in_flight=0, now=99.5)
         view = PoolView.of(handles, now=100.0, anchor=0, pending=True, target=3)
     finally:

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from handles import handle_in
 
 from reuseport.arbiter import Arbiter
 from reuseport.config import Config, Mode, ProcessManager, SteeringKind
@@ -77,18 +78,8 @@ def channel() -> Iterator[socket.socket]:
     b.close()
 
 
-def a_handle(channel: socket.socket, state: WorkerState, slot: int = 0) -> WorkerHandle:
-    handle = WorkerHandle(
-        pid=100 + slot,
-        slot=slot,
-        generation=3,
-        row=slot,
-        channel=channel,
-        started=10.0,
-        cause=SpawnCause.START,
-    )
-    handle.state = state
-    return handle
+def a_handle(channel: socket.socket, state: WorkerState) -> WorkerHandle:
+    return handle_in(state, channel, pid=100, started=10.0)
 
 
 def a_row(pid: int) -> Row:
@@ -144,7 +135,7 @@ def test_values_are_plain_strings_and_numbers(channel: socket.socket) -> None:
     assert snapshot["workers"][0] == {
         "slot": 0,
         "pid": 100,
-        "generation": 3,
+        "generation": 1,
         "state": "ready",
         "uptime": 5.0,
         "requests": 40,
