@@ -104,6 +104,21 @@ class Scoreboard:
                 return index
         return None
 
+    def claim(self, *, slot: int, generation: int, now: float) -> int | None:
+        """Take a free row for a worker about to be forked (STARTING); None if all are taken."""
+        index = self.free_index()
+        if index is not None:
+            self.write(
+                index,
+                pid=0,
+                slot=slot,
+                generation=generation,
+                state=SlotState.STARTING,
+                started=now,
+                heartbeat=now,
+            )
+        return index
+
     def clear(self, index: int) -> None:
         self.write(
             index, pid=0, slot=0, generation=0, state=SlotState.EMPTY, started=0.0, heartbeat=0.0

@@ -23,7 +23,7 @@ allowed: queueing somewhere beats refusing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = ["SlotLoad", "Steering"]
@@ -41,10 +41,71 @@ class SlotLoad:
 class Steering:
     """Allowed-slot decisions with hysteresis (``--steering load``)."""
 
-    def __init__(self, *, load_aware: bool, queue_limit: int = 4) -> None:
+    def __init__(
+        self,
+        *,
+        load_aware: bool,
+        queue_limit: int = 4,
+        stale_after: float = 1.0,
+        stall_after: float = 0.1,
+    ) -> None:
         self.load_aware = load_aware
         self.queue_limit = queue_limit
+        self.stale_after = stale_after  # seconds without a heartbeat
+        self.stall_after = stall_after  # seconds a long queue may stand still
         self._held_back: set[int] = set()
+        self._trend: dict[int, tuple[int, float]] = {}  # slot: (queue, when it last went down)
+        self.stalled: list[int] = []  # slots found behind at the last ``decide``
+
+    def decide(
+        self,
+        order: Sequence[int],
+        *,
+        serving: Collection[int],
+        draining: int | None,
+        queues: Mapping[int, int],
+        beat_ages: Mapping[int, float],
+        now: float,
+    ) -> set[int]:
+        """The slots of ``order`` (a group's slots by index) that may get new connections.
+
+        ``serving``: slots a ready worker accepts from; ``queues`` and
+        ``beat_ages`` (seconds since a serving worker's last heartbeat) are
+        only read when load-aware.
+        """
+        loads = []
+        self.stalled = []
+        for slot in order:
+            queue = queues.get(slot, 0)
+            stale = self.load_aware and self.behind(slot, queue, beat_ages.get(slot), now)
+            if stale:
+                self.stalled.append(slot)
+            loads.append(
+                SlotLoad(
+                    slot=slot,
+                    ready=slot in serving or not self.load_aware,
+                    draining=slot == draining,
+                    queue=queue,
+                    stale=stale,
+                )
+            )
+        return self.allowed(loads)
+
+    def behind(self, slot: int, queue: int, beat_age: float | None, now: float) -> bool:
+        """Record ``slot``'s queue at ``now``; True if its worker falls behind (``stale``).
+
+        Behind: its loop has not beaten for ``stale_after`` seconds
+        (``beat_age``, None when no worker serves the slot), or its queue holds
+        more than ``queue_limit`` connections and has not gone down for
+        ``stall_after`` seconds.  A queue that does not go down is not being
+        accepted from: a stalled worker, whatever the queue's length.
+        """
+        last_queue, moved_at = self._trend.get(slot, (0, now))
+        if queue == 0 or queue < last_queue:
+            moved_at = now
+        self._trend[slot] = (queue, moved_at)
+        stalled = queue > self.queue_limit and now - moved_at > self.stall_after
+        return stalled or (beat_age is not None and beat_age > self.stale_after)
 
     def allowed(self, loads: Iterable[SlotLoad]) -> set[int]:
         loads = list(loads)

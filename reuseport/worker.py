@@ -5,12 +5,17 @@ the arbiter just forked and never returns into the master's code: ``run``
 returns an exit code that the arbiter passes to ``os._exit``.
 
 Boot sequence: set the process title and the parent-death signal, choose the
-loop, import the app, run its startup (ASGI lifespan), get the listening
-sockets (inherit them from the master, or in reuseport mode open our own with
-SO_REUSEPORT and hand the master a duplicate over the channel), serve, then
-tell the master "ready".  Any failure on the way is reported to the master as
-a boot error with an exit code from ``ExitCode`` and the worker exits; the
-master halts instead of respawning a worker that cannot start.
+loop, get the listening sockets (inherit them from the master, or in
+reuseport mode open our own with SO_REUSEPORT and hand the master a duplicate
+over the channel), drop privileges (--user/--group), import the app, run its
+startup (ASGI lifespan), serve, then tell the master "ready".  Sockets come
+before the app on purpose: a new socket joins its SO_REUSEPORT group at once,
+in the order the master expects, and the master holds a copy from then on, so
+nothing queued in it is lost whatever the app does; and a port below 1024 may
+need the privileges the app must not run with.  Any failure on the way is
+reported to the master as a boot error with an exit code from ``ExitCode`` and
+the worker exits; the master halts instead of respawning a worker that cannot
+start.
 
 The worker must never outlive the master: the kernel sends SIGTERM when the
 master dies (PR_SET_PDEATHSIG), the loop also stops when the channel to the
@@ -21,7 +26,12 @@ Messages from the master arrive on the channel: ``drain`` means "the kernel no
 longer sends you new connections (a BPF program steers them away): accept
 what is still queued for you, then stop".  Messages to the master:
 ``listening`` (with the new socket fds), ``ready``, ``recycle`` (the request
-limit is reached) and ``boot_error``.
+limit is reached) and ``boot_error``.  Each is one JSON object in one
+SOCK_SEQPACKET datagram (``send_message`` / ``recv_messages``).
+
+--user/--group come in two halves: the master resolves the names before it
+forks (``resolve_user``, so a typo is a usage error, not a boot loop) and each
+worker drops to them after opening its sockets (``drop_privileges``).
 """
 
 from __future__ import annotations
@@ -39,18 +49,27 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import setproctitle
 
 from . import apps
 from .apps.base import HostedApp, WorkerContext, WorkerStats
 from .config import BindAddress, Config, Interface, LoopKind, Mode
-from .errors import BootError, ExitCode, ReuseportError
+from .errors import BootError, ConfigError, ExitCode, ReuseportError
 from .scoreboard import Scoreboard, SlotState
 from .sockets import adopt, bind_reuseport, listen_queue_depth
 
-__all__ = ["WorkerSpec", "run"]
+__all__ = [
+    "WorkerSpec",
+    "drop_privileges",
+    "recv_messages",
+    "resolve_user",
+    "run",
+    "send_message",
+]
 
 log = logging.getLogger("reuseport.worker")
 
@@ -94,6 +113,26 @@ def send_message(
         channel.send(data)
 
 
+def recv_messages(channel: socket.socket) -> Iterator[tuple[dict[str, Any], list[int]]]:
+    """Every message waiting on a non-blocking ``channel``, with the fds it carries.
+
+    Stops when nothing is left (or the peer is gone).  A message that is not
+    JSON comes out as ``{}``; the caller owns the fds either way.
+    """
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(channel, 65536, 16)
+        except OSError:  # BlockingIOError, InterruptedError: read again on the next wake-up
+            return
+        if not data:
+            return
+        try:
+            message = json.loads(data)
+        except ValueError:
+            message = None
+        yield (message if isinstance(message, dict) else {}), fds
+
+
 def _set_parent_death_signal(sig: int) -> None:
     if not sys.platform.startswith("linux"):
         return
@@ -117,6 +156,38 @@ def _start_watchdog(master_pid: int, deadline: float) -> None:
         os._exit(ExitCode.ERROR)
 
     threading.Thread(target=watch, name="reuseport-watchdog", daemon=True).start()
+
+
+def resolve_user(user: str | None, group: str | None) -> tuple[int | None, int | None]:
+    """Turn --user/--group into ids, refusing what cannot work (in the master)."""
+    import grp
+    import pwd
+
+    uid = gid = None
+    if user is not None:
+        try:
+            entry = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+        except KeyError:
+            raise ConfigError(f"--user {user!r}: no such user on this machine") from None
+        uid, gid = entry.pw_uid, entry.pw_gid
+    if group is not None:
+        try:
+            gid = (
+                grp.getgrnam(group).gr_gid
+                if not group.isdigit()
+                else grp.getgrgid(int(group)).gr_gid
+            )
+        except KeyError:
+            raise ConfigError(f"--group {group!r}: no such group on this machine") from None
+    wants_change = (uid is not None and uid != os.geteuid()) or (
+        gid is not None and gid != os.getegid()
+    )
+    if wants_change and os.geteuid() != 0:
+        raise ConfigError(
+            "--user/--group need the server to be started as root (it drops to them in "
+            "each worker after opening the sockets)"
+        )
+    return uid, gid
 
 
 def drop_privileges(uid: int | None, gid: int | None) -> None:
@@ -352,13 +423,8 @@ class _Worker:
 
 def run(spec: WorkerSpec) -> int:
     """Run the worker to completion; return its exit code."""
-    try:
-        import setproctitle
-
-        name = spec.config.proc_name or spec.config.app_label
-        setproctitle.setproctitle(f"reuseport: worker {spec.slot} [{name}]")
-    except ImportError:  # optional at run time; only titles suffer
-        pass
+    name = spec.config.proc_name or spec.config.app_label
+    setproctitle.setproctitle(f"reuseport: worker {spec.slot} [{name}]")
     _set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != spec.master_pid:
         return ExitCode.ERROR  # the master died before we got here

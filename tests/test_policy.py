@@ -7,11 +7,24 @@ asserts the ``Decision``.  Nothing here sleeps or forks; the arbiter's side
 
 from __future__ import annotations
 
+import socket
+
 import pytest
+from handles import handle_in
 
 from reuseport.config import Config, ProcessManager
 from reuseport.errors import ConfigError
-from reuseport.policy import Decision, PoolPolicy, PoolView, WorkerView
+from reuseport.lifecycle import SpawnCause, WorkerState
+from reuseport.policy import (
+    CrashBackoff,
+    Decision,
+    PoolPolicy,
+    PoolView,
+    Replacement,
+    Replacements,
+    Resize,
+    WorkerView,
+)
 
 FULL = "server reached --max-workers"
 
@@ -335,3 +348,134 @@ def test_policy_takes_the_effective_pool_figures() -> None:
     assert (policy.min_spare, policy.max_spare, policy.max_workers) == (1, 3, 10)
     static = PoolPolicy(Config(workers=3))
     assert static.max_workers == 6  # a static pool may grow to twice -w by SIGTTIN
+
+
+# ------------------------------------------------------------------ SIGTTIN / SIGTTOU
+def test_static_sigttin_grows_the_target_up_to_max_workers() -> None:
+    policy = PoolPolicy(Config(workers=2, max_workers=3))
+    assert policy.more(live=2) == Resize(done=True, message="SIGTTIN: workers 2 -> 3")
+    assert policy.target == 3
+    refused = policy.more(live=3)
+    assert not refused.done
+    assert "already at --max-workers (3)" in refused.message
+    assert policy.target == 3
+    assert policy.extra == 0
+
+
+def test_static_sigttou_shrinks_the_target_but_keeps_one() -> None:
+    policy = PoolPolicy(Config(workers=2))
+    assert policy.fewer() == Resize(done=True, message="SIGTTOU: workers 2 -> 1")
+    assert policy.fewer() == Resize(done=False, message="SIGTTOU ignored: keeping the last worker")
+    assert policy.target == 1
+
+
+def test_dynamic_sigttin_owes_spawns_counting_those_not_started_yet() -> None:
+    policy = dynamic(max_workers=3)
+    assert policy.more(live=1).done
+    assert policy.more(live=1).done
+    assert policy.extra == 2
+    refused = policy.more(live=1)  # 1 running + 2 owed = the limit
+    assert refused == Resize(done=False, message="SIGTTIN ignored: at --max-workers (3)")
+
+
+# ------------------------------------------------------------------ the view of the handles
+def test_pool_view_of_handles_marks_busy_ready_and_the_anchor() -> None:
+    a, b = socket.socketpair()
+    try:
+        handles = []
+        for slot, state in (
+            (0, WorkerState.READY),
+            (1, WorkerState.READY),
+            (2, WorkerState.STARTING),
+        ):
+            handles.append(handle_in(state, a, pid=50 + slot, slot=slot, last_busy=90.0))
+        handles[1].saw(requests=3, in_flight=0, now=99.5)
+        view = PoolView.of(handles, now=100.0, anchor=0, pending=True, target=3)
+    finally:
+        a.close()
+        b.close()
+    assert view == PoolView(
+        workers=(
+            WorkerView(slot=0, ready=True, busy=True, idle_for=10.0),  # the anchor goes last
+            WorkerView(slot=1, ready=True, busy=True, idle_for=0.5),
+            WorkerView(slot=2, ready=False, busy=False, idle_for=10.0),
+        ),
+        pending=True,
+        target=3,
+    )
+
+
+# ------------------------------------------------------------------ reload and recycle queue
+def test_reload_queues_each_slot_once() -> None:
+    jobs = Replacements()
+    assert jobs.reload([0, 1]) == 2
+    assert jobs.reload([0, 1, 2]) == 1  # a second SIGHUP adds only the new slot
+    assert jobs.reloading
+    order = []
+    while (job := jobs.next({0: 10, 1: 11, 2: 12})) is not None:
+        order.append((job.slot, job.cause))
+    assert order == [(0, SpawnCause.RELOAD), (1, SpawnCause.RELOAD), (2, SpawnCause.RELOAD)]
+    assert jobs.reload_complete()
+    assert not jobs.reload_complete()  # once
+
+
+def test_jobs_for_slots_without_a_ready_worker_are_dropped() -> None:
+    jobs = Replacements()
+    jobs.reload([0, 1])
+    assert jobs.next({1: 11}) == Replacement(slot=1, cause=SpawnCause.RELOAD)
+    assert jobs.next({0: 10, 1: 11}) is None
+    assert jobs.reload_complete()
+
+
+def test_a_recycle_of_a_worker_replaced_meanwhile_is_skipped() -> None:
+    jobs = Replacements()
+    jobs.recycle(0, pid=10)
+    jobs.recycle(1, pid=11)
+    assert jobs.next({0: 99, 1: 11}) == Replacement(slot=1, cause=SpawnCause.RECYCLE, pid=11)
+    assert not jobs.reload_complete()  # no reload was asked for
+
+
+def test_a_reload_is_not_complete_while_a_slot_waits() -> None:
+    jobs = Replacements()
+    jobs.reload([0, 1])
+    job = jobs.next({0: 10, 1: 11})
+    assert job is not None
+    jobs.retry(job)  # could not start now: it goes first next time
+    assert not jobs.reload_complete()
+    assert jobs.next({0: 10, 1: 11}) == job
+
+
+def test_a_failed_reload_drops_its_slots_but_keeps_recycles() -> None:
+    jobs = Replacements()
+    jobs.reload([0, 1, 2])
+    jobs.recycle(3, pid=13)
+    assert jobs.next({0: 10}) is not None
+    assert jobs.reload_failed()
+    assert not jobs.reload_failed()  # reported once
+    assert not jobs.reloading
+    assert jobs.next({0: 10, 1: 11, 2: 12, 3: 13}) == Replacement(
+        slot=3, cause=SpawnCause.RECYCLE, pid=13
+    )
+
+
+# ------------------------------------------------------------------ crash backoff
+def test_quick_crashes_double_the_wait_up_to_the_cap() -> None:
+    backoff = CrashBackoff(max_delay=1.0)
+    delays = [backoff.crashed(0, lived=0.2, was_ready=True, now=10.0) for _ in range(6)]
+    assert delays == [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (6, 1.0)]
+    assert not backoff.may_spawn(0, 10.9)
+    assert backoff.may_spawn(0, 11.0)
+    assert backoff.may_spawn(1, 10.0)  # other slots are not held back
+
+
+def test_a_worker_that_never_got_ready_counts_as_quick_however_long_it_took() -> None:
+    backoff = CrashBackoff()
+    assert backoff.crashed(0, lived=50.0, was_ready=False, now=0.0) == (1, 0.1)
+
+
+def test_a_worker_that_served_a_while_starts_the_count_again() -> None:
+    backoff = CrashBackoff()
+    backoff.crashed(0, lived=0.1, was_ready=True, now=0.0)
+    backoff.crashed(0, lived=0.1, was_ready=True, now=1.0)
+    assert backoff.crashed(0, lived=5.0, was_ready=True, now=10.0) == (0, 0.0)
+    assert backoff.crashed(0, lived=0.1, was_ready=True, now=20.0) == (1, 0.1)

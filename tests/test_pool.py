@@ -6,6 +6,9 @@ process, so this process stays free to send signals; it records the outcome
 of every request, and "zero loss" means its ``failed`` count is 0.  Pool
 state comes from the master's control socket (``reuseport status``), never
 from sleeping: every wait is a bounded ``wait_until`` or ``wait_for_line``.
+What the master did (spawns and exits by cause, reloads, recycles, drains) is
+read from the ``events`` counters of its status, never counted in log lines:
+the log says *how*, the counters say *how many*.
 """
 
 from __future__ import annotations
@@ -127,6 +130,29 @@ def wait_ready_count(path: str, count: int, timeout: float, server: Server) -> l
     return seen
 
 
+def events(path: str) -> dict[str, Any]:
+    return dict(query(path)["events"])
+
+
+def wait_settled(path: str, count: int, timeout: float, server: Server) -> dict[str, Any]:
+    """Wait until exactly ``count`` workers run, all ready; return the status then.
+
+    Every worker the master ever started is then either running or counted
+    as exited, by cause: the counters must add up.
+    """
+    wait_ready_count(path, count, timeout, server)
+    snapshot = query(path)
+    spawned = sum(snapshot["events"]["spawns"].values())
+    exited = sum(snapshot["events"]["exits"].values())
+    assert spawned - exited == len(snapshot["workers"]) == count, snapshot["events"]
+    return snapshot
+
+
+def one_shared_worker(app: str, *args: str) -> Server:
+    """A master running one shared-mode worker of ``apps_pool:<app>``."""
+    return Server(f"apps_pool:{app}", "--app-dir", TESTS_DIR, "-w", "1", "--mode", "shared", *args)
+
+
 def pids_answering(server: Server, requests: int, path: str = "/") -> collections.Counter[int]:
     answered: collections.Counter[int] = collections.Counter()
     for _ in range(requests):
@@ -138,10 +164,19 @@ def pids_answering(server: Server, requests: int, path: str = "/") -> collection
 
 # ------------------------------------------------------------------ zero loss under churn
 @pytest.mark.parametrize("mode", MODES)
-def test_zero_loss_under_reload_recycle_and_scaling_churn(mode: str) -> None:
+def test_zero_loss_under_reload_recycle_and_scaling_churn(mode: str, control: str) -> None:
     """Reloads, recycles, scale-ups and scale-downs, all during load: no request fails."""
     with Server(
-        "-w", "2", "--mode", mode, "--max-requests", "300", "--max-requests-jitter", "50"
+        "-w",
+        "2",
+        "--mode",
+        mode,
+        "--max-requests",
+        "300",
+        "--max-requests-jitter",
+        "50",
+        "--control",
+        control,
     ) as server:
         server.wait_ready()
         cycle = [signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU]
@@ -160,26 +195,22 @@ def test_zero_loss_under_reload_recycle_and_scaling_churn(mode: str) -> None:
         assert report["failed"] == 0, report["outcomes"]
         assert report["ok"] >= 2000, report
         assert sent["SIGHUP"] >= 3
-        # The pool settles back to two workers.
-        server.wait_for_line(r"Reload complete", timeout=20)
-        wait_until(
-            lambda: len(server.worker_pids()) == 2,
-            timeout=20,
-            message=lambda: f"workers {server.worker_pids()}\n{server._tail()}",
-        )
-        reloads = server.count_lines(r"Reload complete: \d+ worker\(s\) of the new code")
-        recycles = server.count_lines(r"served \d+ requests \(--max-requests\): recycling it")
-        replaced = server.count_lines(r"is ready; stopping pid \d+ \((reload|recycle)\)")
-        drained = server.count_lines(r"Retiring worker \d+ \(pid \d+, pool\): draining its queue")
-        retired = server.count_lines(r"Retiring worker \d+ \(pid \d+, pool\)")
-        print(f"reloads {reloads}, recycles {recycles}, replaced {replaced}, retired {retired}")
-        assert reloads >= 2
-        assert recycles >= 3
-        assert replaced >= recycles  # every recycle (and each reloaded slot) swapped a worker
-        assert retired >= 2
+        # The pool settles back to two workers, every replacement done.
+        counted = wait_settled(control, 2, timeout=20, server=server)["events"]
+        spawns, exits = counted["spawns"], counted["exits"]
+        print(f"events {counted}")
+        assert counted["reloads"] >= 2
+        assert counted["recycles"] >= 3
+        assert counted["reloads_failed"] == 0
+        assert spawns["start"] == 2
+        # Every new worker of a reload or recycle replaced an old one, which then exited.
+        assert spawns["reload"] + spawns["recycle"] == exits["reload"] + exits["recycle"]
+        assert exits["recycle"] == counted["recycles"]
+        assert exits["scale"] >= 2
         if mode == "reuseport":
-            assert drained == retired  # every scale-down went through the cBPF drain
-        assert server.count_lines(r"failed|stuck|killed by") == 0
+            assert counted["drains"] == exits["scale"]  # every scale-down went through the drain
+        assert exits["crash"] == exits["heartbeat"] == exits["boot"] == 0
+        assert server.count_lines(r"killed by") == 0  # nobody outlived a graceful timeout
         # Every request was answered by a worker of ours; many different ones took part.
         assert len(report["pids"]) >= 6
         assert server.stop() == 0
@@ -187,14 +218,14 @@ def test_zero_loss_under_reload_recycle_and_scaling_churn(mode: str) -> None:
 
 # ------------------------------------------------------------------ SIGKILL with a full queue
 @requires_reuseport
-def test_sigkilled_worker_loses_none_of_its_queued_connections() -> None:
+def test_sigkilled_worker_loses_none_of_its_queued_connections(control: str) -> None:
     """A stopped worker's queue (about half of 200 connections) survives its SIGKILL.
 
     The master holds a duplicate of every slot's socket, so the replacement
     inherits the queue the dead worker never accepted.
     """
     count = 200
-    with Server("-w", "2", "--mode", "reuseport") as server:
+    with Server("-w", "2", "--mode", "reuseport", "--control", control) as server:
         server.wait_ready()
         stopped, other = server.wait_workers(2)
         os.kill(stopped, signal.SIGSTOP)
@@ -205,7 +236,7 @@ def test_sigkilled_worker_loses_none_of_its_queued_connections() -> None:
             raise
         try:
             os.kill(stopped, signal.SIGKILL)
-            server.wait_for_line(rf"\(pid {stopped}\) was killed by SIGKILL")
+            wait_until(lambda: events(control)["exits"]["crash"] == 1, timeout=10)
             responses = read_responses(socks, timeout=20)
         finally:
             for sock in socks:
@@ -219,6 +250,7 @@ def test_sigkilled_worker_loses_none_of_its_queued_connections() -> None:
         assert set(by_pid) == {other, replacement}
         # Hashing put a fair share behind the stopped worker: binomial(200, 1/2) > 60.
         assert by_pid[replacement] >= 60, by_pid
+        assert events(control)["spawns"]["respawn"] == 1
         assert server.stop() == 0
 
 
@@ -253,11 +285,13 @@ def test_scale_down_drains_a_full_queue_without_loss(control: str) -> None:
                 lambda: next(w["queue"] for w in workers_by_state(control) if w["pid"] == pid),
                 timeout=5,
             )
-            start = len(server.lines)
             server.send_signal(signal.SIGTTOU)
-            server.wait_for_line(
-                rf"Retiring worker {victim['slot']} \(pid {pid}, pool\): draining its queue",
-                start=start,
+            wait_until(
+                lambda: any(
+                    w["pid"] == pid and w["state"] == "draining" for w in workers_by_state(control)
+                ),
+                timeout=5,
+                message=server._tail,
             )
             socks += send_requests(server.address, later)
         finally:
@@ -275,8 +309,9 @@ def test_scale_down_drains_a_full_queue_without_loss(control: str) -> None:
         assert drained >= queued
         assert pid not in by_pid[first:], "a connection reached the retiring worker's queue"
         wait_until(lambda: not alive(pid), timeout=15, message=server._tail)
-        remaining = wait_ready_count(control, 2, 10, server)
+        remaining = wait_settled(control, 2, 10, server)["workers"]
         assert victim["slot"] not in {w["slot"] for w in remaining}
+        assert events(control)["drains"] == 1
         # The slot's socket is closed: nothing hashes into a dead queue.
         assert pids_answering(server, 30).keys() <= {w["pid"] for w in remaining}
         assert server.stop() == 0
@@ -284,21 +319,31 @@ def test_scale_down_drains_a_full_queue_without_loss(control: str) -> None:
 
 @requires_reuseport
 @requires_cbpf
-def test_repeated_scale_down_and_up_under_load_loses_nothing() -> None:
+def test_repeated_scale_down_and_up_under_load_loses_nothing(control: str) -> None:
     """TTOU/TTIN cycles during load: every scale-down goes through the drain, 0 failures."""
-    with Server("-w", "3", "--mode", "reuseport", "--graceful-timeout", "5") as server:
+    with Server(
+        "-w", "3", "--mode", "reuseport", "--graceful-timeout", "5", "--control", control
+    ) as server:
         server.wait_ready()
+        sent: collections.Counter[str] = collections.Counter()
         with load(server.port, duration=5.0, concurrency=16) as report:
             for i in range(20):
                 if not still_running(report, 0.25):
                     break
-                server.send_signal(signal.SIGTTOU if i % 2 == 0 else signal.SIGTTIN)
-        print(f"load {report}")
+                sig = signal.SIGTTOU if i % 2 == 0 else signal.SIGTTIN
+                server.send_signal(sig)
+                sent[sig.name] += 1
+        if sent["SIGTTOU"] > sent["SIGTTIN"]:
+            server.send_signal(signal.SIGTTIN)
+        print(f"load {report}; signals {dict(sent)}")
         assert report["failed"] == 0, report["outcomes"]
         assert report["ok"] >= 1000
-        drains = server.count_lines(r"Retiring worker \d+ \(pid \d+, pool\): draining its queue")
-        assert drains >= 3
-        assert drains == server.count_lines(r"Retiring worker")
+        # TTOU and TTIN came in pairs, so the pool ends where it began.
+        counted = wait_settled(control, 3, timeout=15, server=server)["events"]
+        print(f"events {counted}")
+        assert counted["drains"] >= 3
+        assert counted["drains"] == counted["exits"]["scale"]
+        assert counted["spawns"]["scale"] == counted["exits"]["scale"]
         assert server.stop() == 0
 
 
@@ -337,9 +382,10 @@ def test_dynamic_pool_grows_under_load_and_shrinks_back(mode: str, control: str)
         assert len(report["pids"]) >= 4
         assert 1 <= server.count_lines(r"server reached --max-workers \(4\)") <= 2
         # Idle again: one worker retired per second, down to max_spare idle workers.
-        wait_ready_count(control, 1, timeout=15, server=server)
-        retired = server.count_lines(r"Retiring worker \d+ \(pid \d+, pool\)")
-        assert retired >= 3
+        counted = wait_settled(control, 1, timeout=15, server=server)["events"]
+        assert counted["spawns"]["start"] == 1
+        assert counted["spawns"]["scale"] >= 3
+        assert counted["exits"]["scale"] == counted["spawns"]["scale"]
         status, _ = server.request("/")
         assert status == 200
         assert server.stop() == 0
@@ -374,15 +420,27 @@ def test_ondemand_starts_empty_serves_and_idles_out(mode: str, control: str) -> 
             # Idle for --idle-timeout: back to zero, with nothing left behind.
             wait_until(lambda: not server.worker_pids(), timeout=10, message=server._tail)
             assert not alive(pid)
-        assert server.count_lines(r"Retiring worker \d+ \(pid \d+, pool\)") == 2
+
+        def both_counted() -> dict[str, Any] | None:
+            counted = events(control)
+            return counted if counted["exits"]["scale"] == 2 else None
+
+        counted = wait_until(both_counted, timeout=5)
+        assert counted["spawns"] == {
+            "start": 0,
+            "respawn": 0,
+            "reload": 0,
+            "recycle": 0,
+            "scale": 2,
+        }
+        # The ondemand anchor (slot 0) is never drained: its worker just stops.
+        assert counted["drains"] == 0
         assert server.stop() == 0
 
 
 # ------------------------------------------------------------------ heartbeat
-def test_stuck_event_loop_is_aborted_and_replaced() -> None:
-    with Server(
-        "apps_pool:app", "--app-dir", TESTS_DIR, "-w", "1", "--mode", "shared", "--timeout", "1"
-    ) as server:
+def test_stuck_event_loop_is_aborted_and_replaced(control: str) -> None:
+    with one_shared_worker("app", "--timeout", "1", "--control", control) as server:
         server.wait_ready()
         (stuck,) = server.wait_workers(1)
         # The worker dies mid-request (RemoteDisconnected is a ConnectionResetError).
@@ -398,14 +456,16 @@ def test_stuck_event_loop_is_aborted_and_replaced() -> None:
         assert status == 200
         assert body["pid"] != stuck
         assert body["pid"] in server.wait_workers(1)
+        counted = wait_settled(control, 1, timeout=5, server=server)["events"]
+        assert counted["exits"]["heartbeat"] == 1
+        assert counted["exits"]["crash"] == 0
+        assert counted["spawns"]["respawn"] == 1
         assert server.stop() == 0
 
 
 def test_busy_but_live_worker_is_not_killed() -> None:
     """Many slow requests on a live loop, for longer than --timeout: nobody is killed."""
-    with Server(
-        "apps_pool:app", "--app-dir", TESTS_DIR, "-w", "1", "--mode", "shared", "--timeout", "1"
-    ) as server:
+    with one_shared_worker("app", "--timeout", "1") as server:
         server.wait_ready()
         (pid,) = server.wait_workers(1)
         started = time.monotonic()
@@ -431,7 +491,9 @@ def _write_app(directory: Path, source: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_reload_of_broken_code_keeps_the_old_workers(mode: str, tmp_path: Path) -> None:
+def test_reload_of_broken_code_keeps_the_old_workers(
+    mode: str, tmp_path: Path, control: str
+) -> None:
     _write_app(tmp_path, RELOADABLE.format(version="v1"))
     with Server(
         "reloadable_app:app",
@@ -441,6 +503,8 @@ def test_reload_of_broken_code_keeps_the_old_workers(mode: str, tmp_path: Path) 
         "2",
         "--mode",
         mode,
+        "--control",
+        control,
         env={"PYTHONDONTWRITEBYTECODE": "1"},
     ) as server:
         server.wait_ready()
@@ -457,6 +521,9 @@ def test_reload_of_broken_code_keeps_the_old_workers(mode: str, tmp_path: Path) 
         assert int(kept[1]) in old
         assert server.count_lines(r"deliberately broken for the reload test") >= 1
         # The failed worker is reaped; the old ones serve on, unchanged.
+        counted = wait_settled(control, 2, timeout=10, server=server)["events"]
+        assert (counted["reloads"], counted["reloads_failed"]) == (0, 1)
+        assert counted["exits"]["boot"] == 1
         assert server.wait_workers(2) == old
         assert server.returncode is None
         for _ in range(10):
@@ -466,9 +533,11 @@ def test_reload_of_broken_code_keeps_the_old_workers(mode: str, tmp_path: Path) 
             assert body["pid"] in old
 
         _write_app(tmp_path, RELOADABLE.format(version="v2"))
-        start = len(server.lines)
         server.send_signal(signal.SIGHUP)
-        server.wait_for_line(r"Reload complete: 2 worker\(s\) of the new code", start=start)
+        wait_until(lambda: events(control)["reloads"] == 1, timeout=20, message=server._tail)
+        counted = wait_settled(control, 2, timeout=15, server=server)["events"]
+        assert counted["spawns"]["reload"] == 3  # the failed one, then one per slot
+        assert counted["exits"]["reload"] == 2
         new = server.wait_workers(2)
         assert not set(new) & set(old)
         for _ in range(10):
@@ -537,11 +606,9 @@ def test_status_shows_every_worker_ready_with_its_requests(mode: str, control: s
 
 
 # ------------------------------------------------------------------ crash loop backoff
-def test_worker_crashing_right_after_start_is_respawned_with_backoff() -> None:
+def test_worker_crashing_right_after_start_is_respawned_with_backoff(control: str) -> None:
     """A worker that dies 0.2 s after it is ready, every time: the delays double."""
-    with Server(
-        "apps_pool:crash_soon", "--app-dir", TESTS_DIR, "-w", "1", "--mode", "shared"
-    ) as server:
+    with one_shared_worker("crash_soon", "--control", control) as server:
         server.wait_ready()
         server.wait_for_line(
             r"Worker 0 crashed 5 times in a row right after start; next try in 1\.6s", timeout=15
@@ -557,5 +624,8 @@ def test_worker_crashing_right_after_start_is_respawned_with_backoff() -> None:
         ]
         assert delays[:4] == [0.2, 0.4, 0.8, 1.6]
         assert server.returncode is None  # a crash after boot is not a boot error: no halt
-        assert server.count_lines(r"exited with code 1; starting a replacement") >= 5
+        counted = events(control)
+        assert counted["exits"]["crash"] >= 5
+        assert counted["spawns"]["respawn"] >= 4  # the fifth waits out its 1.6 s
+        assert counted["exits"]["boot"] == 0  # each was ready before it crashed
         assert server.stop() == 0

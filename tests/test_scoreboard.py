@@ -280,3 +280,16 @@ def test_a_reader_never_sees_a_half_written_row() -> None:
         assert not torn, f"{len(torn)} of {reads} reads saw a half-written row: {torn[0]}"
     finally:
         board.close()
+
+
+def test_claim_takes_a_free_row_as_starting() -> None:
+    board = Scoreboard(1)
+    try:
+        assert board.claim(slot=0, generation=1, now=5.0) == 0
+        assert board.claim(slot=1, generation=2, now=6.0) == 1
+        assert board.read(1) == Row(1, 0, 1, 2, SlotState.STARTING, 6.0, 6.0, 0, 0, 0, 0)
+        assert board.claim(slot=2, generation=3, now=7.0) is None  # full: nothing written
+        board.clear(0)
+        assert board.claim(slot=2, generation=3, now=7.0) == 0
+    finally:
+        board.close()

@@ -73,3 +73,49 @@ def test_forgotten_slots_are_dropped_from_the_hold_list() -> None:
     steering.allowed([load(0, queue=9), load(1)])
     steering.allowed([load(1)])  # slot 0 left the group
     assert steering.allowed([load(0), load(1)]) == {0, 1}
+
+
+# ------------------------------------------------------------------ who is behind
+def test_a_long_queue_that_stops_going_down_is_behind() -> None:
+    steering = Steering(load_aware=True, queue_limit=4, stall_after=0.1)
+    assert not steering.behind(0, 10, None, now=1.0)  # long, but just seen
+    assert not steering.behind(0, 9, None, now=1.5)  # going down: accepted from
+    assert not steering.behind(0, 9, None, now=1.55)
+    assert steering.behind(0, 9, None, now=1.65)  # standing still for > 0.1 s
+    assert not steering.behind(0, 0, None, now=2.0)  # emptied
+
+
+def test_a_short_queue_that_stands_still_is_not_behind() -> None:
+    steering = Steering(load_aware=True, queue_limit=4)
+    assert not steering.behind(0, 4, None, now=1.0)
+    assert not steering.behind(0, 4, None, now=5.0)
+
+
+def test_a_late_heartbeat_is_behind() -> None:
+    steering = Steering(load_aware=True, stale_after=1.0)
+    assert not steering.behind(0, 0, 0.9, now=1.0)
+    assert steering.behind(0, 0, 1.1, now=2.0)
+
+
+def test_decide_in_hash_mode_excludes_only_the_draining_slot() -> None:
+    steering = Steering(load_aware=False)
+    allowed = steering.decide(
+        [0, 1, 2], serving=[], draining=1, queues={0: 50}, beat_ages={}, now=1.0
+    )
+    assert allowed == {0, 2}  # readiness and queues are not looked at
+    assert steering.stalled == []
+
+
+def test_decide_load_aware_holds_back_the_stalled_slot_and_reports_it() -> None:
+    steering = Steering(load_aware=True)
+    ages = {0: 0.1, 1: 0.1, 2: 5.0}  # slot 2's loop has not beaten for 5 s
+
+    def decide(queues: dict[int, int], now: float) -> set[int]:
+        return steering.decide(
+            [0, 1, 2], serving=[0, 1, 2], draining=None, queues=queues, beat_ages=ages, now=now
+        )
+
+    assert decide({}, now=1.0) == {0, 1}
+    assert steering.stalled == [2]
+    assert decide({1: 20}, now=1.01) == {0}  # slot 1 fell behind the shortest queue
+    assert steering.stalled == [2]

@@ -1,0 +1,386 @@
+"""Every listening socket the master holds, and which slot sits where in each group.
+
+Rules: ``Listeners`` is the only owner of the master's listening sockets and
+the only keeper of the group order.  The arbiter asks it (``may_start``,
+``may_drain``, ``drainable``) instead of checking conditions of its own, and
+tells it what happened (``will_open``, ``slot_opened``, ``opener_gone``,
+``release``).  It never forks, signals or reads the scoreboard.
+
+Why the master holds sockets at all (the zero-loss rules).  Shared mode: one
+SO_REUSEADDR socket per address, bound before the first fork and kept;
+workers come and go, the queue stays.  Reuseport mode: one SO_REUSEPORT socket
+per address is bound without listening (the *reservation*: it fixes the port
+when port 0 was asked for, and keeps the port ours while no worker listens).
+The first worker of a *slot* opens its own listening sockets, before it even
+imports the app, and hands the master duplicates over its channel; the master
+keeps them as long as the slot exists, so:
+
+- a worker that crashes, hangs or is SIGKILLed loses nothing queued: its
+  replacement inherits the very same sockets (nginx does the same);
+- a reload or a recycle starts the new worker in the same slot, on the same
+  sockets: the queue never closes;
+- a slot that goes away for good (scale-down, ondemand idle-out) is first
+  steered out of its groups with a classic BPF program, its worker accepts
+  until its queue stays empty, and only then are the sockets closed.
+
+The group-order invariant.  The kernel keeps each SO_REUSEPORT group as an
+array ordered by ``listen()``; when a member closes, the last member moves
+into its hole, and a steering program names members by index.  So the master
+must know which slot sits at which index, and it can only if the order
+changes one known step at a time: new slots open their sockets one at a time
+(``will_open`` ... ``slot_opened``), one slot drains at a time, and never
+while a socket opens (``may_start``, ``may_drain``).  The program attached
+always leaves out the draining slot; when a slot closes, the program is
+re-attached for the new order at once, because the stale one would keep new
+connections from the socket that moved into the hole.  If that fails the
+program is detached (the kernel's hash takes over); if even that fails, the
+error is logged with what it means.  A socket that joins takes the next
+index, which no attached program names yet: it gets new connections once the
+arbiter next calls ``apply_steering`` (a steering tick with ``--steering
+load``; with ``hash`` no program is attached while a socket opens).
+
+With ``--pm ondemand`` in reuseport mode the master opens slot 0's sockets
+itself at start (the *anchor*), because something must listen while no worker
+exists; slot 0's worker inherits them, and the anchor is never drained.
+
+Room to grow, on purpose: ``for_slot`` is the one place that says which
+sockets a worker gets (handing every worker its siblings' sockets too, for
+sibling rescue, changes only it); ``_attach_group`` the one place that turns
+allowed indices into a program (an eBPF program instead of cBPF goes there);
+groups are kept per bind, so sockets whose group forms at ``bind()`` (UDP)
+or binds that cannot join one (unix sockets, inherited fds: shared-only) fit
+beside TCP; ``held`` lists every socket a new master would need (USR2).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from collections.abc import Collection, Sequence
+
+from .bpf import Group, attach_cbpf, detach, steering_program
+from .config import BindAddress, Mode
+from .sockets import (
+    bind_reuseport,
+    bind_shared,
+    check_port_guard,
+    listen_queue_depth,
+    reserve_port,
+)
+
+__all__ = ["Listeners"]
+
+log = logging.getLogger("reuseport.master")
+
+# What a group's program allows: its indices, or None for "no program, the
+# kernel's hash".
+_Program = tuple[int, ...] | None
+
+
+def _errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+
+
+class Listeners:
+    """The master's listening sockets: shared ones, reservations, slots, groups, steering."""
+
+    def __init__(self, mode: Mode, binds: Sequence[BindAddress], backlog: int) -> None:
+        if mode is Mode.AUTO:
+            raise ValueError("listeners need a resolved mode")
+        self.mode = mode
+        self.binds: tuple[BindAddress, ...] = tuple(binds)  # real ports once bound
+        self.backlog = backlog
+        self.anchor: int | None = None  # the slot the master opened itself (ondemand)
+        self.draining: int | None = None  # the slot being drained, at most one
+        self._shared: list[socket.socket] = []
+        self._reservations: list[socket.socket] = []
+        self._slots: dict[int, list[socket.socket]] = {}  # slot: one socket per bind
+        self._groups: list[Group] = []  # one per bind
+        self._opening: int | None = None  # a worker of this slot is opening its sockets
+        self._excluded: frozenset[int] = frozenset()  # slots steering keeps connections from
+        self._attached: list[_Program] = []  # per group, what the attached program allows
+        self._stale = False  # a program may name old indices: re-attach at the next chance
+
+    # ------------------------------------------------------------------ open, close
+    def bind(self, *, anchor: bool = False) -> None:
+        """Bind every address (shared sockets, or reservations and the ondemand anchor).
+
+        Raises ``BindError``/``PortGuardError`` with the fix; closes what it
+        opened on any failure.
+        """
+        resolved: list[BindAddress] = []
+        try:
+            for addr in self.binds:
+                if self.mode is Mode.SHARED:
+                    sock = bind_shared(addr, self.backlog)
+                    self._shared.append(sock)
+                else:
+                    check_port_guard(addr)
+                    sock = reserve_port(addr)
+                    self._reservations.append(sock)
+                resolved.append(addr.with_port(sock.getsockname()[1]))
+            self.binds = tuple(resolved)
+            if self.mode is Mode.REUSEPORT:
+                self._groups = [Group() for _ in self.binds]
+                self._attached = [None for _ in self.binds]
+                if anchor:
+                    socks: list[socket.socket] = []
+                    self._slots[0] = socks  # closed with the rest if one bind fails
+                    for addr in self.binds:
+                        socks.append(bind_reuseport(addr, self.backlog))
+                    self._join(0, socks)
+                    self.anchor = 0
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for sock in self._all():
+            sock.close()
+        self._shared.clear()
+        self._reservations.clear()
+        self._slots.clear()
+
+    def close_in_child(self, slot: int) -> None:
+        """In a freshly forked worker: close every socket but the slot's own.
+
+        A worker then holds only its own listeners, so /proc and ``ss`` show
+        exactly which worker owns which socket.
+        """
+        kept = {id(sock) for sock in self.for_slot(slot)}
+        for sock in self._all():
+            if id(sock) not in kept:
+                sock.close()
+
+    def _all(self) -> list[socket.socket]:
+        socks = [*self._shared, *self._reservations]
+        for slot_socks in self._slots.values():
+            socks.extend(slot_socks)
+        return socks
+
+    # ------------------------------------------------------------------ what is held
+    def held(self) -> list[socket.socket]:
+        """Every listening socket the master holds (the shared ones, or each slot's)."""
+        if self.mode is Mode.SHARED:
+            return list(self._shared)
+        return [sock for socks in self._slots.values() for sock in socks]
+
+    def for_slot(self, slot: int) -> list[socket.socket]:
+        """The sockets a worker of ``slot`` inherits; none: it opens its own."""
+        if self.mode is Mode.SHARED:
+            return list(self._shared)
+        return list(self._slots.get(slot, ()))
+
+    def holds(self, slot: int) -> bool:
+        return slot in self._slots
+
+    @property
+    def order(self) -> list[int]:
+        """Slots by their index in the (first) group; empty in shared mode."""
+        return list(self._groups[0].order) if self._groups else []
+
+    def queue_depth(self, slot: int) -> tuple[int, int] | None:
+        """(queued, backlog) of the slot's own sockets; None if it has none (shared mode)."""
+        queue: int | None = None
+        limit = 0
+        for sock in self._slots.get(slot, ()):
+            depth = listen_queue_depth(sock)
+            if depth is not None:
+                queue = (queue or 0) + depth[0]
+                limit += depth[1]
+        return None if queue is None else (queue, limit)
+
+    def queued(self) -> int:
+        """Connections waiting in every queue the master holds."""
+        depths = (listen_queue_depth(sock) for sock in self.held())
+        return sum(depth[0] for depth in depths if depth is not None)
+
+    # ------------------------------------------------------------------ slots come and go
+    def next_slot(self, busy: Collection[int]) -> int:
+        """The slot a new worker should take; ``busy`` are the slots workers serve.
+
+        A slot whose sockets are held but which no worker serves comes first:
+        connections may be waiting in it.
+        """
+        for slot in sorted(self._slots):
+            if slot not in busy and slot != self.draining:
+                return slot
+        slot = 0
+        while slot in busy or slot == self.draining or slot in self._slots:
+            slot += 1
+        return slot
+
+    def needs_socket(self, slot: int) -> bool:
+        """A worker of ``slot`` must open new sockets (reuseport, slot not held)."""
+        return self.mode is Mode.REUSEPORT and slot not in self._slots
+
+    def may_start(self, slot: int) -> bool:
+        """A worker may start in ``slot`` now.
+
+        New sockets join the groups one at a time and never while a slot
+        drains, so each one's index is known.
+        """
+        return not self.needs_socket(slot) or (self._opening is None and self.draining is None)
+
+    def will_open(self, slot: int) -> None:
+        """A worker was forked to open ``slot``'s sockets."""
+        if not self.may_start(slot) or not self.needs_socket(slot):
+            raise RuntimeError(f"slot {slot} may not open sockets now")
+        self._opening = slot
+
+    def slot_opened(self, slot: int, fds: Sequence[int]) -> bool:
+        """The worker of ``slot`` handed over its new sockets; takes ownership of ``fds``.
+
+        Returns False (and closes them) if no new sockets were expected for it.
+        """
+        if self._opening != slot or len(fds) != len(self.binds):
+            for fd in fds:
+                os.close(fd)
+            return False
+        self._opening = None
+        self._join(slot, [socket.socket(fileno=fd) for fd in fds])
+        return True
+
+    def opener_gone(self, slot: int) -> None:
+        """The worker that was to open ``slot``'s sockets exited (no-op once they arrived)."""
+        if self._opening == slot:
+            self._opening = None
+
+    def _join(self, slot: int, socks: list[socket.socket]) -> None:
+        self._slots[slot] = socks
+        for group in self._groups:
+            group.joined(slot)
+
+    def drainable(self, slot: int) -> bool:
+        """Retiring ``slot`` goes through a drain (else its worker just stops).
+
+        Its sockets must be held, it must not be the anchor, and every group
+        must keep another member to steer to.
+        """
+        return (
+            self.mode is Mode.REUSEPORT
+            and slot in self._slots
+            and slot != self.anchor
+            and bool(self._groups)
+            and all(len(group.order) > 1 for group in self._groups)
+        )
+
+    def may_drain(self) -> bool:
+        """One drain at a time, and never while a new socket joins."""
+        return self.draining is None and self._opening is None
+
+    def begin_drain(self, slot: int, allowed: Collection[int]) -> None:
+        """Steer new connections away from ``slot`` (and from what ``allowed`` leaves out).
+
+        Raises OSError if the kernel refuses the program; the slot is then not
+        draining and the caller decides what to do.
+        """
+        if not (self.drainable(slot) and self.may_drain()):
+            raise RuntimeError(f"slot {slot} may not drain now")
+        self.draining = slot
+        try:
+            self.apply_steering(allowed, force=True)
+        except OSError:
+            self.draining = None
+            # With several binds, some groups may have the drain program already.
+            try:
+                self._attach(force=False)
+            except OSError:
+                self._stale = True
+            raise
+
+    def release(self, slot: int) -> None:
+        """The drained slot has no worker left: close its sockets, re-steer the rest."""
+        for sock in self._slots.pop(slot, ()):
+            sock.close()
+        for group in self._groups:
+            if slot in group.order:
+                group.left(slot)
+        if self.draining == slot:
+            self.draining = None
+        self._excluded -= {slot}
+        # The last member took the hole: a program attached for the old
+        # order now keeps connections from the socket that moved.
+        try:
+            self._attach(force=True)
+        except OSError as exc:
+            self._fall_back_to_hash(slot, exc)
+
+    # ------------------------------------------------------------------ steering
+    def apply_steering(self, allowed: Collection[int], *, force: bool = False) -> None:
+        """Attach the program that lets new connections reach only ``allowed`` slots.
+
+        The draining slot is never allowed.  Nothing is done when the program
+        would not change, unless ``force``.  Raises OSError if the kernel
+        refuses; callers decide what that costs.
+        """
+        self._excluded = frozenset(self.order) - frozenset(allowed)
+        self._attach(force=force or self._stale)
+
+    def steered_away(self) -> list[int]:
+        """Slots the attached programs keep new connections from."""
+        away: set[int] = set()
+        for group, program in zip(self._groups, self._attached, strict=True):
+            if program is not None:
+                away.update(s for i, s in enumerate(group.order) if i not in program)
+        return sorted(away)
+
+    def _attach(self, *, force: bool) -> None:
+        excluded = set(self._excluded)
+        if self.draining is not None:
+            excluded.add(self.draining)
+        wanted = [self._program(group, excluded) for group in self._groups]
+        if wanted == self._attached and not force:
+            return
+        for index, (group, program) in enumerate(zip(self._groups, wanted, strict=True)):
+            if group.order:
+                self._attach_group(self._slots[group.order[0]][index], program, len(group.order))
+                self._attached[index] = program
+        self._stale = False
+
+    def _program(self, group: Group, excluded: set[int]) -> _Program:
+        if not excluded & set(group.order):
+            return None
+        allowed = group.indices_except(excluded)
+        if not allowed and self.draining is not None:
+            # Everyone else is held back: queueing somewhere beats refusing.
+            allowed = group.indices_except({self.draining})
+        return tuple(allowed) or None
+
+    @staticmethod
+    def _attach_group(sock: socket.socket, program: _Program, members: int) -> None:
+        """Give ``sock``'s group ``program`` (any member's socket serves the whole group)."""
+        if program is not None:
+            attach_cbpf(sock, steering_program(program))
+            return
+        try:
+            detach(sock)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:  # nothing attached
+                return
+            # Linux < 5.3 cannot detach: allow every index instead.
+            attach_cbpf(sock, steering_program(list(range(members))))
+
+    def _fall_back_to_hash(self, slot: int, exc: OSError) -> None:
+        log.warning(
+            "Slot %d closed, but re-attaching the steering program for the new order "
+            "failed (%s); detaching it: new connections follow the kernel's hash",
+            slot,
+            _errno_name(exc),
+        )
+        try:
+            for index, group in enumerate(self._groups):
+                if group.order:
+                    self._attach_group(self._slots[group.order[0]][index], None, len(group.order))
+                    self._attached[index] = None
+        except OSError as again:
+            self._stale = True
+            log.error(
+                "Detaching the stale steering program failed too (%s): it still names "
+                "the sockets by their old order, so the worker whose socket moved into "
+                "slot %d's place may get no new connections until the program is replaced",
+                _errno_name(again),
+                slot,
+            )
