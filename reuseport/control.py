@@ -47,7 +47,7 @@ from types import TracebackType
 from typing import Any
 
 from .config import SECONDS
-from .errors import BootError, ReuseportError
+from .errors import BootError, ReuseportError, errno_name
 from .sockets import listen_queue_depth
 
 __all__ = [
@@ -83,10 +83,6 @@ class ControlError(ReuseportError):
 
 
 # ---------------------------------------------------------------- directories
-def _errno_name(exc: OSError) -> str:
-    return errno.errorcode.get(exc.errno or 0, "unknown error")
-
-
 def _check_private_dir(path: str, st: os.stat_result) -> None:
     """Refuse a directory another user could tamper with."""
     uid = os.getuid()
@@ -130,7 +126,7 @@ def default_control_dir() -> str:
         return path
     except OSError as exc:
         raise BootError(
-            f"cannot inspect control directory {path}: {_errno_name(exc)} ({exc.strerror}); "
+            f"cannot inspect control directory {path}: {errno_name(exc)} ({exc.strerror}); "
             "pass --control PATH"
         ) from None
     _check_private_dir(path, st)
@@ -149,7 +145,7 @@ def _ensure_private_dir(path: str) -> None:
         pass
     except OSError as exc:
         raise BootError(
-            f"cannot create control directory {path}: {_errno_name(exc)} ({exc.strerror}); "
+            f"cannot create control directory {path}: {errno_name(exc)} ({exc.strerror}); "
             "pass --control PATH"
         ) from None
     # Checked after mkdir too: someone may have made it first, in /tmp.
@@ -224,7 +220,7 @@ class ControlServer:
                     "pass --control with another path"
                 ) from None
             raise BootError(
-                f"cannot create control socket {path}: {_errno_name(exc)} ({exc.strerror}); "
+                f"cannot create control socket {path}: {errno_name(exc)} ({exc.strerror}); "
                 "check that the directory exists and is writable, or pass --control with "
                 "another path"
             ) from None
@@ -243,7 +239,7 @@ class ControlServer:
             return
         except OSError as exc:
             raise BootError(
-                f"cannot inspect control socket {path}: {_errno_name(exc)} ({exc.strerror}); "
+                f"cannot inspect control socket {path}: {errno_name(exc)} ({exc.strerror}); "
                 "pass --control with another path"
             ) from None
         if not stat.S_ISSOCK(st.st_mode):
@@ -263,7 +259,7 @@ class ControlServer:
             pass
         except OSError as exc:
             raise BootError(
-                f"cannot remove stale control socket {path}: {_errno_name(exc)} "
+                f"cannot remove stale control socket {path}: {errno_name(exc)} "
                 f"({exc.strerror}); remove it by hand or pass --control with another path"
             ) from None
         log.info("removed stale control socket %s", path)
@@ -290,7 +286,7 @@ class ControlServer:
                 log.warning(
                     "control socket %s: accept failed: %s (%s)",
                     self.path,
-                    _errno_name(exc),
+                    errno_name(exc),
                     exc.strerror,
                 )
                 return
@@ -441,7 +437,7 @@ def query(path: str, timeout: float = 2.0 * SECONDS) -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise ControlError(
-            f"cannot talk to the control socket {path}: {_errno_name(exc)} ({exc.strerror})"
+            f"cannot talk to the control socket {path}: {errno_name(exc)} ({exc.strerror})"
         ) from None
     finally:
         sock.close()
@@ -469,7 +465,7 @@ def find_control_sockets() -> list[str]:
         return []
     except OSError as exc:
         raise ControlError(
-            f"cannot list {directory}: {_errno_name(exc)} ({exc.strerror}); pass --control PATH"
+            f"cannot list {directory}: {errno_name(exc)} ({exc.strerror}); pass --control PATH"
         ) from None
 
     def order(name: str) -> tuple[int, str]:

@@ -10,6 +10,7 @@ Anything else escaping is a bug in reuseport.
 from __future__ import annotations
 
 import enum
+import errno
 
 __all__ = [
     "AppLoadError",
@@ -20,6 +21,7 @@ __all__ = [
     "PlatformError",
     "PortGuardError",
     "ReuseportError",
+    "errno_name",
 ]
 
 
@@ -79,3 +81,14 @@ class PlatformError(ReuseportError):
     """The operating system lacks something the requested mode needs."""
 
     exit_code = ExitCode.PLATFORM_ERROR
+
+
+def errno_name(exc: OSError) -> str:
+    """The symbolic name of ``exc``'s errno (``EADDRINUSE``), for messages and logs.
+
+    An errno this platform has no name for shows as ``errno 123``; an OSError
+    without one (``TimeoutError`` from a socket timeout) as its class name.
+    """
+    if exc.errno is None:
+        return type(exc).__name__
+    return errno.errorcode.get(exc.errno, f"errno {exc.errno}")

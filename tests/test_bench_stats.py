@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from reuseport.bench import stats
 from reuseport.bench.loadgen import LoadResult, build_request, split_connections
 from reuseport.bench.results import LATENCY_LABELS, Measurement, RunResult, summarize
-from reuseport.bench.stats import Histogram, jain_index, median, shares
+from reuseport.bench.stats import Histogram, median, shares
 from reuseport.bench.wrk import parse_wrk_output, wrk_command
 
 # Midpoint of a bucket that spans 1/128 of its lower bound, plus integer rounding.
@@ -115,36 +115,6 @@ def test_empty_histogram() -> None:
     assert hist.mean == 0.0
     with pytest.raises(ValueError, match="outside 0-100"):
         hist.percentile(101)
-
-
-@pytest.mark.parametrize(
-    ("values", "expected"),
-    [
-        ([1, 1, 1, 1], 1.0),
-        ([1, 0, 0, 0], 0.25),
-        ([1, 1, 0, 0], 0.5),
-        ([3, 1], 0.8),
-        ([5000, 5000], 1.0),
-        ([7], 1.0),
-    ],
-)
-def test_jain_index(values: list[int], expected: float) -> None:
-    assert jain_index(values) == pytest.approx(expected)
-
-
-def test_jain_index_undefined_without_requests() -> None:
-    assert jain_index([]) is None
-    assert jain_index([0, 0]) is None
-
-
-@given(st.lists(st.integers(min_value=0, max_value=10**6), min_size=1, max_size=16))
-def test_jain_index_lies_between_1_over_n_and_1(values: list[int]) -> None:
-    index = jain_index(values)
-    if sum(values) == 0:
-        assert index is None
-    else:
-        assert index is not None
-        assert 1 / len(values) - 1e-9 <= index <= 1 + 1e-9
 
 
 def test_shares() -> None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config import usable_cpus
 from .results import LATENCY_LABELS, Summary
 from .runner import BenchResult
 
@@ -45,10 +46,6 @@ def _recommendation() -> tuple[str | None, str]:
 
 def machine_info() -> dict[str, Any]:
     try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count() or 1
-    try:
         from importlib.metadata import PackageNotFoundError, version
 
         uvloop_version: str | None = version("uvloop")
@@ -59,7 +56,7 @@ def machine_info() -> dict[str, Any]:
         "system": platform.system(),
         "kernel": platform.release(),
         "arch": platform.machine(),
-        "cpus_usable": usable,
+        "cpus_usable": usable_cpus(),
         "cpus_online": os.cpu_count(),
         "cpu_model": _cpu_model(),
         "python": platform.python_version(),

@@ -30,9 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from .. import procfs
 from .errors import BenchError
 
-__all__ = ["SERVER_EVENTS", "ServerProcess", "child_pids", "count_events", "fetch_worker"]
+__all__ = ["SERVER_EVENTS", "ServerProcess", "count_events", "fetch_worker"]
 
 _LISTENING = re.compile(r"Listening at http://127\.0\.0\.1:(\d+)")
 _READY = re.compile(r"Ready: (\d+) workers?")
@@ -64,39 +65,6 @@ def count_events(line: str, counter: Counter[str]) -> bool:
             counter[name] += 1
             problem = problem or name in ("warning", "error")
     return problem
-
-
-def child_pids(pid: int) -> list[int]:
-    """Direct children of ``pid`` (Linux /proc), or [] if it is gone."""
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    try:
-        for tid in tasks:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                found.extend(int(p) for p in f.read().split())
-    except FileNotFoundError:
-        # Kernels without CONFIG_PROC_CHILDREN: scan every process's parent.
-        found = [
-            int(entry)
-            for entry in os.listdir("/proc")
-            if entry.isdigit() and parent_pid(int(entry)) == pid
-        ]
-    except OSError:
-        pass
-    return sorted(set(found))
-
-
-def parent_pid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The command name (2nd field) may contain spaces and parentheses.
-    return int(stat.rpartition(")")[2].split()[1])
 
 
 def fetch_worker(port: int, *, timeout: float = 1.0) -> tuple[int, int] | None:
@@ -258,7 +226,7 @@ class ServerProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def worker_pids(self) -> list[int]:
-        pids = child_pids(self.pid) if self.running() else []
+        pids = procfs.children_of(self.pid) if self.running() else []
         self.known_workers.update(pids)
         return pids
 
@@ -268,7 +236,8 @@ class ServerProcess:
 
     def kill_worker(self, pid: int) -> bool:
         """SIGKILL ``pid`` if (and only if) it is still a child of our master."""
-        if not self.running() or parent_pid(pid) != self.pid:
+        info = procfs.proc_info(pid)
+        if not self.running() or info is None or info.ppid != self.pid:
             return False
         self.known_workers.add(pid)
         with contextlib.suppress(ProcessLookupError):
@@ -308,9 +277,5 @@ def _looks_like_ours(pid: int) -> bool:
     # A worker whose master died is re-parented, so its parent no longer
     # tells; the pid was recorded while it was our master's child, and only
     # a process that still runs Python/reuseport is killed (pid reuse guard).
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
-    except OSError:
-        return False
-    return b"python" in cmdline or b"reuseport" in cmdline
+    command = procfs.cmdline(pid)
+    return "python" in command or "reuseport" in command
