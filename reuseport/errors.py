@@ -17,6 +17,7 @@ __all__ = [
     "BindError",
     "BootError",
     "ConfigError",
+    "ControlError",
     "ExitCode",
     "PlatformError",
     "PortGuardError",
@@ -75,6 +76,10 @@ class BootError(ReuseportError):
     """A worker could not start serving (e.g. the app's lifespan startup failed)."""
 
     exit_code = ExitCode.BOOT_ERROR
+
+
+class ControlError(ReuseportError):
+    """The control socket could not be reached, or its answer made no sense."""
 
 
 class PlatformError(ReuseportError):
