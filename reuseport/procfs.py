@@ -54,6 +54,7 @@ class ProcInfo:
     state: str  # R, S, D, Z, ...
     ppid: int
     start_time: int  # clock ticks after boot; with pid, identifies a process
+    cpu_ticks: int  # user + system CPU time used so far, in clock ticks
 
     @property
     def running(self) -> bool:
@@ -73,13 +74,15 @@ def proc_info(pid: int) -> ProcInfo | None:
     fields = tail.split()
     if len(fields) < 20:
         return None
-    # fields[0] is field 3 (state); field 4 is ppid; field 22 is starttime.
+    # fields[0] is field 3 (state); field 4 is ppid; 14 and 15 are utime and
+    # stime; field 22 is starttime.
     return ProcInfo(
         pid=pid,
         comm=head.partition("(")[2],
         state=fields[0],
         ppid=int(fields[1]),
         start_time=int(fields[19]),
+        cpu_ticks=int(fields[11]) + int(fields[12]),
     )
 
 

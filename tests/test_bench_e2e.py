@@ -47,6 +47,8 @@ RUN_FIELDS = SUMMARY_FIELDS - {"runs"} | {
     "server_exit_code",
     "server_argv",
     "server_events",
+    "server_workers",
+    "server_log",
     "churn_actions",
     "generator",
     "requests",
@@ -58,6 +60,31 @@ RUN_FIELDS = SUMMARY_FIELDS - {"runs"} | {
     "histogram",
 }
 MACHINE_FIELDS = {"kernel", "cpus_usable", "recommended_mode", "recommendation_reason"}
+
+
+class MissingEvents(Exception):
+    """The server's status snapshot had no ``events`` counters (a master before issue 12)."""
+
+
+# The master's event counters reach the status snapshot in another change of
+# issue 12 (split-master).  Until that is merged, the tests that read them are
+# expected to fail with MissingEvents, and with nothing else; strict, so the
+# marker must go once the counters are there.
+needs_master_events = pytest.mark.xfail(
+    raises=MissingEvents,
+    strict=True,
+    reason="the master's status snapshot has no 'events' yet (issue 12, split-master); "
+    "remove this marker once it has",
+)
+
+
+def events_of(run_: dict[str, Any]) -> dict[str, int]:
+    """A run's event counts, as the bench read them from the master's status."""
+    events = run_["server_events"]
+    if events is None:
+        raise MissingEvents(f"{run_['scenario']} {run_['mode']}: server_events is null")
+    assert isinstance(events, dict)
+    return events
 
 
 def bench(*argv: str) -> int:
@@ -129,6 +156,8 @@ def test_keepalive_and_connect(tmp_path: Path, capsys: pytest.CaptureFixture[str
         check_run(run_)
         assert run_["errors"] == {}, run_["errors"]
         assert run_["server_exit_code"] == 0
+        # A static pool of 2 without churn: read from the status before and after the load.
+        assert run_["server_workers"] == {"before": 2, "after": 2}
     for summary in doc["summaries"]:
         assert set(summary) >= SUMMARY_FIELDS
         assert ("accepts_per_worker" in summary) == (summary["scenario"] == "connect")
@@ -138,6 +167,7 @@ def test_keepalive_and_connect(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert_all_gone(doc)
 
 
+@needs_master_events
 def test_skewed_and_churn_lose_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
     code = bench(
@@ -167,19 +197,21 @@ def test_skewed_and_churn_lose_nothing(tmp_path: Path, capsys: pytest.CaptureFix
         assert actions[:3] == ["hup", "ttin", "ttou"], actions
         assert all(a["ok"] for a in r["churn_actions"]), r["churn_actions"]
         assert "--max-requests" in r["server_argv"]
-        events = r["server_events"]
-        # The reload and the scale-down really happened while the load ran...
-        assert events.get("reload_complete", 0) >= 1, events
-        assert events.get("scale_down", 0) >= 1, events
-        if r["mode"] == "reuseport":
-            assert events.get("drain", 0) >= 1, events  # scale-down drains the slot's queue
-        assert not events.get("crash"), events
-        assert not events.get("replacement_failed"), events
-        # ...workers were replaced (reload, recycle): more pids than slots...
+        # Workers were replaced (reload, recycle): more pids than slots...
         assert len(r["worker_pids"]) > 3
         # ...and no client saw an error: reload, scale-up/down and recycling are zero-loss.
-        assert r["errors"] == {}, (r["mode"], r["errors"], events)
+        assert r["errors"] == {}, (r["mode"], r["errors"], r["server_events"])
         assert r["error_total"] == 0
+    for r in churn:
+        events = events_of(r)
+        # The reload and the scale-up/down really happened while the load ran.
+        assert events.get("reloads", 0) >= 1, events
+        assert events.get("spawns.scale", 0) >= 1, events
+        assert events.get("exits.scale", 0) >= 1, events
+        if r["mode"] == "reuseport":
+            assert events.get("drains", 0) >= 1, events  # scale-down drains the slot's queue
+        assert not events.get("exits.crash"), events
+        assert not events.get("reloads_failed"), events
     recycled = [
         (r["mode"], w["pid"], w["requests"])
         for r in churn
@@ -187,10 +219,11 @@ def test_skewed_and_churn_lose_nothing(tmp_path: Path, capsys: pytest.CaptureFix
         if w["requests"] > 3300  # --max-requests 3000 plus the largest jitter
     ]
     if recycled:  # a worker went past its limit, so the master must have recycled workers
-        assert sum(r["server_events"].get("recycle", 0) for r in churn) >= 1, recycled
+        assert sum(events_of(r).get("recycles", 0) for r in churn) >= 1, recycled
     assert_all_gone(doc)
 
 
+@needs_master_events
 def test_churn_kill_reports_lost_requests_apart(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -215,7 +248,9 @@ def test_churn_kill_reports_lost_requests_apart(
         assert killed, r["churn_actions"]
         assert set(killed) <= set(r["worker_pids"])
         # The master saw each SIGKILL as a crash and replaced the worker.
-        assert r["server_events"].get("crash", 0) >= len(killed)
+        events = events_of(r)
+        assert events.get("exits.crash", 0) >= len(killed), events
+        assert events.get("spawns.respawn", 0) >= len(killed), events
         assert "--max-requests" not in r["server_argv"]
     assert_all_gone(doc)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import usable_cpus
+from .events import EVENT_WORDS
 from .results import LATENCY_LABELS, Summary
 from .runner import BenchResult
 
@@ -183,18 +184,8 @@ def _error_lines(summaries: Sequence[Summary]) -> list[str]:
     return lines
 
 
-# Pool events worth a line in the report (server.SERVER_EVENTS names -> words).
-_EVENT_WORDS = (
-    ("reload_complete", "reloads completed"),
-    ("recycle", "recycles"),
-    ("drain", "drains"),
-    ("crash", "crashes"),
-    ("replacement_failed", "failed replacements"),
-)
-
-
 def _churn_lines(result: BenchResult) -> list[str]:
-    """Per churn scenario and mode: what the runner did and what the master logged."""
+    """Per churn scenario and mode: what the runner did and what the master counted."""
     lines = []
     for scenario in result.config.scenarios:
         if not scenario.churn:
@@ -208,11 +199,18 @@ def _churn_lines(result: BenchResult) -> list[str]:
                 for action in r.churn_actions:
                     sent[action["action"]] = sent.get(action["action"], 0) + 1
             did = ", ".join(f"{k} {v / len(runs):.1f}" for k, v in sent.items()) or "nothing"
-            logged = ", ".join(
-                f"{sum(r.server_events.get(key, 0) for r in runs) / len(runs):.1f} {words}"
-                for key, words in _EVENT_WORDS
-            )
-            lines.append(f"  {scenario.name} {mode}: sent {did}; master logged {logged}")
+            counted = [r.server_events for r in runs if r.server_events is not None]
+            if counted:
+                seen = ", ".join(
+                    f"{sum(c.get(key, 0) for c in counted) / len(counted):.1f} {words}"
+                    for key, words in EVENT_WORDS
+                )
+                lines.append(f"  {scenario.name} {mode}: sent {did}; master counted {seen}")
+            else:
+                lines.append(
+                    f"  {scenario.name} {mode}: sent {did}; the master's status has no event "
+                    "counters"
+                )
     if lines:
         lines.insert(0, "churn per run (mean; each action is listed in the JSON):")
     return lines

@@ -30,6 +30,8 @@ __all__ = ["BenchConfig", "BenchResult", "Generator", "run_bench"]
 
 # Slack on top of --duration for a load generator to start and write its result.
 _LOAD_GRACE = 15.0
+# wrk counts a response slower than this as a timeout error (its default is 2 s).
+_WRK_TIMEOUT = 5.0
 # No churn action this close to the end: its effect would not be measured.
 _CHURN_TAIL = 0.3
 
@@ -197,6 +199,7 @@ def run_one(
     exit_code: int | None = None
     try:
         server.start()
+        before = server.pool_state()
         if generator == Generator.WRK:
             if wrk is None:
                 raise MissingToolError(INSTALL_HINT)
@@ -212,6 +215,7 @@ def run_one(
                     duration=config.duration,
                     threads=config.clients,
                     script=script,
+                    timeout=_WRK_TIMEOUT,
                 ),
                 workdir,
             )
@@ -229,6 +233,7 @@ def run_one(
         load.start()
         actions = _drive(load, server, scenario, config.duration)
         measurement = load.wait(timeout=config.duration + _LOAD_GRACE)
+        after = server.pool_state()
     finally:
         if load is not None:
             load.kill()
@@ -245,7 +250,9 @@ def run_one(
         churn_actions=tuple(actions),
         server_exit_code=exit_code,
         server_argv=tuple(server.argv[server.argv.index("serve") :]),
-        server_events=server.events,
+        server_events=after.events_since(before),
+        server_workers=(before.workers, after.workers),
+        server_log=server.log_problems,
     )
 
 

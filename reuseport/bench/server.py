@@ -7,10 +7,12 @@ master *and* of the workers it had, since an orphaned worker would keep the
 port and skew the next run).  Signals go only to the master we started or to
 its own children.
 
-The master's log is also read for pool events (``SERVER_EVENTS``: reloads
-completed, max-requests recycles, drained slots, crashes, warnings), so a
-churn run can show that the pool really changed under the load.  The
-patterns follow arbiter.py's wording; a line nobody matches is not an error.
+What happened to the pool (reloads, recycles, drains, crashes, spawns and
+exits by cause) is read from the master's own counters over its control
+socket (``--control``, ``pool_state()``), before and after a run, never from
+its log: rewording a log line must not zero a count.  The log gives only the
+port and readiness (the ``Listening at`` and ``Ready:`` lines) and the
+warning and error lines a run shows.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import collections
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -31,40 +35,19 @@ from pathlib import Path
 from typing import IO
 
 from .. import procfs
+from ..control import query
+from ..errors import ControlError
 from .errors import BenchError
+from .events import PoolState
 
-__all__ = ["SERVER_EVENTS", "ServerProcess", "count_events", "fetch_worker"]
+__all__ = ["ServerProcess", "fetch_worker"]
 
 _LISTENING = re.compile(r"Listening at http://127\.0\.0\.1:(\d+)")
 _READY = re.compile(r"Ready: (\d+) workers?")
+_PROBLEM = re.compile(r" (WARNING|ERROR|CRITICAL) ")
 _LOG_TAIL = 200
 _PROBLEMS_KEPT = 50
-
-# Pool events, by the master's log lines (arbiter.py).  Every line is matched
-# against every pattern; the counts are what a run reports.
-SERVER_EVENTS: dict[str, re.Pattern[str]] = {
-    "reload_started": re.compile(r"SIGHUP: rolling reload"),
-    "reload_complete": re.compile(r"Reload complete: "),
-    "recycle": re.compile(r"\(--max-requests\): recycling it"),
-    "replaced": re.compile(r"Worker \d+ \(pid \d+\) is ready; stopping pid \d+"),
-    "scale_up": re.compile(r"SIGTTIN: workers \d+ -> \d+"),
-    "scale_down": re.compile(r"SIGTTOU: workers \d+ -> \d+"),
-    "drain": re.compile(r"Retiring worker \d+ \(pid \d+, [^)]*\): draining its queue"),
-    "crash": re.compile(r"; starting a replacement"),
-    "replacement_failed": re.compile(r"The running worker \(pid \S+\) keeps serving"),
-    "warning": re.compile(r" WARNING "),
-    "error": re.compile(r" (ERROR|CRITICAL) "),
-}
-
-
-def count_events(line: str, counter: Counter[str]) -> bool:
-    """Add ``line``'s pool events to ``counter``; True if it is a warning or error."""
-    problem = False
-    for name, pattern in SERVER_EVENTS.items():
-        if pattern.search(line):
-            counter[name] += 1
-            problem = problem or name in ("warning", "error")
-    return problem
+_QUERY_TIMEOUT = 5.0  # the master answers between two turns of its loop
 
 
 def fetch_worker(port: int, *, timeout: float = 1.0) -> tuple[int, int] | None:
@@ -110,11 +93,19 @@ class ServerProcess:
         start_timeout: float = 20.0,
         extra_args: Sequence[str] = (),
         log_path: Path | None = None,
+        control: Path | None = None,
     ) -> None:
         self.mode = mode
         self.workers = workers
         self.app = app
         self.start_timeout = start_timeout
+        # A private folder for the control socket unless the caller names one;
+        # stop() removes it.
+        self._own_dir: str | None = None
+        if control is None:
+            self._own_dir = tempfile.mkdtemp(prefix="reuseport-srv-")
+            control = Path(self._own_dir, "control.sock")
+        self.control = control
         self.argv = [
             *command,
             "serve",
@@ -125,6 +116,8 @@ class ServerProcess:
             str(workers),
             "--log-level",
             "info",
+            "--control",
+            str(self.control),
             *extra_args,
             *([app] if app else []),
         ]
@@ -136,14 +129,14 @@ class ServerProcess:
         self._ready = False
         self._reader: threading.Thread | None = None
         self.known_workers: set[int] = set()  # every worker pid we ever saw
-        self._events: Counter[str] = Counter()
+        self._log_counts: Counter[str] = Counter()  # "warning" / "error" lines
         self._problems: list[str] = []  # the first warning and error lines
 
     @property
-    def events(self) -> dict[str, int]:
-        """Pool events seen in the master's log so far (``SERVER_EVENTS`` names)."""
+    def log_problems(self) -> dict[str, int]:
+        """How many warning and error lines the master's log has had so far."""
         with self._cond:
-            return dict(self._events)
+            return dict(self._log_counts)
 
     @property
     def problems(self) -> list[str]:
@@ -174,8 +167,10 @@ class ServerProcess:
     def _take(self, line: str) -> None:
         with self._cond:
             self._log.append(line)
-            if count_events(line, self._events) and len(self._problems) < _PROBLEMS_KEPT:
-                self._problems.append(line)
+            if problem := _PROBLEM.search(line):
+                self._log_counts["warning" if problem.group(1) == "WARNING" else "error"] += 1
+                if len(self._problems) < _PROBLEMS_KEPT:
+                    self._problems.append(line)
             if not self.port and (m := _LISTENING.search(line)):
                 self.port = int(m.group(1))
                 self._cond.notify_all()
@@ -225,6 +220,16 @@ class ServerProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def pool_state(self) -> PoolState:
+        """Workers and event counters now, from the master's status snapshot.
+
+        Raises ``BenchError`` when the control socket does not answer.
+        """
+        try:
+            return PoolState.from_snapshot(query(str(self.control), timeout=_QUERY_TIMEOUT))
+        except ControlError as exc:
+            raise BenchError(f"cannot read the status of the server under test: {exc}") from None
+
     def worker_pids(self) -> list[int]:
         pids = procfs.children_of(self.pid) if self.running() else []
         self.known_workers.update(pids)
@@ -246,6 +251,14 @@ class ServerProcess:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, wait up to ``timeout`` s, then SIGKILL; returns the exit code."""
+        try:
+            return self._stop(timeout)
+        finally:
+            if self._own_dir is not None:
+                shutil.rmtree(self._own_dir, ignore_errors=True)
+                self._own_dir = None
+
+    def _stop(self, timeout: float) -> int | None:
         proc = self._proc
         if proc is None:
             return None
