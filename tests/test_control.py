@@ -19,7 +19,6 @@ import select
 import shutil
 import socket
 import stat
-import sys
 import tempfile
 import threading
 import time
@@ -27,6 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from features import requires_linux
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -46,10 +46,6 @@ from reuseport.control import (
     run_status,
 )
 from reuseport.errors import BootError
-
-requires_linux = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason=f"platform limit: {sys.platform} is not Linux"
-)
 
 SNAPSHOT: dict[str, Any] = {
     "master": {

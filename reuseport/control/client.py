@@ -9,6 +9,7 @@ prints errors as one line and returns an exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -49,7 +50,10 @@ def query(path: str, timeout: float = 2.0 * SECONDS) -> dict[str, Any]:
                 f"permission denied on {path}: run `reuseport status` as the user that runs "
                 "the server"
             ) from None
-        sock.sendall(b"status\n")
+        # Something that answers and hangs up before reading our request is no
+        # reuseport master, but what it sent is still ours to read and judge.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(b"status\n")
         chunks: list[bytes] = []
         size = 0
         while True:
