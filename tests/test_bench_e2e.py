@@ -124,6 +124,7 @@ def check_run(run_: dict[str, Any]) -> None:
     assert run_["histogram"]["count"] == run_["requests"]
 
 
+@pytest.mark.e2e
 def test_keepalive_and_connect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
     code = bench(
@@ -168,6 +169,7 @@ def test_keepalive_and_connect(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 @needs_master_events
+@pytest.mark.e2e
 def test_skewed_and_churn_lose_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
     code = bench(
@@ -224,6 +226,7 @@ def test_skewed_and_churn_lose_nothing(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 @needs_master_events
+@pytest.mark.e2e
 def test_churn_kill_reports_lost_requests_apart(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -259,6 +262,7 @@ def doc_scenarios(path: Path) -> list[str]:
     return [str(s) for s in json.loads(path.read_text())["config"]["scenarios"]]
 
 
+@pytest.mark.e2e
 def test_plot_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")  # the optional `bench` extra
     png = tmp_path / "modes.png"
@@ -285,6 +289,7 @@ def test_refusals_come_before_any_server_starts(
     assert "--connections 0" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_wrk_generator_counts_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (apt-get install wrk); the builtin path is tested above")
@@ -304,6 +309,7 @@ def test_wrk_generator_counts_workers(tmp_path: Path, capsys: pytest.CaptureFixt
     assert_all_gone(doc)
 
 
+@pytest.mark.e2e
 def test_steered_mode_runs_reuseport_with_load_steering(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -360,6 +360,7 @@ def test_close_leaves_a_replaced_file_alone(short_dir: str) -> None:
     assert srv.fileno() == -1
 
 
+@pytest.mark.e2e
 def test_forked_child_closes_fd_and_keeps_file(server: ControlServer) -> None:
     pid = os.fork()
     if pid == 0:  # child: what a worker does right after fork

@@ -253,6 +253,7 @@ def test_status_labels() -> None:
 
 
 @requires_linux
+@pytest.mark.e2e
 def test_ebpf_without_privilege_says_so() -> None:
     script = textwrap.dedent(
         """
@@ -361,6 +362,7 @@ _DAEMON = textwrap.dedent(
 
 
 @requires_linux
+@pytest.mark.e2e
 def test_listener_of_another_process_is_foreign() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", _DAEMON],
