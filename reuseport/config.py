@@ -1,9 +1,9 @@
 """Configuration: frozen records, parsing and validation.
 
 Rules: no I/O here (no sockets, no files, no environment; reading our own
-CPU affinity for the default worker count is the one read of process state).  Every value a user
-can type is parsed by a function in this module that raises ``ConfigError``
-naming the value and the fix.  Durations are float seconds named
+CPU affinity for the default worker count is the one read of process state).
+Every value a user can type is parsed by a function in this module that
+raises ``ConfigError`` naming the value and the fix.  Durations are float seconds named
 ``*_timeout`` / ``*_interval``.  The CLI (``cli.py``) gathers values from the
 command line, the TOML file and ``REUSEPORT_*`` variables and hands them to
 ``Config`` as keyword arguments.

@@ -19,7 +19,7 @@ per-listener counts.  Jain's index (sum x)^2 / (n * sum x^2) summarises them:
 1.0 is perfectly even, 1/n is "one listener got everything".
 
 The BPF checks mirror what ``sockets.py`` / ``bpf.py`` need to drain a retiring
-worker without resets (DESIGN.md section 4): a classic-BPF program attached
+worker without resets (docs/architecture.md, kernel facts): a classic-BPF program attached
 with ``SO_ATTACH_REUSEPORT_CBPF`` must really steer (we check that ``ret #0``
 sends every connection to the first listener), and detaching it must give the
 kernel's hash back.  Loading an eBPF ``SK_REUSEPORT`` program needs

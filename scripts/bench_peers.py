@@ -20,7 +20,7 @@ What it does, in order:
    ``wrk -t1 -c64 -d10s --latency``; the order rotates by one every round so
    no server always runs first.  Medians over the rounds are reported, and
    the ratio against uvicorn is the median of the per-round ratios (a
-   same-run comparison, as DESIGN.md section 6 asks).
+   same-run comparison, as docs/architecture.md asks).
 3. Memory: each server is started afresh, served 100k keep-alive requests,
    and the RSS (and PSS) of its worker processes is summed from /proc.
 
