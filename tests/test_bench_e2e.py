@@ -14,7 +14,7 @@ import argparse
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from support import alive, wait_until
@@ -22,6 +22,9 @@ from support import alive, wait_until
 from reuseport.bench.cli import add_arguments, run
 from reuseport.bench.results import LATENCY_LABELS
 from reuseport.cli import main
+
+if TYPE_CHECKING:
+    from _pytest.capture import CaptureResult
 
 pytestmark = pytest.mark.slow
 
@@ -93,6 +96,18 @@ def bench(*argv: str) -> int:
     return run(parser.parse_args(list(argv)))
 
 
+def bench_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], *argv: str
+) -> tuple[CaptureResult[str], dict[str, Any]]:
+    """Run the bench with ``--json``; return what it printed and the JSON document."""
+    out = tmp_path / "bench.json"
+    code = bench(*argv, "--json", str(out))
+    text = capsys.readouterr()
+    assert code == 0, text.err
+    doc: dict[str, Any] = json.loads(out.read_text())
+    return text, doc
+
+
 def assert_all_gone(doc: dict[str, Any]) -> None:
     pids = {r["server_pid"] for r in doc["runs"]} | {
         p for r in doc["runs"] for p in r["worker_pids"]
@@ -126,14 +141,12 @@ def check_run(run_: dict[str, Any]) -> None:
 
 @pytest.mark.e2e
 def test_keepalive_and_connect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "bench.json"
-    code = bench(
+    text, doc = bench_json(
+        tmp_path, capsys,
         "--duration", "1.5", "-w", "2", "--connections", "16",
         "--scenario", "keepalive", "--scenario", "connect",
-        "--load-generator", "builtin", "--json", str(out),
+        "--load-generator", "builtin",
     )  # fmt: skip
-    text = capsys.readouterr()
-    assert code == 0, text.err
     lines = text.out.splitlines()
     assert lines[0].startswith("machine: Linux ")
     assert "probe recommends" in lines[0]
@@ -143,7 +156,6 @@ def test_keepalive_and_connect(tmp_path: Path, capsys: pytest.CaptureFixture[str
     )
     assert "[4/4] connect shared run 1/1" in text.err
 
-    doc = json.loads(out.read_text())
     assert {"machine", "config", "summaries", "runs", "verdicts", "generators"} <= set(doc)
     assert set(doc["machine"]) >= MACHINE_FIELDS
     assert doc["config"]["modes"] == ["reuseport", "shared"]
@@ -171,17 +183,14 @@ def test_keepalive_and_connect(tmp_path: Path, capsys: pytest.CaptureFixture[str
 @needs_master_events
 @pytest.mark.e2e
 def test_skewed_and_churn_lose_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "bench.json"
-    code = bench(
+    text, doc = bench_json(
+        tmp_path, capsys,
         "--duration", "3", "-w", "2", "--connections", "16",
         "--scenario", "skewed", "--scenario", "churn",
-        "--load-generator", "builtin", "--json", str(out),
+        "--load-generator", "builtin",
     )  # fmt: skip
-    text = capsys.readouterr()
-    assert code == 0, text.err
     assert "churn per run (mean" in text.out
     assert "lost with killed workers" not in text.out
-    doc = json.loads(out.read_text())
     for run_ in doc["runs"]:
         check_run(run_)
         assert run_["server_exit_code"] == 0
@@ -230,20 +239,17 @@ def test_skewed_and_churn_lose_nothing(tmp_path: Path, capsys: pytest.CaptureFix
 def test_churn_kill_reports_lost_requests_apart(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "bench.json"
-    code = bench(
+    text, doc = bench_json(
+        tmp_path, capsys,
         "--duration", "2", "-w", "2", "--connections", "16", "--scenario", "connect",
-        "--churn-kill", "--load-generator", "builtin", "--json", str(out),
+        "--churn-kill", "--load-generator", "builtin",
     )  # fmt: skip
-    text = capsys.readouterr()
-    assert code == 0, text.err
-    assert doc_scenarios(out) == ["connect", "churn-kill"]
+    assert doc["config"]["scenarios"] == ["connect", "churn-kill"]
     assert "churn-kill: lost with killed workers (median per run): reuseport " in text.out
     assert any(
         line.startswith("churn-kill: reuseport") and "lost with killed workers" in line
         for line in text.out.splitlines()
     )
-    doc = json.loads(out.read_text())
     for r in [r for r in doc["runs"] if r["scenario"] == "churn-kill"]:
         check_run(r)
         assert {a["action"] for a in r["churn_actions"]} == {"kill"}
@@ -256,10 +262,6 @@ def test_churn_kill_reports_lost_requests_apart(
         assert events.get("spawns.respawn", 0) >= len(killed), events
         assert "--max-requests" not in r["server_argv"]
     assert_all_gone(doc)
-
-
-def doc_scenarios(path: Path) -> list[str]:
-    return [str(s) for s in json.loads(path.read_text())["config"]["scenarios"]]
 
 
 @pytest.mark.e2e
@@ -293,13 +295,11 @@ def test_refusals_come_before_any_server_starts(
 def test_wrk_generator_counts_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (apt-get install wrk); the builtin path is tested above")
-    out = tmp_path / "bench.json"
-    code = bench(
+    _text, doc = bench_json(
+        tmp_path, capsys,
         "--duration", "1", "--connections", "8", "--modes", "reuseport",
-        "--scenario", "keepalive", "--load-generator", "wrk", "--json", str(out),
+        "--scenario", "keepalive", "--load-generator", "wrk",
     )  # fmt: skip
-    assert code == 0, capsys.readouterr().err
-    doc = json.loads(out.read_text())
     (run_,) = doc["runs"]
     assert run_["generator"] == "wrk"
     assert run_["requests"] > 0
@@ -313,16 +313,13 @@ def test_wrk_generator_counts_workers(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_steered_mode_runs_reuseport_with_load_steering(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "bench.json"
-    code = bench(
+    text, doc = bench_json(
+        tmp_path, capsys,
         "--duration", "1.5", "-w", "2", "--connections", "16",
         "--modes", "reuseport+load", "--scenario", "connect",
-        "--load-generator", "builtin", "--json", str(out),
+        "--load-generator", "builtin",
     )  # fmt: skip
-    text = capsys.readouterr()
-    assert code == 0, text.err
     assert any(line.split()[:2] == ["connect", "reuseport+load"] for line in text.out.splitlines())
-    doc = json.loads(out.read_text())
     (run_,) = doc["runs"]
     assert run_["mode"] == "reuseport+load"
     argv = run_["server_argv"]
