@@ -61,6 +61,9 @@ _ACTION_TAIL = 1.5
 _WRK_GRACE = 15.0
 _STATUS_TIMEOUT = 5.0
 _STOP_TIMEOUT = 20.0
+# After the load, how long to wait for the pool to settle before reading the
+# master's counters (the last scale-down's drain completes after wrk stops).
+_SETTLE_TIMEOUT = 15.0
 
 
 @dataclass(slots=True)
@@ -205,7 +208,7 @@ def soak_one(args: argparse.Namespace, mode: str, wrk: str, workdir: Path) -> Mo
                     result.failure = str(exc)
         if server.running():
             try:
-                after = server.pool_state()
+                after = server.pool_state(settle=_SETTLE_TIMEOUT)
             except BenchError as exc:
                 result.failure = result.failure or str(exc)
             else:

@@ -39,7 +39,7 @@ def snapshot(running: int, **changes: Any) -> dict[str, Any]:
     return {
         "master": {"pid": 100, "mode": "reuseport"},
         "pool": {"pm": "static", "target": running, "running": running},
-        "workers": [{"slot": i, "pid": 200 + i} for i in range(running)],
+        "workers": [{"slot": i, "pid": 200 + i, "state": "ready"} for i in range(running)],
         "events": events(**changes),
     }
 
@@ -90,6 +90,19 @@ def test_a_snapshot_without_events_counts_nothing_rather_than_zero() -> None:
     assert state.workers == 2
     assert state.events_since(PoolState.from_snapshot(snapshot(2))) is None
     assert PoolState.from_snapshot(snapshot(2)).events_since(state) is None
+
+
+def test_a_pool_with_a_worker_draining_or_starting_has_not_settled() -> None:
+    snap = snapshot(3)
+    assert PoolState.from_snapshot(snap).settled
+    snap["workers"][2]["state"] = "draining"  # a TTOU's worker, not yet exited
+    snap["workers"][0]["state"] = "starting"  # a recycle's replacement
+    state = PoolState.from_snapshot(snap)
+    assert not state.settled
+    assert state.changing == 2
+    snap["workers"][2]["state"] = "stopping"
+    snap["workers"][0]["state"] = "ready"
+    assert PoolState.from_snapshot(snap).changing == 1
 
 
 def test_workers_fall_back_to_the_worker_list_and_to_unknown() -> None:

@@ -18,6 +18,13 @@ The snapshot's ``events`` (cumulative over the master's life)::
 are flattened to one level (``"spawns.start"``, ``"exits.crash"``,
 ``"reloads"``, ...) so that a run's counts are one small JSON object and the
 difference of two snapshots is a subtraction per key.
+
+Counters move when a change *completes*: a worker retired by TTOU counts as
+an exit (and, in reuseport mode, a drain) once it has drained and exited,
+which can be a second or two after the signal.  So a run reads its "after"
+counters once the pool has *settled* (no worker ``starting``, ``draining``
+or ``stopping``), or else a scale-down sent near the end of the load would
+go uncounted.
 """
 
 from __future__ import annotations
@@ -26,7 +33,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["EVENT_WORDS", "PoolState", "count_difference", "flatten_events"]
+__all__ = ["EVENT_WORDS", "TRANSITIONAL_STATES", "PoolState", "count_difference", "flatten_events"]
+
+# Worker states (as the snapshot spells them) of a pool still changing.
+TRANSITIONAL_STATES = frozenset({"starting", "draining", "stopping"})
 
 # The counters a report line shows, in order, and how it names them.
 EVENT_WORDS: tuple[tuple[str, str], ...] = (
@@ -70,6 +80,12 @@ class PoolState:
 
     workers: int | None  # live workers; None if the snapshot does not say
     events: dict[str, int] | None  # flattened counters; None: the master counts no events
+    changing: int = 0  # workers starting, draining or stopping
+
+    @property
+    def settled(self) -> bool:
+        """No worker is starting, draining or stopping."""
+        return self.changing == 0
 
     @classmethod
     def from_snapshot(cls, snapshot: Mapping[str, Any]) -> PoolState:
@@ -83,9 +99,17 @@ class PoolState:
         else:
             workers = None
         events = snapshot.get("events")
+        changing = 0
+        if isinstance(workers_list, list):
+            changing = sum(
+                1
+                for w in workers_list
+                if isinstance(w, Mapping) and w.get("state") in TRANSITIONAL_STATES
+            )
         return cls(
             workers=workers,
             events=flatten_events(events) if isinstance(events, Mapping) else None,
+            changing=changing,
         )
 
     def events_since(self, earlier: PoolState) -> dict[str, int] | None:

@@ -32,6 +32,9 @@ __all__ = ["BenchConfig", "BenchResult", "Generator", "run_bench"]
 _LOAD_GRACE = 15.0
 # wrk counts a response slower than this as a timeout error (its default is 2 s).
 _WRK_TIMEOUT = 5.0
+# How long a run waits after its load for the pool to settle before it reads
+# the master's counters (a drain needs about a second of quiet).
+_SETTLE_TIMEOUT = 15.0
 # No churn action this close to the end: its effect would not be measured.
 _CHURN_TAIL = 0.3
 
@@ -233,7 +236,9 @@ def run_one(
         load.start()
         actions = _drive(load, server, scenario, config.duration)
         measurement = load.wait(timeout=config.duration + _LOAD_GRACE)
-        after = server.pool_state()
+        # A scale-down or reload sent near the end completes after the load:
+        # count it (events.py).
+        after = server.pool_state(settle=_SETTLE_TIMEOUT)
     finally:
         if load is not None:
             load.kill()

@@ -48,6 +48,7 @@ _PROBLEM = re.compile(r" (WARNING|ERROR|CRITICAL) ")
 _LOG_TAIL = 200
 _PROBLEMS_KEPT = 50
 _QUERY_TIMEOUT = 5.0  # the master answers between two turns of its loop
+_SETTLE_POLL = 0.05
 
 
 def fetch_worker(port: int, *, timeout: float = 1.0) -> tuple[int, int] | None:
@@ -220,15 +221,26 @@ class ServerProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def pool_state(self) -> PoolState:
-        """Workers and event counters now, from the master's status snapshot.
+    def pool_state(self, *, settle: float = 0.0) -> PoolState:
+        """Workers and event counters, from the master's status snapshot.
 
-        Raises ``BenchError`` when the control socket does not answer.
+        With ``settle`` > 0, waits up to that many seconds for the pool to
+        settle (no worker starting, draining or stopping: see ``events``) and
+        returns the last state read either way.  Raises ``BenchError`` when
+        the control socket does not answer.
         """
-        try:
-            return PoolState.from_snapshot(query(str(self.control), timeout=_QUERY_TIMEOUT))
-        except ControlError as exc:
-            raise BenchError(f"cannot read the status of the server under test: {exc}") from None
+        deadline = time.monotonic() + settle
+        while True:
+            try:
+                snapshot = query(str(self.control), timeout=_QUERY_TIMEOUT)
+            except ControlError as exc:
+                raise BenchError(
+                    f"cannot read the status of the server under test: {exc}"
+                ) from None
+            state = PoolState.from_snapshot(snapshot)
+            if state.settled or time.monotonic() >= deadline:
+                return state
+            time.sleep(_SETTLE_POLL)
 
     def worker_pids(self) -> list[int]:
         pids = procfs.children_of(self.pid) if self.running() else []
