@@ -640,6 +640,12 @@ def test_render_events_line() -> None:
     assert lines[3].split()[0] == "SLOT"  # the table follows
 
 
+def test_render_events_line_counts_one_in_the_singular() -> None:
+    events = {**EVENTS, "reloads": 1, "recycles": 1, "drains": True}
+    line = render_status({"events": events}).splitlines()[2]
+    assert line.startswith("events: 1 reload, 1 recycle, ? drains, ")
+
+
 def test_render_events_line_shows_failed_reloads_and_unknown_causes() -> None:
     events = {
         **EVENTS,

@@ -100,16 +100,21 @@ def _by_cause(label: str, raw: object, order: tuple[str, ...]) -> str:
     return f"{label} {total}" + (f" ({', '.join(details)})" if details else "")
 
 
+def _counted(value: object, noun: str) -> str:
+    """``1 reload``, ``3 reloads``, ``- reloads``."""
+    return f"{_count(value)} {noun}{'' if value == 1 and value is not True else 's'}"
+
+
 def _events_line(events: Mapping[str, Any]) -> str:
     """The master's event counters in one line (the snapshot's ``events``)."""
-    reloads = f"{_count(events.get('reloads'))} reloads"
+    reloads = _counted(events.get("reloads"), "reload")
     failed = events.get("reloads_failed")
     if failed is not None and failed != 0:
         reloads += f" ({_count(failed)} failed)"
     parts = [
         reloads,
-        f"{_count(events.get('recycles'))} recycles",
-        f"{_count(events.get('drains'))} drains",
+        _counted(events.get("recycles"), "recycle"),
+        _counted(events.get("drains"), "drain"),
         _by_cause("spawns", events.get("spawns"), _SPAWN_CAUSES),
         _by_cause("exits", events.get("exits"), _EXIT_CAUSES),
     ]
