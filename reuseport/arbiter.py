@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import errno
 import logging
 import os
 import random
@@ -40,7 +39,7 @@ import setproctitle
 from . import worker as worker_mod
 from .config import Config, Mode, ProcessManager, SteeringKind
 from .control import ControlServer, default_control_path
-from .errors import ExitCode
+from .errors import ExitCode, errno_name
 from .lifecycle import ExitCause, SpawnCause, WorkerHandle, WorkerState
 from .listeners import Listeners
 from .pidfile import PidFile
@@ -75,10 +74,6 @@ _SIGNALS = (
     signal.SIGUSR1,
     signal.SIGCHLD,
 )
-
-
-def _errno_name(exc: OSError) -> str:
-    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
 
 
 class Arbiter:
@@ -426,7 +421,7 @@ class Arbiter:
                     "could not steer connections away from worker %d (%s); its queued "
                     "connections may be reset",
                     slot,
-                    _errno_name(exc),
+                    errno_name(exc),
                 )
             else:
                 deadline = time.monotonic() + self.config.graceful_timeout + _STOP_GRACE
@@ -454,7 +449,7 @@ class Arbiter:
                 "its socket closes once it has exited",
                 handle.slot,
                 handle.pid,
-                _errno_name(exc),
+                errno_name(exc),
             )
             self._kill(handle, signal.SIGTERM)
 
@@ -491,7 +486,7 @@ class Arbiter:
                 log.warning(
                     "--steering load: attaching the steering program failed (%s); new "
                     "connections follow the kernel's hash",
-                    _errno_name(exc),
+                    errno_name(exc),
                 )
 
     # ------------------------------------------------------------------ spawning

@@ -1,4 +1,4 @@
-"""Classic BPF programs that steer a SO_REUSEPORT group (pure Python, unprivileged).
+"""BPF programs for a SO_REUSEPORT group: classic BPF to steer, and the eBPF loader.
 
 Why: closing a listener resets every connection still queued in it (unless
 ``net.ipv4.tcp_migrate_req`` is on).  Before a worker's socket leaves the
@@ -18,24 +18,64 @@ The program is a table over the allowed indices::
     ret allowed[k-1]
     ret_0: ret allowed[0]
     ...
+
+cBPF needs no privilege and no syscall beyond ``setsockopt``.  eBPF
+(``SK_REUSEPORT`` programs, the only way to migrate queued connections
+without the ``tcp_migrate_req`` sysctl, and later maps of sockets for real
+load steering) goes through ``bpf(2)``, which Python does not wrap: the
+second half of this module calls it through ctypes.  Its layers, kept apart
+so that maps and bigger programs are additions, not rewrites:
+
+- ``EbpfInsn`` and its builders (``mov64_imm``, ``exit_insn``): one 8-byte
+  ``struct bpf_insn`` each, encoded in native byte order;
+- ``bpf(cmd, attr)``: the raw syscall for any command (``BpfCmd``) and its
+  ``union bpf_attr`` member as a ctypes structure; raises ``OSError``;
+- ``load_sk_reuseport(insns, attach_type)``: ``BPF_PROG_LOAD`` of an
+  ``SK_REUSEPORT`` program, returning its fd, and ``attach_ebpf`` to give it
+  to a group.
+
+Loading needs CAP_BPF or CAP_SYS_ADMIN (EPERM otherwise); attaching an
+already-loaded program's fd needs nothing.  A map command (``MAP_CREATE``,
+``MAP_UPDATE_ELEM``, ...) is another ``BpfCmd`` value, another attr structure
+and a three-line function around ``bpf()``.
 """
 
 from __future__ import annotations
 
 import ctypes
+import enum
+import errno
+import os
+import platform
 import socket
+import struct
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 __all__ = [
+    "SK_PASS",
     "SO_ATTACH_REUSEPORT_CBPF",
+    "SO_ATTACH_REUSEPORT_EBPF",
     "SO_DETACH_REUSEPORT_BPF",
+    "AttachType",
+    "BpfCmd",
+    "EbpfInsn",
     "Group",
     "attach_cbpf",
+    "attach_ebpf",
+    "bpf",
+    "bpf_syscall_number",
     "detach",
+    "exit_insn",
+    "load_sk_reuseport",
+    "mov64_imm",
     "steering_program",
 ]
 
+# Constants Python's socket module lacks (asm-generic values, x86-64 and arm64).
 SO_ATTACH_REUSEPORT_CBPF = 51
+SO_ATTACH_REUSEPORT_EBPF = 52
 SO_DETACH_REUSEPORT_BPF = 68
 
 _SKF_AD_OFF = -0x1000
@@ -115,3 +155,155 @@ class Group:
 
     def indices_except(self, excluded: set[int]) -> list[int]:
         return [i for i, slot in enumerate(self.order) if slot not in excluded]
+
+
+# --------------------------------------------------------------------------- eBPF
+
+# __NR_bpf per machine (platform.machine()): the syscall has no libc wrapper.
+_NR_BPF = {
+    "x86_64": 321,
+    "amd64": 321,
+    "aarch64": 280,
+    "arm64": 280,
+    "riscv64": 280,
+    "loongarch64": 280,
+    "ppc64": 361,
+    "ppc64le": 361,
+    "s390x": 351,
+    "i386": 357,
+    "i686": 357,
+    "armv7l": 386,
+}
+
+_BPF_PROG_TYPE_SK_REUSEPORT = 21
+SK_PASS = 1  # an SK_REUSEPORT program's "let the kernel (or my selection) decide"
+
+_BPF_ALU64 = 0x07
+_BPF_JMP = 0x05
+_BPF_MOV = 0xB0
+_BPF_K = 0x00
+_BPF_EXIT = 0x90
+_INSN = struct.Struct("=BBhi")  # struct bpf_insn: code, dst_reg:4 + src_reg:4, off, imm
+
+
+class BpfCmd(enum.IntEnum):
+    """``bpf(2)`` commands (``enum bpf_cmd``) this module issues."""
+
+    PROG_LOAD = 5
+
+
+class AttachType(enum.IntEnum):
+    """``expected_attach_type`` of an ``SK_REUSEPORT`` program."""
+
+    SK_REUSEPORT_SELECT = 39
+    SK_REUSEPORT_SELECT_OR_MIGRATE = 40  # Linux >= 5.14: also picks for migrated requests
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EbpfInsn:
+    """One ``struct bpf_insn``; the builders below make the common ones."""
+
+    code: int
+    dst: int = 0  # register 0-10
+    src: int = 0
+    off: int = 0
+    imm: int = 0
+
+    def encode(self) -> bytes:
+        # The two 4-bit register fields share a byte; the bitfield order
+        # follows the machine's byte order, as in the kernel's header.
+        little = sys.byteorder == "little"
+        regs = (self.src << 4) | self.dst if little else (self.dst << 4) | self.src
+        return _INSN.pack(self.code, regs, self.off, self.imm)
+
+
+def mov64_imm(dst: int, imm: int) -> EbpfInsn:
+    """``dst = imm`` (64-bit register, sign-extended 32-bit immediate)."""
+    return EbpfInsn(code=_BPF_ALU64 | _BPF_MOV | _BPF_K, dst=dst, imm=imm)
+
+
+def exit_insn() -> EbpfInsn:
+    """``exit``: return r0."""
+    return EbpfInsn(code=_BPF_JMP | _BPF_EXIT)
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    # The BPF_PROG_LOAD member of `union bpf_attr`, up to expected_attach_type.
+    # The kernel zero-fills the fields we leave out.
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * 16),
+        ("prog_ifindex", ctypes.c_uint32),
+        ("expected_attach_type", ctypes.c_uint32),
+    ]
+
+
+def bpf_syscall_number() -> int | None:
+    """``__NR_bpf`` on this machine; None off Linux or on an architecture we do not know."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return _NR_BPF.get(platform.machine())
+
+
+def bpf(cmd: BpfCmd, attr: ctypes.Structure) -> int:
+    """``bpf(cmd, &attr, sizeof attr)``; returns the syscall's result or raises ``OSError``.
+
+    ``OSError(ENOSYS)`` where the syscall number is unknown (not Linux, or an
+    architecture missing from the table).
+    """
+    nr = bpf_syscall_number()
+    if nr is None:
+        where = f"{sys.platform} {platform.machine()}"
+        raise OSError(errno.ENOSYS, f"the bpf(2) syscall number is unknown on {where}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    result = int(
+        libc.syscall(
+            ctypes.c_long(nr),
+            ctypes.c_long(int(cmd)),
+            ctypes.byref(attr),
+            ctypes.c_uint(ctypes.sizeof(attr)),
+        )
+    )
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return result
+
+
+def load_sk_reuseport(
+    insns: Sequence[EbpfInsn], attach_type: AttachType, *, name: bytes = b"reuseport"
+) -> int:
+    """``BPF_PROG_LOAD`` an ``SK_REUSEPORT`` program; returns its fd (the caller closes it).
+
+    Raises ``OSError``: EPERM/EACCES without CAP_BPF or CAP_SYS_ADMIN, EINVAL
+    when the kernel knows no such program or attach type, ENOSYS without
+    ``bpf(2)``.
+    """
+    code = b"".join(insn.encode() for insn in insns)
+    buffer = ctypes.create_string_buffer(code, len(code))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    attr = _ProgLoadAttr(
+        prog_type=_BPF_PROG_TYPE_SK_REUSEPORT,
+        insn_cnt=len(insns),
+        insns=ctypes.addressof(buffer),
+        license=ctypes.addressof(license_),
+        prog_name=name[:15],
+        expected_attach_type=int(attach_type),
+    )
+    # `buffer` and `license_` live in this frame until bpf() returns; the
+    # kernel copies both during the call.
+    return bpf(BpfCmd.PROG_LOAD, attr)
+
+
+def attach_ebpf(sock: socket.socket, prog_fd: int) -> None:
+    """setsockopt(SO_ATTACH_REUSEPORT_EBPF): the loaded program then serves the whole group."""
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, prog_fd)

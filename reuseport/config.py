@@ -1,8 +1,9 @@
 """Configuration: frozen records, parsing and validation.
 
-Rules: no I/O here (no sockets, no files, no environment).  Every value a user
-can type is parsed by a function in this module that raises ``ConfigError``
-naming the value and the fix.  Durations are float seconds named
+Rules: no I/O here (no sockets, no files, no environment; reading our own
+CPU affinity for the default worker count is the one read of process state).
+Every value a user can type is parsed by a function in this module that
+raises ``ConfigError`` naming the value and the fix.  Durations are float seconds named
 ``*_timeout`` / ``*_interval``.  The CLI (``cli.py``) gathers values from the
 command line, the TOML file and ``REUSEPORT_*`` variables and hands them to
 ``Config`` as keyword arguments.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass, field, fields
 from typing import TypeVar
@@ -30,6 +32,7 @@ __all__ = [
     "ProcessManager",
     "SteeringKind",
     "parse_bind",
+    "usable_cpus",
 ]
 
 SECONDS = 1.0
@@ -155,10 +158,13 @@ def _enum_value(kind: type[_E], value: object, name: str) -> _E:
         raise ConfigError(f"invalid {name} {value!r}: choose one of {choices}") from None
 
 
-def _default_workers() -> int:
-    # os.sched_getaffinity is a read of process state, not I/O on the outside world.
-    import os
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), at least 1.
 
+    The default worker count, and what the probe and the benchmark report.
+    ``os.sched_getaffinity`` reads process state, not the outside world, so
+    it is allowed here; off Linux it falls back to the online CPU count.
+    """
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
@@ -172,7 +178,7 @@ class Config:
     app: str | None = None
     app_dir: str = "."
     binds: tuple[BindAddress, ...] = (parse_bind(DEFAULT_BIND),)
-    workers: int = field(default_factory=_default_workers)
+    workers: int = field(default_factory=usable_cpus)
     mode: Mode = Mode.AUTO
     interface: Interface = Interface.AUTO
     loop: LoopKind = LoopKind.AUTO

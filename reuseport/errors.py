@@ -10,16 +10,19 @@ Anything else escaping is a bug in reuseport.
 from __future__ import annotations
 
 import enum
+import errno
 
 __all__ = [
     "AppLoadError",
     "BindError",
     "BootError",
     "ConfigError",
+    "ControlError",
     "ExitCode",
     "PlatformError",
     "PortGuardError",
     "ReuseportError",
+    "errno_name",
 ]
 
 
@@ -75,7 +78,22 @@ class BootError(ReuseportError):
     exit_code = ExitCode.BOOT_ERROR
 
 
+class ControlError(ReuseportError):
+    """The control socket could not be reached, or its answer made no sense."""
+
+
 class PlatformError(ReuseportError):
     """The operating system lacks something the requested mode needs."""
 
     exit_code = ExitCode.PLATFORM_ERROR
+
+
+def errno_name(exc: OSError) -> str:
+    """The symbolic name of ``exc``'s errno (``EADDRINUSE``), for messages and logs.
+
+    An errno this platform has no name for shows as ``errno 123``; an OSError
+    without one (``TimeoutError`` from a socket timeout) as its class name.
+    """
+    if exc.errno is None:
+        return type(exc).__name__
+    return errno.errorcode.get(exc.errno, f"errno {exc.errno}")

@@ -62,6 +62,7 @@ from collections.abc import Collection, Sequence
 
 from .bpf import Group, attach_cbpf, detach, steering_program
 from .config import BindAddress, Mode
+from .errors import errno_name
 from .sockets import (
     bind_reuseport,
     bind_shared,
@@ -77,10 +78,6 @@ log = logging.getLogger("reuseport.master")
 # What a group's program allows: its indices, or None for "no program, the
 # kernel's hash".
 _Program = tuple[int, ...] | None
-
-
-def _errno_name(exc: OSError) -> str:
-    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
 
 
 class Listeners:
@@ -368,7 +365,7 @@ class Listeners:
             "Slot %d closed, but re-attaching the steering program for the new order "
             "failed (%s); detaching it: new connections follow the kernel's hash",
             slot,
-            _errno_name(exc),
+            errno_name(exc),
         )
         try:
             for index, group in enumerate(self._groups):
@@ -381,6 +378,6 @@ class Listeners:
                 "Detaching the stale steering program failed too (%s): it still names "
                 "the sockets by their old order, so the worker whose socket moved into "
                 "slot %d's place may get no new connections until the program is replaced",
-                _errno_name(again),
+                errno_name(again),
                 slot,
             )

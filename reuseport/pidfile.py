@@ -11,10 +11,9 @@ pid into it, and the old master's exit leaves it alone.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 
-from .errors import BootError
+from .errors import BootError, errno_name
 
 __all__ = ["PidFile"]
 
@@ -31,7 +30,7 @@ class PidFile:
             with open(self.path, "w", encoding="ascii") as fh:
                 fh.write(f"{self.pid}\n")
         except OSError as exc:
-            name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            name = errno_name(exc)
             raise BootError(
                 f"cannot write the pid file {self.path!r}: {exc.strerror} ({name}); "
                 "choose a writable path with --pid, or leave it out"

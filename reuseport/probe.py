@@ -19,7 +19,7 @@ per-listener counts.  Jain's index (sum x)^2 / (n * sum x^2) summarises them:
 1.0 is perfectly even, 1/n is "one listener got everything".
 
 The BPF checks mirror what ``sockets.py`` / ``bpf.py`` need to drain a retiring
-worker without resets (DESIGN.md section 4): a classic-BPF program attached
+worker without resets (docs/architecture.md, kernel facts): a classic-BPF program attached
 with ``SO_ATTACH_REUSEPORT_CBPF`` must really steer (we check that ``ret #0``
 sends every connection to the first listener), and detaching it must give the
 kernel's hash back.  Loading an eBPF ``SK_REUSEPORT`` program needs
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import errno
 import json
 import os
@@ -46,10 +45,22 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .bpf import attach_cbpf, detach, steering_program
-from .config import SECONDS, BindAddress, Mode, parse_bind
-from .errors import ConfigError
-from .sockets import ListenerInfo, describe_owner, find_listeners
+from .bpf import (
+    SK_PASS,
+    AttachType,
+    attach_cbpf,
+    attach_ebpf,
+    bpf_syscall_number,
+    detach,
+    exit_insn,
+    load_sk_reuseport,
+    mov64_imm,
+    steering_program,
+)
+from .config import SECONDS, BindAddress, Mode, parse_bind, usable_cpus
+from .errors import ConfigError, PlatformError, errno_name
+from .procfs import descendants_of
+from .sockets import ListenerInfo, describe_owner, find_listeners, open_socket
 
 __all__ = [
     "FAIRNESS_THRESHOLD",
@@ -65,32 +76,7 @@ __all__ = [
     "run_probe",
 ]
 
-# Constants Python's socket module lacks (asm-generic values, x86-64 and arm64).
-SO_ATTACH_REUSEPORT_EBPF = 52
-SO_INCOMING_CPU: int = getattr(socket, "SO_INCOMING_CPU", 49)
-
-# bpf(2)
-_BPF_PROG_LOAD = 5
-_BPF_PROG_TYPE_SK_REUSEPORT = 21
-_BPF_SK_REUSEPORT_SELECT = 39
-_BPF_SK_REUSEPORT_SELECT_OR_MIGRATE = 40
-_BPF_ALU64_MOV_K = 0xB7  # BPF_ALU64 | BPF_MOV | BPF_K
-_BPF_JMP_EXIT = 0x95  # BPF_JMP | BPF_EXIT
-_SK_PASS = 1
-_NR_BPF = {
-    "x86_64": 321,
-    "amd64": 321,
-    "aarch64": 280,
-    "arm64": 280,
-    "riscv64": 280,
-    "loongarch64": 280,
-    "ppc64": 361,
-    "ppc64le": 361,
-    "s390x": 351,
-    "i386": 357,
-    "i686": 357,
-    "armv7l": 386,
-}
+SO_INCOMING_CPU: int = getattr(socket, "SO_INCOMING_CPU", 49)  # asm-generic value
 
 FAIRNESS_THRESHOLD = 0.8
 # Below this many connections per listener, chance alone may leave one empty.
@@ -169,10 +155,6 @@ class ProbeReport:
 # --------------------------------------------------------------------------- helpers
 
 
-def _errno_name(exc: OSError) -> str:
-    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
-
-
 def _is_linux() -> bool:
     return sys.platform.startswith("linux")
 
@@ -182,38 +164,8 @@ def _kernel_short(release: str) -> str:
     return match.group(0) if match else release
 
 
-def _usable_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _loopback(family: socket.AddressFamily) -> str:
     return "::1" if family == socket.AF_INET6 else "127.0.0.1"
-
-
-def _reuseport_socket(
-    family: socket.AddressFamily,
-    kind: socket.SocketKind,
-    sockaddr: tuple[str, int],
-    *,
-    backlog: int | None,
-) -> socket.socket:
-    """A socket with SO_REUSEPORT set before bind, bound, listening if ``backlog``."""
-    sock = socket.socket(family, kind)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(sockaddr)
-        if backlog is not None:
-            sock.listen(backlog)
-            sock.setblocking(False)
-        return sock
-    except BaseException:
-        sock.close()
-        raise
 
 
 @contextlib.contextmanager
@@ -227,15 +179,21 @@ def _reuseport_group(
     """
     with contextlib.ExitStack() as stack:
         first = stack.enter_context(
-            _reuseport_socket(family, socket.SOCK_STREAM, (_loopback(family), 0), backlog=backlog)
+            open_socket(
+                family, socket.SOCK_STREAM, (_loopback(family), 0), reuseport=True, backlog=backlog
+            )
         )
         port = first.getsockname()[1]
         group = [first]
         for _ in range(count - 1):
             group.append(
                 stack.enter_context(
-                    _reuseport_socket(
-                        family, socket.SOCK_STREAM, (_loopback(family), port), backlog=backlog
+                    open_socket(
+                        family,
+                        socket.SOCK_STREAM,
+                        (_loopback(family), port),
+                        reuseport=True,
+                        backlog=backlog,
                     )
                 )
             )
@@ -278,7 +236,7 @@ def _connect_and_count(
                 client.settimeout(min(_CONNECT_TIMEOUT, remaining))
                 client.connect(sockaddr)
             except OSError as exc:  # TimeoutError is an OSError too (errno None)
-                reason = _errno_name(exc) if exc.errno else "timed out"
+                reason = errno_name(exc) if exc.errno else "timed out"
                 error = f"client {made + 1} could not connect ({reason})"
                 break
             made += 1
@@ -299,13 +257,16 @@ def _connect_and_count(
     return counts, made, error
 
 
-def jain_fairness(counts: Sequence[int]) -> float | None:
-    """Jain's fairness index of ``counts``: 1.0 is even, 1/n is all-on-one; None if empty."""
-    total = sum(counts)
+def jain_fairness(counts: Sequence[float]) -> float | None:
+    """Jain's fairness index ``(Σx)² / (n·Σx²)``: 1.0 is even, 1/n is all-on-one.
+
+    None when there is nothing to judge (no counts, or all zero).  The
+    benchmark uses it too, for requests per worker.
+    """
     squares = sum(c * c for c in counts)
     if not counts or squares == 0:
         return None
-    return total * total / (len(counts) * squares)
+    return sum(counts) ** 2 / (len(counts) * squares)
 
 
 def _open_fds() -> int:
@@ -344,29 +305,29 @@ def _probe_reuseport_bind(
         return Feature(name=name, supported=False, detail=f"{sys.platform} has no SO_REUSEPORT")
     backlog = None if kind == socket.SOCK_DGRAM else 8
     try:
-        first = _reuseport_socket(family, kind, (host, 0), backlog=backlog)
+        first = open_socket(family, kind, (host, 0), reuseport=True, backlog=backlog)
     except OSError as exc:
         if family == socket.AF_INET6 and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
             return Feature(
                 name=name,
                 supported=None,
-                detail=f"not tested: IPv6 loopback unavailable ({_errno_name(exc)})",
+                detail=f"not tested: IPv6 loopback unavailable ({errno_name(exc)})",
             )
         return Feature(
             name=name,
             supported=False,
-            detail=f"SO_REUSEPORT {what} socket on {host} failed ({_errno_name(exc)})",
+            detail=f"SO_REUSEPORT {what} socket on {host} failed ({errno_name(exc)})",
         )
     with first:
         port = first.getsockname()[1]
         where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
         try:
-            second = _reuseport_socket(family, kind, (host, port), backlog=backlog)
+            second = open_socket(family, kind, (host, port), reuseport=True, backlog=backlog)
         except OSError as exc:
             return Feature(
                 name=name,
                 supported=False,
-                detail=f"a second {what} socket could not bind {where} ({_errno_name(exc)})",
+                detail=f"a second {what} socket could not bind {where} ({errno_name(exc)})",
             )
         second.close()
     verb = "bind and listen on" if backlog is not None else "bind"
@@ -448,7 +409,7 @@ def _balance_test(listeners: int, connections: int, *, deadline: float) -> _Bala
     except OSError as exc:
         return _Balance(
             listeners=listeners,
-            error=f"SO_REUSEPORT listeners could not be set up ({_errno_name(exc)})",
+            error=f"SO_REUSEPORT listeners could not be set up ({errno_name(exc)})",
             cap_note=cap_note,
         )
     return _Balance(
@@ -474,7 +435,7 @@ def _probe_cbpf() -> tuple[Feature, Feature]:
             try:
                 attach_cbpf(group[0], steering_program([0]))  # `ret #0`
             except OSError as exc:
-                reason = f"setsockopt(SO_ATTACH_REUSEPORT_CBPF) failed ({_errno_name(exc)})"
+                reason = f"setsockopt(SO_ATTACH_REUSEPORT_CBPF) failed ({errno_name(exc)})"
                 return (
                     Feature(name=attach_name, supported=False, detail=reason),
                     Feature(name=detach_name, supported=None, detail="not tested: attach failed"),
@@ -493,7 +454,7 @@ def _probe_cbpf() -> tuple[Feature, Feature]:
             try:
                 detach(group[0])
             except OSError as exc:
-                detail = f"setsockopt(SO_DETACH_REUSEPORT_BPF) failed ({_errno_name(exc)})"
+                detail = f"setsockopt(SO_DETACH_REUSEPORT_BPF) failed ({errno_name(exc)})"
                 if exc.errno == errno.ENOPROTOOPT:
                     detail += ": kernel < 5.3; re-attach a program that hashes instead"
                 return attach, Feature(name=detach_name, supported=False, detail=detail)
@@ -508,95 +469,43 @@ def _probe_cbpf() -> tuple[Feature, Feature]:
                 detail = f"detached, but {made} connections still went {counts}"
             return attach, Feature(name=detach_name, supported=spread, detail=detail)
     except OSError as exc:
-        reason = f"not tested: SO_REUSEPORT listeners could not be set up ({_errno_name(exc)})"
+        reason = f"not tested: SO_REUSEPORT listeners could not be set up ({errno_name(exc)})"
         return (
             Feature(name=attach_name, supported=None, detail=reason),
             Feature(name=detach_name, supported=None, detail=reason),
         )
 
 
-class _BpfInsn(ctypes.Structure):
-    _fields_ = [
-        ("code", ctypes.c_uint8),
-        ("regs", ctypes.c_uint8),  # dst_reg:4, src_reg:4
-        ("off", ctypes.c_int16),
-        ("imm", ctypes.c_int32),
-    ]
-
-
-class _BpfProgLoadAttr(ctypes.Structure):
-    # The BPF_PROG_LOAD part of `union bpf_attr`, up to expected_attach_type.
-    # The kernel zero-fills the fields we leave out.
-    _fields_ = [
-        ("prog_type", ctypes.c_uint32),
-        ("insn_cnt", ctypes.c_uint32),
-        ("insns", ctypes.c_uint64),
-        ("license", ctypes.c_uint64),
-        ("log_level", ctypes.c_uint32),
-        ("log_size", ctypes.c_uint32),
-        ("log_buf", ctypes.c_uint64),
-        ("kern_version", ctypes.c_uint32),
-        ("prog_flags", ctypes.c_uint32),
-        ("prog_name", ctypes.c_char * 16),
-        ("prog_ifindex", ctypes.c_uint32),
-        ("expected_attach_type", ctypes.c_uint32),
-    ]
-
-
-def _bpf_prog_load_sk_reuseport(nr_bpf: int, attach_type: int) -> int:
+def _load_pass_program(attach_type: AttachType) -> int:
     """Load ``r0 = SK_PASS; exit`` as an SK_REUSEPORT program; return its fd or raise OSError."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    insns = (_BpfInsn * 2)(
-        _BpfInsn(_BPF_ALU64_MOV_K, 0, 0, _SK_PASS), _BpfInsn(_BPF_JMP_EXIT, 0, 0, 0)
+    return load_sk_reuseport(
+        [mov64_imm(0, SK_PASS), exit_insn()], attach_type, name=b"reuseport_probe"
     )
-    license_ = ctypes.create_string_buffer(b"GPL")
-    attr = _BpfProgLoadAttr(
-        prog_type=_BPF_PROG_TYPE_SK_REUSEPORT,
-        insn_cnt=len(insns),
-        insns=ctypes.addressof(insns),
-        license=ctypes.addressof(license_),
-        prog_name=b"reuseport_probe",
-        expected_attach_type=attach_type,
-    )
-    libc.syscall.restype = ctypes.c_long
-    fd = int(
-        libc.syscall(
-            ctypes.c_long(nr_bpf),
-            ctypes.c_long(_BPF_PROG_LOAD),
-            ctypes.byref(attr),
-            ctypes.c_uint(ctypes.sizeof(attr)),
-        )
-    )
-    if fd < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-    return fd
 
 
 def _probe_ebpf() -> Feature:
     name = "ebpf_sk_reuseport"
     if not _is_linux():
         return Feature(name=name, supported=False, detail=f"{sys.platform} has no bpf(2)")
-    machine = platform.machine()
-    nr_bpf = _NR_BPF.get(machine)
-    if nr_bpf is None:
+    if bpf_syscall_number() is None:
+        machine = platform.machine()
         return Feature(name=name, supported=None, detail=f"bpf(2) number unknown on {machine}")
     migrate = True
     try:
         try:
-            fd = _bpf_prog_load_sk_reuseport(nr_bpf, _BPF_SK_REUSEPORT_SELECT_OR_MIGRATE)
+            fd = _load_pass_program(AttachType.SK_REUSEPORT_SELECT_OR_MIGRATE)
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
             # Kernels before 5.14 know SK_REUSEPORT but not the migrate attach type.
             migrate = False
-            fd = _bpf_prog_load_sk_reuseport(nr_bpf, _BPF_SK_REUSEPORT_SELECT)
+            fd = _load_pass_program(AttachType.SK_REUSEPORT_SELECT)
     except OSError as exc:
         if exc.errno in (errno.EPERM, errno.EACCES):
             return Feature(
                 name=name,
                 supported=None,
-                detail=f"{NEEDS_PRIVILEGE}: BPF_PROG_LOAD returned {_errno_name(exc)}; "
+                detail=f"{NEEDS_PRIVILEGE}: BPF_PROG_LOAD returned {errno_name(exc)}; "
                 "attaching a program loaded by a privileged helper needs nothing",
             )
         if exc.errno == errno.ENOSYS:
@@ -610,21 +519,21 @@ def _probe_ebpf() -> Feature:
                 detail="BPF_PROG_LOAD rejected BPF_PROG_TYPE_SK_REUSEPORT (EINVAL): kernel < 4.19",
             )
         return Feature(
-            name=name, supported=False, detail=f"BPF_PROG_LOAD failed ({_errno_name(exc)})"
+            name=name, supported=False, detail=f"BPF_PROG_LOAD failed ({errno_name(exc)})"
         )
     try:
         kind = "SELECT_OR_MIGRATE" if migrate else "SELECT only (kernel < 5.14: no migration)"
         detail = f"loaded SK_REUSEPORT program, attach type {kind}"
         try:
-            with _reuseport_socket(
-                socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", 0), backlog=1
+            with open_socket(
+                socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", 0), reuseport=True, backlog=1
             ) as sock:
-                sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, fd)
+                attach_ebpf(sock, fd)
         except OSError as exc:
             return Feature(
                 name=name,
                 supported=False,
-                detail=f"{detail}, but SO_ATTACH_REUSEPORT_EBPF failed ({_errno_name(exc)})",
+                detail=f"{detail}, but SO_ATTACH_REUSEPORT_EBPF failed ({errno_name(exc)})",
             )
         return Feature(
             name=name, supported=True, detail=f"{detail}; SO_ATTACH_REUSEPORT_EBPF works"
@@ -678,7 +587,7 @@ def _probe_incoming_cpu() -> Feature:
         return Feature(
             name=name,
             supported=False,
-            detail=f"SO_INCOMING_CPU ({SO_INCOMING_CPU}) failed ({_errno_name(exc)})",
+            detail=f"SO_INCOMING_CPU ({SO_INCOMING_CPU}) failed ({errno_name(exc)})",
         )
     return Feature(
         name=name,
@@ -702,7 +611,7 @@ def _probe_epollexclusive() -> Feature:
             sock.listen(1)
             ep.register(sock.fileno(), select.EPOLLIN | flag)
     except OSError as exc:
-        detail = f"epoll_ctl(EPOLLIN | EPOLLEXCLUSIVE) failed ({_errno_name(exc)})"
+        detail = f"epoll_ctl(EPOLLIN | EPOLLEXCLUSIVE) failed ({errno_name(exc)})"
         if exc.errno == errno.EINVAL:
             detail += ": kernel < 4.5"
         return Feature(name=name, supported=False, detail=detail)
@@ -722,7 +631,7 @@ def _probe_ipv6() -> Feature:
             sock.bind(("::1", 0))
     except OSError as exc:
         return Feature(
-            name=name, supported=False, detail=f"cannot bind [::1]:0 ({_errno_name(exc)})"
+            name=name, supported=False, detail=f"cannot bind [::1]:0 ({errno_name(exc)})"
         )
     return Feature(name=name, supported=True, detail="a TCP socket binds [::1]")
 
@@ -745,26 +654,7 @@ def _probe_rlimit() -> Feature:
 def _process_tree() -> set[int]:
     """Our pid and every descendant's (workers, if the probe runs in a master)."""
     me = os.getpid()
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc") if _is_linux() else ():
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        # The command name may contain spaces and parentheses: split after the last ")".
-        fields = stat.rpartition(")")[2].split()
-        if len(fields) > 1 and fields[1].isdigit():
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    tree, todo = {me}, [me]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in tree:
-                tree.add(child)
-                todo.append(child)
-    return tree
+    return {me, *descendants_of(me)} if _is_linux() else {me}
 
 
 def _is_ours(info: ListenerInfo, tree: set[int]) -> bool:
@@ -779,7 +669,10 @@ def _probe_listeners(addr: BindAddress) -> Feature:
         )
     if not _is_linux():
         return Feature(name=name, supported=None, detail="listener lookup needs Linux's /proc")
-    found = find_listeners(addr)
+    try:
+        found = find_listeners(addr)
+    except PlatformError as exc:
+        return Feature(name=name, supported=None, detail=str(exc))
     if not found:
         return Feature(name=name, supported=True, detail=f"nothing listens on {addr}")
     tree = _process_tree()
@@ -894,7 +787,7 @@ def run_probe(
             reasons.append(f"note: {feature.detail}")
     return ProbeReport(
         kernel=kernel,
-        cpus=_usable_cpus(),
+        cpus=usable_cpus(),
         features=tuple(features),
         recommended_mode=mode,
         reasons=tuple(reasons),

@@ -1,19 +1,21 @@
 """Listening sockets: create them for either mode, check adopted ones, guard ports.
 
-Rules: every function that creates a socket closes it on any failure before
-re-raising.  OS errors become ``BindError`` / ``PlatformError`` whose message
-names the address, the errno name and the way out.  SO_REUSEPORT errors are
-never swallowed.
+Rules: every listening socket is made by ``open_socket``, which closes it on
+any failure before re-raising.  OS errors become ``BindError`` /
+``PlatformError`` whose message names the address, the errno name and the way
+out.  SO_REUSEPORT errors are never swallowed.
 
 The port guard exists because SO_REUSEPORT has no notion of "the same
 application": any process of the same UID that sets the option can bind the
 same ip:port and silently receive a share of the connections.  Before joining
 a group we list the LISTEN rows for the port in /proc/net/tcp{,6} and refuse
-if any of them is not ours.
+if any of them is not ours.  The guard fails closed: if that table cannot be
+read on Linux, we refuse to start rather than guess that nobody listens.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import socket
@@ -21,23 +23,28 @@ import struct
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
+from . import procfs
 from .config import BindAddress
-from .errors import BindError, PlatformError, PortGuardError
+from .errors import BindError, PlatformError, PortGuardError, ReuseportError, errno_name
 
 __all__ = [
     "ListenerInfo",
+    "SocketSetupError",
+    "Step",
     "adopt",
     "bind_reuseport",
     "bind_shared",
     "check_port_guard",
+    "describe_owner",
     "find_listeners",
     "listen_queue_depth",
+    "open_socket",
     "reserve_port",
     "socket_inode",
 ]
 
-_LISTEN_STATE = "0A"
 # struct tcp_info (linux/tcp.h): 8 one-byte fields, then u32 rto, ato,
 # snd_mss, rcv_mss, unacked, sacked.  For a LISTEN socket the kernel reports
 # the accept-queue length in tcpi_unacked and the backlog in tcpi_sacked
@@ -47,27 +54,87 @@ _TCP_INFO_HEAD = struct.Struct("=8B6I")
 _TCP_LISTEN = 10  # tcpi_state of a listening socket
 
 
-def _errno_name(exc: OSError) -> str:
-    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+class Step(enum.Enum):
+    """The steps of ``open_socket``, so a caller can say which one failed."""
+
+    CREATE = "socket()"
+    V6ONLY = "setsockopt(IPV6_V6ONLY)"
+    REUSEPORT = "setsockopt(SO_REUSEPORT)"
+    REUSEADDR = "setsockopt(SO_REUSEADDR)"
+    BIND = "bind()"
+    LISTEN = "listen()"
 
 
-def _new_socket(addr: BindAddress) -> socket.socket:
+class SocketSetupError(OSError):
+    """An ``OSError`` from one step of ``open_socket``; ``step`` says which."""
+
+    def __init__(self, step: Step, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.step = step
+
+
+def open_socket(
+    family: socket.AddressFamily,
+    kind: socket.SocketKind,
+    sockaddr: tuple[Any, ...],
+    *,
+    reuseport: bool,
+    backlog: int | None,
+) -> socket.socket:
+    """A non-blocking socket bound to ``sockaddr``, listening if ``backlog`` is not None.
+
+    ``reuseport`` sets SO_REUSEPORT (before bind, as the kernel requires),
+    else SO_REUSEADDR; an IPv6 socket is IPv6-only, so ``[::]`` never takes
+    IPv4 traffic behind the user's back.  The socket is closed on any
+    failure; OS errors come out as ``SocketSetupError`` naming the step.
+    This is the only place that creates a listening socket: the master, the
+    workers and the probe all come here.
+    """
     try:
-        sock = socket.socket(addr.family, socket.SOCK_STREAM)
+        sock = socket.socket(family, kind)
     except OSError as exc:
-        if addr.family == socket.AF_INET6:
-            raise BindError(
-                f"cannot create an IPv6 socket for {addr} ({_errno_name(exc)}): "
-                "IPv6 looks disabled on this machine; bind an IPv4 address instead"
-            ) from None
+        raise SocketSetupError(Step.CREATE, exc) from exc
+    step = Step.CREATE
+    try:
+        if family == socket.AF_INET6:
+            step = Step.V6ONLY
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if reuseport:
+            step = Step.REUSEPORT
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        else:
+            step = Step.REUSEADDR
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        step = Step.BIND
+        sock.bind(sockaddr)
+        if backlog is not None:
+            step = Step.LISTEN
+            sock.listen(backlog)
+        sock.setblocking(False)
+        return sock
+    except OSError as exc:
+        sock.close()
+        raise SocketSetupError(step, exc) from exc
+    except BaseException:
+        sock.close()
         raise
-    if addr.family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    return sock
 
 
-def _bind_error(addr: BindAddress, exc: OSError, mode_hint: str) -> BindError:
-    name = _errno_name(exc)
+def _bind_error(addr: BindAddress, exc: SocketSetupError, mode_hint: str) -> ReuseportError:
+    """The message for a failed ``open_socket`` on ``addr``: what failed, the errno, the fix."""
+    name = errno_name(exc)
+    if exc.step in (Step.CREATE, Step.V6ONLY) and addr.family == socket.AF_INET6:
+        return BindError(
+            f"cannot create an IPv6 socket for {addr} ({name}): "
+            "IPv6 looks disabled on this machine; bind an IPv4 address instead"
+        )
+    if exc.step is Step.REUSEPORT:
+        return PlatformError(
+            f"setting SO_REUSEPORT on a socket for {addr} failed ({name}): "
+            "the kernel does not support it; run `reuseport probe`, or use --mode shared"
+        )
+    if exc.step is Step.CREATE:
+        return BindError(f"cannot create a socket for {addr}: {exc.strerror} ({name})")
     if exc.errno == errno.EADDRINUSE:
         return BindError(
             f"cannot listen on {addr}: address already in use ({name}); another program "
@@ -92,48 +159,31 @@ def bind_reuseport(addr: BindAddress, backlog: int, *, listen: bool = True) -> s
         raise PlatformError(
             f"this platform ({sys.platform}) has no SO_REUSEPORT; use --mode shared"
         )
-    sock = _new_socket(addr)
     try:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        except OSError as exc:
-            raise PlatformError(
-                f"setting SO_REUSEPORT on a socket for {addr} failed ({_errno_name(exc)}): "
-                "the kernel does not support it; run `reuseport probe`, or use --mode shared"
-            ) from None
-        try:
-            sock.bind(addr.sockaddr)
-        except OSError as exc:
-            raise _bind_error(
-                addr,
-                exc,
-                " (in reuseport mode the other listener must belong to another user "
-                "or not use SO_REUSEPORT)",
-            ) from None
-        if listen:
-            sock.listen(backlog)
-        sock.setblocking(False)
-        return sock
-    except BaseException:
-        sock.close()
-        raise
+        return open_socket(
+            addr.family,
+            socket.SOCK_STREAM,
+            addr.sockaddr,
+            reuseport=True,
+            backlog=backlog if listen else None,
+        )
+    except SocketSetupError as exc:
+        raise _bind_error(
+            addr,
+            exc,
+            " (in reuseport mode the other listener must belong to another user "
+            "or not use SO_REUSEPORT)",
+        ) from None
 
 
 def bind_shared(addr: BindAddress, backlog: int) -> socket.socket:
     """One SO_REUSEADDR socket that every worker will accept from."""
-    sock = _new_socket(addr)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(addr.sockaddr)
-        except OSError as exc:
-            raise _bind_error(addr, exc, "") from None
-        sock.listen(backlog)
-        sock.setblocking(False)
-        return sock
-    except BaseException:
-        sock.close()
-        raise
+        return open_socket(
+            addr.family, socket.SOCK_STREAM, addr.sockaddr, reuseport=False, backlog=backlog
+        )
+    except SocketSetupError as exc:
+        raise _bind_error(addr, exc, "") from None
 
 
 def reserve_port(addr: BindAddress) -> socket.socket:
@@ -152,7 +202,7 @@ def adopt(fd: int) -> socket.socket:
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:
-        raise BindError(f"fd {fd} is not a usable socket ({_errno_name(exc)})") from None
+        raise BindError(f"fd {fd} is not a usable socket ({errno_name(exc)})") from None
     try:
         if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
             raise BindError(f"fd {fd} is not a stream socket")
@@ -179,56 +229,6 @@ class ListenerInfo:
     pids: tuple[int, ...]  # processes holding it, where /proc lets us see
 
 
-def _decode_addr(hex_addr: str, family: socket.AddressFamily) -> str:
-    if family == socket.AF_INET:
-        packed = bytes.fromhex(hex_addr)[::-1]  # host byte order (little endian)
-        return socket.inet_ntop(socket.AF_INET, packed)
-    raw = bytes.fromhex(hex_addr)
-    # /proc prints IPv6 as four 32-bit words, each in host order.
-    packed = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
-    return socket.inet_ntop(socket.AF_INET6, packed)
-
-
-def _proc_rows(family: socket.AddressFamily) -> Iterable[tuple[str, int, int, int]]:
-    """(local ip, port, uid, inode) of each LISTEN row."""
-    path = "/proc/net/tcp" if family == socket.AF_INET else "/proc/net/tcp6"
-    try:
-        with open(path, encoding="ascii") as fh:
-            lines = fh.read().splitlines()[1:]
-    except OSError:
-        return
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 10 or parts[3] != _LISTEN_STATE:
-            continue
-        ip_hex, port_hex = parts[1].split(":")
-        yield _decode_addr(ip_hex, family), int(port_hex, 16), int(parts[7]), int(parts[9])
-
-
-def _pids_by_inode(inodes: set[int]) -> dict[int, list[int]]:
-    found: dict[int, list[int]] = {}
-    if not inodes:
-        return found
-    wanted = {f"socket:[{i}]": i for i in inodes}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        fd_dir = f"/proc/{entry}/fd"
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(f"{fd_dir}/{fd}")
-            except OSError:
-                continue
-            inode = wanted.get(target)
-            if inode is not None and int(entry) not in found.setdefault(inode, []):
-                found[inode].append(int(entry))
-    return found
-
-
 def _overlaps(addr: BindAddress, ip: str) -> bool:
     if ip == addr.host:
         return True
@@ -237,20 +237,38 @@ def _overlaps(addr: BindAddress, ip: str) -> bool:
 
 
 def find_listeners(addr: BindAddress) -> list[ListenerInfo]:
-    """Every LISTEN socket on ``addr``'s port whose address overlaps it."""
+    """Every LISTEN socket on ``addr``'s port whose address overlaps it.
+
+    Raises ``PlatformError`` on Linux when ``/proc/net/tcp{,6}`` cannot be
+    read: "nobody listens" must never stand in for "we could not look".
+    Elsewhere there is no table to read and the answer is [].
+    """
     if not sys.platform.startswith("linux"):
         return []
-    rows = [
-        (ip, uid, inode)
-        for ip, port, uid, inode in _proc_rows(addr.family)
-        if port == addr.port and _overlaps(addr, ip)
-    ]
-    pids = _pids_by_inode({inode for _, _, inode in rows})
+    try:
+        table = procfs.tcp_listeners(addr.family)
+    except OSError as exc:
+        where = exc.filename or f"{procfs.PROC}/net/tcp"
+        raise PlatformError(
+            f"cannot check who else listens on {addr}: reading {where} failed "
+            f"({errno_name(exc)}), so the port guard cannot see a foreign listener that "
+            "would silently share the traffic. Mount /proc (e.g. `mount -t proc proc /proc`), "
+            "or use --mode shared"
+        ) from None
+    rows = [row for row in table if row.port == addr.port and _overlaps(addr, row.ip)]
+    holders = procfs.pids_holding(row.inode for row in rows)
     result = []
-    for ip, uid, inode in rows:
-        local = f"[{ip}]:{addr.port}" if addr.family == socket.AF_INET6 else f"{ip}:{addr.port}"
+    for row in rows:
+        local = (
+            f"[{row.ip}]:{row.port}" if addr.family == socket.AF_INET6 else f"{row.ip}:{row.port}"
+        )
         result.append(
-            ListenerInfo(local=local, inode=inode, uid=uid, pids=tuple(pids.get(inode, ())))
+            ListenerInfo(
+                local=local,
+                inode=row.inode,
+                uid=row.uid,
+                pids=tuple(sorted(holders.get(row.inode, ()))),
+            )
         )
     return result
 
@@ -260,17 +278,18 @@ def describe_owner(info: ListenerInfo) -> str:
     if info.pids:
         names = []
         for pid in info.pids:
-            try:
-                with open(f"/proc/{pid}/comm", encoding="utf-8") as fh:
-                    names.append(f"pid {pid} ({fh.read().strip()})")
-            except OSError:
-                names.append(f"pid {pid}")
+            proc = procfs.proc_info(pid)
+            names.append(f"pid {pid} ({proc.comm})" if proc else f"pid {pid}")
         who = ", ".join(names) + f", {who}"
     return who
 
 
 def check_port_guard(addr: BindAddress, own_inodes: Iterable[int] = ()) -> None:
-    """Raise ``PortGuardError`` if a socket that is not ours listens on ``addr``."""
+    """Raise ``PortGuardError`` if a socket that is not ours listens on ``addr``.
+
+    Raises ``PlatformError`` if the LISTEN table cannot be read (see
+    ``find_listeners``): the guard fails closed.
+    """
     if addr.port == 0:
         return
     ours = set(own_inodes)

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark reuseport's ASGI server against its peers on a hello-world app.
 
-    python scripts/bench_peers.py --rounds 3
+    .venv/bin/python scripts/bench_peers.py --rounds 3
+
+Run it with the project's venv: it builds wrk's command line and reads wrk's
+report with ``reuseport.bench.wrk``, and /proc with ``reuseport.procfs``.
 
 What it does, in order:
 
@@ -17,7 +20,7 @@ What it does, in order:
    ``wrk -t1 -c64 -d10s --latency``; the order rotates by one every round so
    no server always runs first.  Medians over the rounds are reported, and
    the ratio against uvicorn is the median of the per-round ratios (a
-   same-run comparison, as DESIGN.md section 6 asks).
+   same-run comparison, as docs/architecture.md asks).
 3. Memory: each server is started afresh, served 100k keep-alive requests,
    and the RSS (and PSS) of its worker processes is summed from /proc.
 
@@ -38,8 +41,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import platform
-import re
 import resource
 import shutil
 import signal
@@ -50,6 +51,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+
+from reuseport import procfs
+from reuseport.bench.report import machine_info, machine_line
+from reuseport.bench.wrk import WrkReport, parse_wrk, wrk_command
 
 REPO = Path(__file__).resolve().parent.parent
 APP_DIR = REPO / "scripts" / "apps"
@@ -113,13 +118,8 @@ def package_versions(python: Path) -> dict[str, str]:
     return versions
 
 
-def machine_line(python: Path, wrk: str) -> str:
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+def describe_machine(python: Path, wrk: str) -> str:
+    """The benchmark's machine line, with the benchmark venv's Python, wrk and package versions."""
     py = subprocess.run(
         [str(python), "-c", "import platform; print(platform.python_version())"],
         check=True,
@@ -128,59 +128,18 @@ def machine_line(python: Path, wrk: str) -> str:
     ).stdout.strip()
     wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True).stdout.split()
     versions = package_versions(python)
+    uvloop = versions.get("uvloop")
+    info = {**machine_info(), "python": py, "uvloop": None if uvloop == "missing" else uvloop}
     packages = ", ".join(f"{k} {v}" for k, v in versions.items())
     return (
-        f"Linux {platform.release()}, {cpu}, nproc {os.cpu_count()} "
-        f"(usable {len(os.sched_getaffinity(0))}), Python {py}, "
-        f"{' '.join(wrk_version[:2]) if wrk_version else 'wrk'}, {packages}"
+        f"{machine_line(info)}; {' '.join(wrk_version[:2]) if wrk_version else 'wrk'}, {packages}"
     )
 
 
 # ----------------------------------------------------------------------- /proc
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            raw = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    return raw.rpartition(")")[2].split()
-
-
-def descendants(pid: int) -> list[int]:
-    """Live processes below ``pid`` (found through ppid in /proc/*/stat)."""
-    by_parent: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        fields = _stat_fields(int(entry))
-        if fields is None or fields[0] in {"Z", "X"}:
-            continue
-        by_parent.setdefault(int(fields[1]), []).append(int(entry))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        kids = by_parent.get(todo.pop(), [])
-        found.extend(kids)
-        todo.extend(kids)
-    return sorted(found)
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
-
-
 def cpu_ticks(pids: Sequence[int]) -> int:
     """utime + stime of ``pids`` (clock ticks); vanished ones count 0."""
-    total = 0
-    for pid in pids:
-        fields = _stat_fields(pid)
-        if fields is not None:
-            total += int(fields[11]) + int(fields[12])
-    return total
+    return sum(info.cpu_ticks for pid in pids if (info := procfs.proc_info(pid)) is not None)
 
 
 def system_ticks() -> tuple[int, int]:
@@ -338,10 +297,14 @@ class Server:
 
     def worker_pids(self) -> list[int]:
         """The processes below the master that serve (not multiprocessing's helpers)."""
-        return [p for p in descendants(self.pid) if "resource_tracker" not in cmdline(p)]
+        return [
+            p
+            for p in procfs.descendants_of(self.pid)
+            if "resource_tracker" not in procfs.cmdline(p)
+        ]
 
     def all_pids(self) -> list[int]:
-        return [self.pid, *descendants(self.pid)]
+        return [self.pid, *procfs.descendants_of(self.pid)]
 
     def stop(self) -> None:
         proc = self.proc
@@ -401,52 +364,22 @@ class Run:
     attempts: int
 
 
-_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if not match:
-        raise ValueError(f"cannot parse wrk latency {text!r}")
-    return float(match[1]) * _UNITS[match[2]]
-
-
-def parse_wrk(output: str) -> dict[str, float]:
-    """req/s, requests, p50/p99 (ms), socket errors and non-2xx from ``wrk --latency``."""
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    total = re.search(r"(\d+) requests in", output)
-    if not rps or not total:
-        raise ValueError(f"unexpected wrk output:\n{output}")
-    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
-    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return {
-        "rps": float(rps[1]),
-        "requests": float(total[1]),
-        "p50_ms": _ms(p50[1]) if p50 else float("nan"),
-        "p99_ms": _ms(p99[1]) if p99 else float("nan"),
-        "socket_errors": float(sum(int(x) for x in errors.groups())) if errors else 0.0,
-        "non2xx": float(non2xx[1]) if non2xx else 0.0,
-    }
-
-
-SCENARIOS: dict[str, list[str]] = {
-    "keep-alive": [],
-    "close": ["-H", "Connection: close"],
-}
+# Scenario name -> keep-alive (False: a new connection per request).
+SCENARIOS: dict[str, bool] = {"keep-alive": True, "close": False}
 
 
 def wrk_once(
-    wrk: str, server: Server, scenario: str, args: argparse.Namespace, duration: str
-) -> tuple[dict[str, float], float, float]:
-    """One wrk run; returns its figures and the foreign and steal CPU (cores) meanwhile."""
-    argv = [
-        wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}", "--latency",
-        *SCENARIOS[scenario], f"http://127.0.0.1:{server.port}/",
-    ]  # fmt: skip
+    wrk: str, server: Server, scenario: str, args: argparse.Namespace, duration: float
+) -> tuple[WrkReport, float, float]:
+    """One wrk run; returns its report and the foreign and steal CPU (cores) meanwhile."""
+    argv = wrk_command(
+        wrk,
+        port=server.port,
+        connections=args.connections,
+        duration=duration,
+        threads=args.threads,
+        keepalive=SCENARIOS[scenario],
+    )
     pids = server.all_pids()
     ours0 = cpu_ticks(pids) + _children_ticks()
     busy0, steal0 = system_ticks()
@@ -468,18 +401,18 @@ def _children_ticks() -> int:
 def measure(wrk: str, server: Server, scenario: str, round_: int, args: argparse.Namespace) -> Run:
     best: Run | None = None
     for attempt in range(1, args.retries + 2):
-        wrk_once(wrk, server, scenario, args, f"{args.warmup}s")  # warm-up, discarded
-        figures, foreign, steal = wrk_once(wrk, server, scenario, args, f"{args.duration}s")
+        wrk_once(wrk, server, scenario, args, args.warmup)  # warm-up, discarded
+        report, foreign, steal = wrk_once(wrk, server, scenario, args, args.duration)
         run = Run(
             server=server.name,
             scenario=scenario,
             round=round_,
-            rps=figures["rps"],
-            requests=int(figures["requests"]),
-            p50_ms=figures["p50_ms"],
-            p99_ms=figures["p99_ms"],
-            socket_errors=int(figures["socket_errors"]),
-            non2xx=int(figures["non2xx"]),
+            rps=report.rps,
+            requests=report.requests,
+            p50_ms=report.latency_ms.get("p50", float("nan")),
+            p99_ms=report.latency_ms.get("p99", float("nan")),
+            socket_errors=sum(report.socket_errors.values()),
+            non2xx=report.non_2xx,
             foreign_cores=foreign,
             steal_cores=steal,
             attempts=attempt,
@@ -521,8 +454,8 @@ def measure_memory(
         for _ in range(100):  # bound: 100 runs of 3 s
             if served >= args.rss_requests:
                 break
-            figures, _, _ = wrk_once(wrk, server, "keep-alive", args, "3s")
-            served += int(figures["requests"])
+            report, _, _ = wrk_once(wrk, server, "keep-alive", args, 3.0)
+            served += report.requests
         time.sleep(0.5)  # let the last responses and any post-request work settle
         workers = server.worker_pids()
         sizes = [memory_kib(pid) for pid in workers]
@@ -634,9 +567,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     python = ensure_venv(args.venv, args.skip_setup)
     bin_ = python.parent
     args.log_dir.mkdir(parents=True, exist_ok=True)
-    machine = machine_line(python, wrk)
+    machine = describe_machine(python, wrk)
     command = "python scripts/bench_peers.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    log(f"machine: {machine}")
+    log(machine)
 
     names = args.server_names
     runs: list[Run] = []
@@ -655,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     text = report(runs, memories, names, args.rounds)
     print(f"Command: `{command.strip()}`\n")
-    print(f"Machine: {machine}\n")
+    print(f"{machine}\n")
     print(text)
     if args.json:
         args.json.write_text(

@@ -8,15 +8,18 @@ against it, and while wrk runs sends the master HUP, TTIN, TTOU in turn, one
 every second, and captures ``reuseport status`` every ten seconds.  Then it
 stops the server with SIGTERM and reports, per mode: what wrk counted
 (requests, req/s, socket errors, non-2xx/3xx responses), the signals sent,
-the pool events the master logged (reloads completed, max-requests
-recycles, drained slots, crashes) and one status table.
+the pool events the master counted (reloads, max-requests recycles, drained
+slots, crashes: its status snapshot's ``events``, read over the control
+socket before and after the load, never its log text), the warning and error
+lines it logged, and one status table.
 
 Rules: every process this script starts stops by itself (wrk after
 ``--duration``, the server on SIGTERM) and is killed in a ``finally`` as a
 last resort, also on ^C; every wait has a bound; signals go only to the
 master this script started.  The exit code is 1 if any client saw an error
-(a socket error or a non-2xx/3xx response), a worker crashed or the server
-did not exit cleanly; 2 for a usage or set-up error; 0 otherwise.
+(a socket error or a non-2xx/3xx response), a worker crashed, the master's
+status had no event counters (so crashes could not be ruled out) or the
+server did not exit cleanly; 2 for a usage or set-up error; 0 otherwise.
 
     .venv/bin/python scripts/soak.py                      # 60 s per mode
     .venv/bin/python scripts/soak.py --duration 10 --markdown /tmp/soak.md
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import shlex
 import shutil
 import signal
@@ -40,9 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reuseport.bench.errors import BenchError
+from reuseport.bench.events import EVENT_WORDS
 from reuseport.bench.report import machine_info, machine_line
 from reuseport.bench.server import ServerProcess
-from reuseport.bench.wrk import parse_wrk_output
+from reuseport.bench.wrk import SOCKET_ERRORS, parse_wrk, wrk_command, wrk_seconds
 
 MODES = ("reuseport", "shared")
 # The pool changes, in this order, one per --interval.
@@ -58,7 +61,9 @@ _ACTION_TAIL = 1.5
 _WRK_GRACE = 15.0
 _STATUS_TIMEOUT = 5.0
 _STOP_TIMEOUT = 20.0
-_SOCKET_ERRORS = ("connect", "read", "write", "timeout")
+# After the load, how long to wait for the pool to settle before reading the
+# master's counters (the last scale-down's drain completes after wrk stops).
+_SETTLE_TIMEOUT = 15.0
 
 
 @dataclass(slots=True)
@@ -73,7 +78,9 @@ class ModeResult:
     socket_errors: dict[str, int] = field(default_factory=dict)
     non_2xx: int = 0
     sent: Counter[str] = field(default_factory=Counter)
-    events: dict[str, int] = field(default_factory=dict)
+    events: dict[str, int] | None = None  # what the master counted; None: no counters
+    workers: tuple[int | None, int | None] = (None, None)  # live workers before, after
+    log_problems: dict[str, int] = field(default_factory=dict)  # warning/error lines
     problems: list[str] = field(default_factory=list)
     statuses: list[tuple[float, str]] = field(default_factory=list)  # (t, table)
     status_failures: int = 0
@@ -90,38 +97,20 @@ class ModeResult:
             not self.failure
             and self.requests > 0
             and self.client_errors == 0
-            and not self.events.get("crash")
+            and self.events is not None
+            and not self.events.get("exits.crash")
             and self.server_exit == 0
         )
 
 
-def wrk_command(
-    wrk: str, *, port: int, duration: float, threads: int, connections: int
-) -> list[str]:
-    return [
-        wrk,
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{max(1, round(duration))}s",
-        "-H",
-        "Connection: close",
-        "--latency",
-        f"http://127.0.0.1:{port}/",
-    ]
-
-
-def parse_wrk(text: str, result: ModeResult) -> None:
-    m = parse_wrk_output(text)  # no Lua script here: its text fallback parses wrk's report
-    errors = dict(m.errors)
-    result.non_2xx = errors.pop("bad_status", 0)
-    result.requests = m.requests + result.non_2xx  # parse_wrk_output counts only successes
-    result.seconds = m.elapsed
-    result.socket_errors = {k: errors.get(f"{k}_error", errors.get(k, 0)) for k in _SOCKET_ERRORS}
-    result.latency_ms = dict(m.latency_ms)
-    if rps := re.search(r"Requests/sec:\s+([\d.]+)", text):
-        result.rps = float(rps.group(1))
-    elif m.elapsed > 0:
-        result.rps = result.requests / m.elapsed
+def parse_wrk_text(text: str, result: ModeResult) -> None:
+    report = parse_wrk(text)  # no Lua script here: wrk's text report is parsed
+    result.requests = report.requests
+    result.seconds = report.elapsed
+    result.rps = report.rps
+    result.socket_errors = dict(report.socket_errors)
+    result.non_2xx = report.non_2xx
+    result.latency_ms = dict(report.latency_ms)
 
 
 def capture_status(python: str, control: Path) -> str | None:
@@ -154,22 +143,23 @@ def soak_one(args: argparse.Namespace, mode: str, wrk: str, workdir: Path) -> Mo
             str(args.max_requests),
             "--max-requests-jitter",
             str(args.max_requests_jitter),
-            "--control",
-            str(control),
         ),
         log_path=args.log_dir / f"soak-{mode}.log" if args.log_dir else workdir / f"{mode}.log",
+        control=control,
     )
     result = ModeResult(mode=mode, command=[])
     load: subprocess.Popen[bytes] | None = None
     out_path = workdir / f"wrk-{mode}.out"
     try:
         server.start()
+        before = server.pool_state()
         result.command = wrk_command(
             wrk,
             port=server.port,
             duration=args.duration,
             threads=args.threads,
             connections=args.connections,
+            keepalive=False,
         )
         _say(f"== {mode}: server pid {server.pid}, port {server.port}")
         _say(f"== {shlex.join(result.command)}")
@@ -213,15 +203,23 @@ def soak_one(args: argparse.Namespace, mode: str, wrk: str, workdir: Path) -> Mo
                 result.failure = result.failure or f"wrk exited with {load.returncode}: {text}"
             else:
                 try:
-                    parse_wrk(text, result)
+                    parse_wrk_text(text, result)
                 except BenchError as exc:
                     result.failure = str(exc)
+        if server.running():
+            try:
+                after = server.pool_state(settle=_SETTLE_TIMEOUT)
+            except BenchError as exc:
+                result.failure = result.failure or str(exc)
+            else:
+                result.events = after.events_since(before)
+                result.workers = (before.workers, after.workers)
     finally:
         if load is not None and load.poll() is None:
             load.kill()
             load.wait(timeout=5)
         result.server_exit = server.stop(timeout=_STOP_TIMEOUT)
-        result.events = server.events
+        result.log_problems = server.log_problems
         result.problems = server.problems
     return result
 
@@ -235,14 +233,17 @@ def _ms(value: float | None) -> str:
 HEADER = (
     "mode", "requests", "req/s", "p50 ms", "p99 ms", "max ms",
     "socket errors c/r/w/t", "non-2xx", "HUP/TTIN/TTOU sent",
-    "reloads done", "recycles", "drains", "crashes", "warnings", "server exit",
+    *(words for _, words in EVENT_WORDS), "workers before/after", "warnings", "server exit",
 )  # fmt: skip
+
+
+def _count(events: dict[str, int] | None, key: str) -> str:
+    return "-" if events is None else str(events.get(key, 0))
 
 
 def table_rows(results: Sequence[ModeResult]) -> list[list[str]]:
     rows = []
     for r in results:
-        e = r.events
         rows.append(
             [
                 r.mode,
@@ -251,14 +252,12 @@ def table_rows(results: Sequence[ModeResult]) -> list[list[str]]:
                 _ms(r.latency_ms.get("p50")),
                 _ms(r.latency_ms.get("p99")),
                 _ms(r.latency_ms.get("max")),
-                "/".join(str(r.socket_errors.get(k, 0)) for k in _SOCKET_ERRORS),
+                "/".join(str(r.socket_errors.get(k, 0)) for k in SOCKET_ERRORS),
                 str(r.non_2xx),
                 "/".join(str(r.sent[name]) for name, _ in ACTIONS),
-                str(e.get("reload_complete", 0)),
-                str(e.get("recycle", 0)),
-                str(e.get("drain", 0)),
-                str(e.get("crash", 0)),
-                str(e.get("warning", 0) + e.get("error", 0)),
+                *(_count(r.events, key) for key, _ in EVENT_WORDS),
+                "/".join("-" if n is None else str(n) for n in r.workers),
+                str(sum(r.log_problems.values())),
                 "-" if r.server_exit is None else str(r.server_exit),
             ]
         )
@@ -296,8 +295,10 @@ def verdict(results: Sequence[ModeResult]) -> str:
             why = []
             if r.client_errors:
                 why.append(f"{r.client_errors} client errors")
-            if r.events.get("crash"):
-                why.append(f"{r.events['crash']} worker crashes")
+            if r.events is None:
+                why.append("the master's status has no event counters")
+            elif r.events.get("exits.crash"):
+                why.append(f"{r.events['exits.crash']} worker crashes")
             if r.server_exit != 0:
                 why.append(f"server exit {r.server_exit}")
             parts.append(f"{r.mode}: FAILED ({', '.join(why) or 'no requests'})")
@@ -308,7 +309,7 @@ def soak_line(args: argparse.Namespace) -> str:
     return (
         f"soak: {args.workers} workers, --max-requests {args.max_requests} "
         f"--max-requests-jitter {args.max_requests_jitter}; wrk -t{args.threads} "
-        f"-c{args.connections} -d{max(1, round(args.duration))}s, Connection: close; "
+        f"-c{args.connections} -d{wrk_seconds(args.duration)}s, Connection: close; "
         f"HUP, TTIN, TTOU in turn every {args.interval:g} s (none in the last "
         f"{_ACTION_TAIL:g} s); status every {args.status_interval:g} s"
     )
@@ -341,9 +342,10 @@ def render_markdown(
         f"Result: {verdict(results)}.",
         "",
         "Columns: socket errors as wrk counts them (connect/read/write/timeout); non-2xx "
-        'is wrk\'s "Non-2xx or 3xx responses"; the last five columns come from the '
-        "master's log (`Reload complete`, `(--max-requests): recycling it`, `Retiring "
-        "worker … draining its queue`, `; starting a replacement`, WARNING/ERROR lines). "
+        'is wrk\'s "Non-2xx or 3xx responses"; reloads, recycles, drains, crashes and '
+        "failed reloads are the master's own event counters (the `events` of its status "
+        "snapshot, read over the control socket before and after the load), and so are "
+        "the workers before and after; warnings counts the WARNING/ERROR lines it logged. "
         "Drains happen in reuseport mode only: in shared mode every worker accepts from one "
         "queue, so a retiring worker simply stops accepting.",
     ]

@@ -1,7 +1,7 @@
 """Session-wide test rules.
 
-Rules: the tests exercise the working tree (``reuseport`` is imported from the
-folder above this one, whatever the installed copy says).  A test must not
+Rules: the tests exercise the working tree (``support`` puts the folder above
+this one first on ``sys.path``, whatever the installed copy says).  A test must not
 leave a child process behind.  After each test the
 autouse fixture below waits (bounded) for the test process's children to go
 away and fails the test naming any that remain, then kills them so the next
@@ -13,14 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 from collections.abc import Iterator
 
 import pytest
-from support import REPO_ROOT, children_of, proc_info, wait_until
-
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+from support import children_of, proc_info, wait_until
 
 _LEFTOVER_TIMEOUT = 5.0
 

@@ -2,9 +2,10 @@
 
 Rule: a test skips only when the probe shows a real platform limit (no
 SO_REUSEPORT, no IPv6 loopback, no cBPF steering, no privilege for eBPF...),
-never to hide a failure.  The probe runs once per test session, on first
-import, with a small balancing test so collection stays fast; the skip reason
-quotes what the probe found.
+never to hide a failure, and a marker lives here only while some test uses
+it.  The probe runs once per test session, on first import, with a small
+balancing test so collection stays fast; the skip reason quotes what the
+probe found.
 
     from features import requires_reuseport
 
@@ -46,29 +47,21 @@ requires_linux = pytest.mark.skipif(
 )
 requires_reuseport = _requires("so_reuseport_tcp4")
 requires_reuseport_ipv6 = _requires("so_reuseport_tcp6")
-requires_reuseport_udp = _requires("so_reuseport_udp")
 requires_reuseport_balancing = _requires("reuseport_balancing")
 requires_ipv6 = _requires("ipv6")
 requires_cbpf = _requires("cbpf_attach")
 requires_cbpf_detach = _requires("cbpf_detach")
 requires_ebpf = _requires("ebpf_sk_reuseport")
-requires_tcp_migrate_req = _requires("tcp_migrate_req")
-requires_so_incoming_cpu = _requires("so_incoming_cpu")
-requires_epollexclusive = _requires("epollexclusive")
 
 __all__ = [
     "probe_report",
     "requires_cbpf",
     "requires_cbpf_detach",
     "requires_ebpf",
-    "requires_epollexclusive",
     "requires_ipv6",
     "requires_linux",
     "requires_reuseport",
     "requires_reuseport_balancing",
     "requires_reuseport_ipv6",
-    "requires_reuseport_udp",
-    "requires_so_incoming_cpu",
-    "requires_tcp_migrate_req",
     "supported",
 ]

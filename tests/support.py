@@ -7,12 +7,9 @@ synchronise (``wait_until`` polls a predicate with a small interval).  A
 that the master and every worker it ever saw are gone, SIGKILLing whatever is
 left as a last resort (and failing the test, because a leak is a bug).
 
-Process facts come from /proc, read the way ``ps`` does: a process is alive
-while /proc/<pid>/stat exists with the start time we first saw (so a recycled
-pid is not mistaken for ours) and its state is not zombie/dead.  Children are
-found by scanning /proc/*/stat for the parent pid, because
-/proc/<pid>/task/<tid>/children needs CONFIG_PROC_CHILDREN, which some kernels
-lack.
+Process facts come from ``reuseport.procfs`` (re-exported here): a process
+is alive while /proc/<pid>/stat exists with the start time we first saw (so a
+recycled pid is not mistaken for ours) and its state is not zombie/dead.
 
     with Server("--mode", "reuseport", "-w", "2") as server:
         server.wait_ready()
@@ -35,8 +32,24 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+# The checkout under test; put first on the path of every process we start, so
+# a stale installed copy of the package can never be what runs.  This process
+# too: ``reuseport`` below must be the working tree's.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from reuseport.procfs import (  # noqa: E402 - needs REPO_ROOT on sys.path first
+    ProcInfo,
+    alive,
+    children_of,
+    descendants_of,
+    proc_info,
+    socket_inodes_of,
+    tcp_listeners,
+)
 
 __all__ = [
     "REPO_ROOT",
@@ -57,9 +70,6 @@ __all__ = [
     "wait_until",
 ]
 
-# The checkout under test; put first on the path of every process we start, so
-# a stale installed copy of the package can never be what runs.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TIMEOUT = 10.0
 POLL_INTERVAL = 0.01
 
@@ -105,109 +115,15 @@ def wait_until(
 
 
 # --------------------------------------------------------------------- /proc
-@dataclass(frozen=True, slots=True)
-class ProcInfo:
-    """The fields of /proc/<pid>/stat that the tests use."""
-
-    pid: int
-    comm: str
-    state: str
-    ppid: int
-    start_time: int  # clock ticks after boot; with pid, identifies a process
-
-
-def proc_info(pid: int) -> ProcInfo | None:
-    """Parse /proc/<pid>/stat, or None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            raw = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    # comm is in parentheses and may itself contain spaces and parentheses.
-    head, _, tail = raw.rpartition(")")
-    comm = head.partition("(")[2]
-    fields = tail.split()
-    # fields[0] is field 3 (state); field 4 is ppid; field 22 is starttime.
-    return ProcInfo(
-        pid=pid, comm=comm, state=fields[0], ppid=int(fields[1]), start_time=int(fields[19])
-    )
-
-
-def alive(pid: int, start_time: int | None = None) -> bool:
-    """True while ``pid`` runs (not a zombie) and, if given, started at ``start_time``."""
-    info = proc_info(pid)
-    if info is None or info.state in {"Z", "X", "x"}:
-        return False
-    return start_time is None or info.start_time == start_time
-
-
-def _all_procs() -> list[ProcInfo]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            info = proc_info(int(entry))
-            if info is not None:
-                found.append(info)
-    return found
-
-
-def children_of(pid: int, *, include_zombies: bool = False) -> list[int]:
-    """Pids whose parent is ``pid`` (zombies only if asked), sorted."""
-    return sorted(
-        p.pid
-        for p in _all_procs()
-        if p.ppid == pid and (include_zombies or p.state not in {"Z", "X", "x"})
-    )
-
-
-def descendants_of(pid: int) -> list[int]:
-    """Every live process below ``pid`` in the process tree, sorted."""
-    procs = [p for p in _all_procs() if p.state not in {"Z", "X", "x"}]
-    by_parent: dict[int, list[int]] = {}
-    for p in procs:
-        by_parent.setdefault(p.ppid, []).append(p.pid)
-    result: list[int] = []
-    todo = [pid]
-    while todo:
-        kids = by_parent.get(todo.pop(), [])
-        result.extend(kids)
-        todo.extend(kids)
-    return sorted(result)
-
-
 def listening_inodes(port: int) -> set[int]:
-    """Inodes of the TCP sockets in LISTEN state (``0A``) on ``port``, IPv4 and IPv6."""
+    """Inodes of the TCP sockets in LISTEN state on ``port``, IPv4 and IPv6."""
     inodes: set[int] = set()
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for family in (socket.AF_INET, socket.AF_INET6):
         try:
-            with open(path, encoding="ascii") as fh:
-                rows = fh.read().splitlines()[1:]
-        except OSError:
+            rows = tcp_listeners(family)
+        except FileNotFoundError:  # no /proc/net/tcp6: a kernel without IPv6
             continue
-        for row in rows:
-            parts = row.split()
-            if len(parts) < 10 or parts[3] != "0A":
-                continue
-            if int(parts[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(int(parts[9]))
-    return inodes
-
-
-def socket_inodes_of(pid: int) -> set[int]:
-    """Inodes of every socket open in process ``pid`` (from /proc/<pid>/fd)."""
-    inodes: set[int] = set()
-    fd_dir = f"/proc/{pid}/fd"
-    try:
-        fds = os.listdir(fd_dir)
-    except OSError:
-        return inodes
-    for fd in fds:
-        try:
-            target = os.readlink(f"{fd_dir}/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(int(target[len("socket:[") : -1]))
+        inodes.update(row.inode for row in rows if row.port == port)
     return inodes
 
 

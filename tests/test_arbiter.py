@@ -124,6 +124,7 @@ def test_a_worker_told_to_go_may_still_report_ready(
 
 
 # ------------------------------------------------------------------ draining
+@pytest.mark.e2e
 def test_a_drain_message_that_cannot_be_sent_stops_the_worker(
     channels: list[socket.socket],
     sleeper: subprocess.Popen[bytes],

@@ -72,6 +72,7 @@ def _pids_seen(server: Server, want: set[int], batches: int = 30) -> set[int]:
 # ------------------------------------------------------------------ serving
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("app", FRAMEWORKS)
+@pytest.mark.e2e
 def test_framework_app_is_served_by_two_workers(app: str, mode: str) -> None:
     with _serve(app, mode) as server:
         ready = server.wait_ready()
@@ -118,6 +119,7 @@ def test_framework_app_is_served_by_two_workers(app: str, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.e2e
 def test_asgi2_double_callable_is_detected_and_served(mode: str) -> None:
     with _serve("Asgi2App", mode) as server:
         ready = server.wait_ready()
@@ -132,6 +134,7 @@ def test_asgi2_double_callable_is_detected_and_served(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.e2e
 def test_lifespan_startup_failure_exits_5_and_says_why_once(mode: str) -> None:
     with _serve("failing_lifespan", mode) as server:
         assert server.wait(20) == 5  # ExitCode.BOOT_ERROR: no respawn loop
@@ -143,6 +146,7 @@ def test_lifespan_startup_failure_exits_5_and_says_why_once(mode: str) -> None:
 # ------------------------------------------------------------------ reload
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.e2e
 def test_rolling_reload_under_load_fails_no_request(mode: str) -> None:
     with _serve("starlette_app", mode) as server:
         server.wait_ready()

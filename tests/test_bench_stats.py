@@ -12,10 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reuseport.bench import stats
+from reuseport.bench.errors import BenchError
 from reuseport.bench.loadgen import LoadResult, build_request, split_connections
 from reuseport.bench.results import LATENCY_LABELS, Measurement, RunResult, summarize
-from reuseport.bench.stats import Histogram, jain_index, median, shares
-from reuseport.bench.wrk import parse_wrk_output, wrk_command
+from reuseport.bench.stats import Histogram, median, shares
+from reuseport.bench.wrk import parse_wrk, parse_wrk_output, wrk_command
 
 # Midpoint of a bucket that spans 1/128 of its lower bound, plus integer rounding.
 PRECISION = 1 / 128
@@ -115,36 +116,6 @@ def test_empty_histogram() -> None:
     assert hist.mean == 0.0
     with pytest.raises(ValueError, match="outside 0-100"):
         hist.percentile(101)
-
-
-@pytest.mark.parametrize(
-    ("values", "expected"),
-    [
-        ([1, 1, 1, 1], 1.0),
-        ([1, 0, 0, 0], 0.25),
-        ([1, 1, 0, 0], 0.5),
-        ([3, 1], 0.8),
-        ([5000, 5000], 1.0),
-        ([7], 1.0),
-    ],
-)
-def test_jain_index(values: list[int], expected: float) -> None:
-    assert jain_index(values) == pytest.approx(expected)
-
-
-def test_jain_index_undefined_without_requests() -> None:
-    assert jain_index([]) is None
-    assert jain_index([0, 0]) is None
-
-
-@given(st.lists(st.integers(min_value=0, max_value=10**6), min_size=1, max_size=16))
-def test_jain_index_lies_between_1_over_n_and_1(values: list[int]) -> None:
-    index = jain_index(values)
-    if sum(values) == 0:
-        assert index is None
-    else:
-        assert index is not None
-        assert 1 / len(values) - 1e-9 <= index <= 1 + 1e-9
 
 
 def test_shares() -> None:
@@ -302,7 +273,39 @@ def test_wrk_command() -> None:
         duration=1.5,
         threads=1,
         script=Path("/tmp/x.lua"),
+        timeout=5.0,
     )
-    assert cmd[:4] == ["/usr/bin/wrk", "-t1", "-c64", "-d2s"]
-    assert cmd[-3:-1] == ["-H", "Connection: close"]
-    assert cmd[-1] == "http://127.0.0.1:8000/"
+    assert cmd == [
+        "/usr/bin/wrk", "-t1", "-c64", "-d2s", "--timeout=5s", "--latency",
+        "-s", "/tmp/x.lua", "-H", "Connection: close", "http://127.0.0.1:8000/",
+    ]  # fmt: skip
+
+
+def test_wrk_command_plain_keepalive() -> None:
+    # What the soak and peer scripts run: no Lua, wrk's own timeout, more threads
+    # than connections capped.
+    cmd = wrk_command("wrk", port=8001, connections=2, duration=60, threads=4, path="/x")
+    assert cmd == ["wrk", "-t2", "-c2", "-d60s", "--latency", "http://127.0.0.1:8001/x"]
+
+
+def test_parse_wrk_keeps_wrks_own_figures() -> None:
+    report = parse_wrk(WRK_WITH_LUA)
+    assert report.requests == 100_000  # every response, as wrk counts them
+    assert report.ok == 99_995
+    assert report.rps == 50_000.0  # wrk's Requests/sec line
+    assert report.non_2xx == 5
+    assert report.socket_errors == {"connect": 0, "read": 3, "write": 0, "timeout": 1}
+    assert report.note == ""
+
+
+def test_parse_wrk_text_only_reads_requests_per_second() -> None:
+    text = WRK_WITH_LUA.split("REUSEPORT_BENCH")[0]
+    report = parse_wrk(text)
+    assert report.rps == 50_000.0
+    assert report.socket_errors == {"connect": 0, "read": 0, "write": 0, "timeout": 0}
+    assert report.latency_ms["p50"] == 1.1
+
+
+def test_parse_wrk_refuses_what_is_not_wrks_report() -> None:
+    with pytest.raises(BenchError, match="cannot parse wrk's output"):
+        parse_wrk("wrk: command not found\n")

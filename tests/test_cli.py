@@ -233,30 +233,35 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("argv", [("--help",), ("serve", "--help"), ("probe", "--help")])
+@pytest.mark.e2e
 def test_help_exits_0(argv: tuple[str, ...]) -> None:
     result = _run(*argv)
     assert result.returncode == 0, result.stderr
     assert "usage: reuseport" in result.stdout
 
 
+@pytest.mark.e2e
 def test_serve_help_lists_the_contract_flags() -> None:
     out = _run("serve", "--help").stdout
     for flag in ("--bind", "--workers", "--mode", "--interface", "--graceful-timeout", "--config"):
         assert flag in out
 
 
+@pytest.mark.e2e
 def test_unknown_flag_exits_2() -> None:
     result = _run("serve", "--no-such-flag")
     assert result.returncode == 2
     assert "unrecognized arguments: --no-such-flag" in result.stderr
 
 
+@pytest.mark.e2e
 def test_no_command_prints_usage_and_exits_2() -> None:
     result = _run()
     assert result.returncode == 2
     assert "usage: reuseport" in result.stderr
 
 
+@pytest.mark.e2e
 def test_probe_json() -> None:
     result = _run("probe", "--json")
     assert result.returncode == 0, result.stderr

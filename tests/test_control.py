@@ -19,7 +19,6 @@ import select
 import shutil
 import socket
 import stat
-import sys
 import tempfile
 import threading
 import time
@@ -27,6 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from features import requires_linux
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -46,10 +46,6 @@ from reuseport.control import (
     run_status,
 )
 from reuseport.errors import BootError
-
-requires_linux = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason=f"platform limit: {sys.platform} is not Linux"
-)
 
 SNAPSHOT: dict[str, Any] = {
     "master": {
@@ -364,6 +360,7 @@ def test_close_leaves_a_replaced_file_alone(short_dir: str) -> None:
     assert srv.fileno() == -1
 
 
+@pytest.mark.e2e
 def test_forked_child_closes_fd_and_keeps_file(server: ControlServer) -> None:
     pid = os.fork()
     if pid == 0:  # child: what a worker does right after fork
@@ -622,6 +619,51 @@ def test_render_durations() -> None:
     assert uptimes == ["0.0s", "59.9s", "1m01s", "59m59s", "1h02m", "1d01h"]
 
 
+EVENTS: dict[str, Any] = {
+    "spawns": {"start": 2, "respawn": 1, "reload": 6, "recycle": 24, "scale": 0},
+    "exits": {"crash": 1, "heartbeat": 0, "recycle": 24, "reload": 6, "scale": 0, "stop": 0,
+              "boot": 0},
+    "reloads": 3,
+    "reloads_failed": 0,
+    "recycles": 24,
+    "drains": 0,
+}  # fmt: skip
+
+
+def test_render_events_line() -> None:
+    lines = render_status({**SNAPSHOT, "events": EVENTS}).splitlines()
+    assert lines[2] == (
+        "events: 3 reloads, 24 recycles, 0 drains, "
+        "spawns 33 (start 2, respawn 1, reload 6, recycle 24), "
+        "exits 31 (crash 1, recycle 24, reload 6)"
+    )
+    assert lines[3].split()[0] == "SLOT"  # the table follows
+
+
+def test_render_events_line_counts_one_in_the_singular() -> None:
+    events = {**EVENTS, "reloads": 1, "recycles": 1, "drains": True}
+    line = render_status({"events": events}).splitlines()[2]
+    assert line.startswith("events: 1 reload, 1 recycle, ? drains, ")
+
+
+def test_render_events_line_shows_failed_reloads_and_unknown_causes() -> None:
+    events = {
+        **EVENTS,
+        "reloads_failed": 1,
+        "spawns": {"start": 0, "sibling": 2},  # a cause from a newer master
+        "exits": "garbage",
+    }
+    line = render_status({"events": events}).splitlines()[2]
+    assert line.startswith("events: 3 reloads (1 failed), 24 recycles, 0 drains, ")
+    assert line.endswith("spawns 2 (sibling 2), exits -")
+
+
+def test_render_without_events_has_no_events_line() -> None:
+    text = render_status(SNAPSHOT)
+    assert "events:" not in text
+    assert text.splitlines()[2].split()[0] == "SLOT"
+
+
 def test_render_empty_snapshot() -> None:
     text = render_status({})
     assert "(no workers)" in text
@@ -648,11 +690,21 @@ _worker = st.dictionaries(
     | _json,
     workers=st.lists(_worker, max_size=4) | _json,
     totals=st.dictionaries(st.sampled_from(["requests", "queue"]), _json) | _json,
+    events=st.dictionaries(
+        st.sampled_from(["spawns", "exits", "reloads", "reloads_failed", "drains"]), _json
+    )
+    | _json,
 )
 def test_render_never_raises_on_odd_snapshots(
-    master: object, pool: object, workers: object, totals: object
+    master: object, pool: object, workers: object, totals: object, events: object
 ) -> None:
-    snapshot = {"master": master, "pool": pool, "workers": workers, "totals": totals}
+    snapshot = {
+        "master": master,
+        "pool": pool,
+        "workers": workers,
+        "totals": totals,
+        "events": events,
+    }
     assert render_status(snapshot).startswith("reuseport master ")
 
 

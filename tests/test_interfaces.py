@@ -28,6 +28,7 @@ CASES = [
 
 @pytest.mark.parametrize("mode", ["reuseport", "shared"])
 @pytest.mark.parametrize(("app", "interface"), CASES)
+@pytest.mark.e2e
 def test_interface_detected_and_served(app: str, interface: str, mode: str) -> None:
     with Server(app, "--app-dir", TESTS_DIR, "-w", "2", "--mode", mode) as server:
         ready = server.wait_ready()
@@ -44,6 +45,7 @@ def test_interface_detected_and_served(app: str, interface: str, mode: str) -> N
     assert "Traceback" not in server.stderr
 
 
+@pytest.mark.e2e
 def test_interface_flag_overrides_a_wrong_guess() -> None:
     # One required positional parameter: detection takes it for `serve(sock)`.
     guess, _reason = apps.detect(apps_plain.looks_like_socket_app)
@@ -73,6 +75,7 @@ def test_detect_names_a_reason(obj: object, expected: Interface) -> None:
 
 
 @pytest.mark.parametrize("app", ["apps_plain:stream_handler", "apps_plain:HttpProtocol"])
+@pytest.mark.e2e
 def test_max_requests_counts_connections_for_plain_interfaces(app: str) -> None:
     """A stream or protocol app has no visible requests: each connection counts as one."""
     with Server(app, "--app-dir", TESTS_DIR, "-w", "1", "--max-requests", "10") as server:

@@ -43,6 +43,8 @@ from support import (
 
 from reuseport.control import query
 
+pytestmark = pytest.mark.e2e  # every test runs a real server
+
 TESTS_DIR = str(Path(__file__).resolve().parent)
 LOADCLIENT = str(Path(TESTS_DIR) / "loadclient.py")
 

@@ -12,6 +12,8 @@ from support import REPO_ROOT, Server, child_env, proc_info
 
 from reuseport.errors import ExitCode
 
+pytestmark = pytest.mark.e2e  # every test runs `reuseport serve`
+
 
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

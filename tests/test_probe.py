@@ -1,4 +1,5 @@
-"""The kernel probe, against the real kernel: real sockets, real syscalls, no mocks."""
+"""The kernel probe, against the real kernel: real sockets, real syscalls, no mocks
+(one test points the /proc reader at an empty folder, to see the probe say "unknown")."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from features import (
@@ -27,6 +29,7 @@ from features import (
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reuseport import procfs
 from reuseport.config import Mode, parse_bind
 from reuseport.errors import ConfigError
 from reuseport.probe import (
@@ -250,6 +253,7 @@ def test_status_labels() -> None:
 
 
 @requires_linux
+@pytest.mark.e2e
 def test_ebpf_without_privilege_says_so() -> None:
     script = textwrap.dedent(
         """
@@ -327,6 +331,17 @@ def test_free_address_has_no_listeners() -> None:
     assert feature.detail == f"nothing listens on 127.0.0.1:{port}"
 
 
+@requires_linux
+def test_unreadable_listener_table_is_unknown_not_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(procfs, "PROC", str(tmp_path))
+    report = run_probe([parse_bind("127.0.0.1:8000")], listeners=2, connections=32)
+    feature = report.feature("listeners_on_127.0.0.1:8000")
+    assert feature.supported is None
+    assert f"reading {tmp_path}/net/tcp failed (ENOENT)" in feature.detail
+
+
 def test_port_zero_needs_no_lookup() -> None:
     report = run_probe([parse_bind("127.0.0.1:0")], listeners=2, connections=32)
     assert report.feature("listeners_on_127.0.0.1:0").supported is True
@@ -347,6 +362,7 @@ _DAEMON = textwrap.dedent(
 
 
 @requires_linux
+@pytest.mark.e2e
 def test_listener_of_another_process_is_foreign() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", _DAEMON],
@@ -449,10 +465,23 @@ def test_cli_bad_bind_is_a_config_error() -> None:
 # --------------------------------------------------------------------------- fairness
 
 
-def test_jain_fairness_known_values() -> None:
-    assert jain_fairness([100, 100, 100, 100]) == 1.0
-    assert jain_fairness([400, 0, 0, 0]) == 0.25
-    assert jain_fairness([3, 1]) == pytest.approx(16 / 20)
+@pytest.mark.parametrize(
+    ("counts", "expected"),
+    [
+        ([100, 100, 100, 100], 1.0),
+        ([400, 0, 0, 0], 0.25),
+        ([1, 1, 0, 0], 0.5),
+        ([3, 1], 16 / 20),
+        ([5000, 5000], 1.0),
+        ([7], 1.0),
+        ([2.5, 2.5], 1.0),  # the benchmark passes per-worker rates, not only counts
+    ],
+)
+def test_jain_fairness_known_values(counts: list[float], expected: float) -> None:
+    assert jain_fairness(counts) == pytest.approx(expected)
+
+
+def test_jain_fairness_is_undefined_without_counts() -> None:
     assert jain_fairness([]) is None
     assert jain_fairness([0, 0]) is None
 

@@ -125,6 +125,7 @@ def _child_writes(board: Scoreboard, index: int, slot: int, beats: int) -> None:
         )
 
 
+@pytest.mark.e2e
 def test_rows_written_by_forked_children_are_seen_by_the_parent() -> None:
     board = Scoreboard(2)
     try:
@@ -144,6 +145,7 @@ def test_rows_written_by_forked_children_are_seen_by_the_parent() -> None:
         board.close()
 
 
+@pytest.mark.e2e
 def test_parent_sees_a_live_child_beat() -> None:
     """The parent reads a row while the child still runs and writes it."""
     board = Scoreboard(1)
@@ -200,6 +202,7 @@ def test_free_index_and_clear() -> None:
         board.close()
 
 
+@pytest.mark.e2e
 def test_master_clearing_a_row_a_child_wrote() -> None:
     """After reaping, the master clears the row; the next worker gets it."""
     board = Scoreboard(1)
@@ -239,6 +242,7 @@ def _child_hammers(board: Scoreboard, index: int, writes: int) -> None:
         )
 
 
+@pytest.mark.e2e
 def test_a_reader_never_sees_a_half_written_row() -> None:
     """The master reads rows while workers rewrite them, with no lock.
 

@@ -29,6 +29,8 @@ from support import (
     wait_until,
 )
 
+pytestmark = pytest.mark.e2e  # every test runs a real server
+
 TESTS_DIR = str(Path(__file__).resolve().parent)
 
 # Shared mode runs anywhere; reuseport mode only where the probe found SO_REUSEPORT.

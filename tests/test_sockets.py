@@ -6,22 +6,28 @@ with ``getsockname()``.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from features import requires_ipv6, requires_reuseport, requires_reuseport_ipv6
 from support import listening_inodes, socket_inodes_of
 
+from reuseport import procfs
 from reuseport.config import BindAddress, parse_bind
-from reuseport.errors import BindError, ExitCode, PortGuardError
+from reuseport.errors import BindError, ExitCode, PlatformError, PortGuardError
 from reuseport.sockets import (
+    SocketSetupError,
+    Step,
     adopt,
     bind_reuseport,
     bind_shared,
     check_port_guard,
     find_listeners,
+    open_socket,
     reserve_port,
     socket_inode,
 )
@@ -120,6 +126,57 @@ def test_bind_reuseport_ipv6_is_v6only() -> None:
     with bind_reuseport(parse_bind("[::1]:0"), 16) as sock:
         assert sock.family == socket.AF_INET6
         assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+
+
+def _fail_v6only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make setsockopt(IPV6_V6ONLY) fail with EINVAL, as a kernel without it would."""
+    real = socket.socket.setsockopt
+
+    def setsockopt(sock: socket.socket, level: int, name: int, *value: object) -> None:
+        if (level, name) == (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        real(sock, level, name, *value)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(socket.socket, "setsockopt", setsockopt)
+
+
+@requires_ipv6
+@pytest.mark.parametrize("bind", [bind_reuseport, bind_shared], ids=["reuseport", "shared"])
+def test_a_failing_ipv6_only_option_closes_the_socket(
+    bind: Callable[[BindAddress, int], socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fail_v6only(monkeypatch)
+    before = socket_inodes_of(os.getpid())
+    with pytest.raises(BindError, match=r"cannot create an IPv6 socket for \[::1\]:0 \(EINVAL\)"):
+        bind(parse_bind("[::1]:0"), 16)
+    assert socket_inodes_of(os.getpid()) == before
+
+
+# ------------------------------------------------------------------ open_socket
+def test_open_socket_names_the_step_that_failed() -> None:
+    with bind_shared(LOOPBACK, 16) as taken:
+        before = socket_inodes_of(os.getpid())
+        with pytest.raises(SocketSetupError) as info:
+            open_socket(
+                socket.AF_INET,
+                socket.SOCK_STREAM,
+                ("127.0.0.1", _port(taken)),
+                reuseport=False,
+                backlog=16,
+            )
+        assert info.value.step is Step.BIND
+        assert info.value.errno == errno.EADDRINUSE
+        assert socket_inodes_of(os.getpid()) == before
+
+
+@requires_reuseport
+def test_open_socket_without_backlog_binds_a_datagram_socket() -> None:
+    with open_socket(
+        socket.AF_INET, socket.SOCK_DGRAM, ("127.0.0.1", 0), reuseport=True, backlog=None
+    ) as udp:
+        assert udp.type == socket.SOCK_DGRAM
+        assert _opt(udp, socket.SO_REUSEPORT) == 1
+        assert _port(udp) > 0
 
 
 # ------------------------------------------------------------------ bind_shared
@@ -246,3 +303,28 @@ def test_port_guard_passes_a_free_port_and_port_zero() -> None:
     with reserve_port(LOOPBACK) as reservation:
         check_port_guard(_at(reservation))  # bound, not listening: not a listener
     check_port_guard(LOOPBACK)
+
+
+@pytest.fixture
+def no_proc_net(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point ``reuseport.procfs`` at an empty folder: /proc/net/tcp cannot be read."""
+    monkeypatch.setattr(procfs, "PROC", str(tmp_path))
+    return tmp_path
+
+
+@requires_reuseport
+def test_port_guard_fails_closed_when_proc_net_tcp_cannot_be_read(no_proc_net: Path) -> None:
+    addr = parse_bind("127.0.0.1:8000")
+    with pytest.raises(PlatformError) as info:
+        check_port_guard(addr)
+    message = str(info.value)
+    assert f"reading {no_proc_net}/net/tcp failed (ENOENT)" in message
+    assert f"who else listens on {addr}" in message
+    assert "Mount /proc" in message
+    assert "--mode shared" in message
+    assert info.value.exit_code == ExitCode.PLATFORM_ERROR
+
+
+def test_port_guard_fails_closed_for_ipv6_too(no_proc_net: Path) -> None:
+    with pytest.raises(PlatformError, match=rf"reading {no_proc_net}/net/tcp6 failed"):
+        find_listeners(parse_bind("[::1]:8000"))

@@ -18,7 +18,7 @@ from support import Server, read_responses, send_requests, wait_until
 
 from reuseport.control import query
 
-pytestmark = requires_cbpf
+pytestmark = [pytest.mark.e2e, requires_cbpf]
 
 
 def _slot_pids(control: str) -> dict[int, int]:

@@ -3,7 +3,7 @@
 Rules: ``load_app`` imports the user's ``module:attribute`` and turns every
 failure into ``AppLoadError`` with the fix in its message.  ``detect`` looks at
 the object only (no calls), and says why it chose an interface so the worker
-can log it.  Adding an interface means one entry in ``_ADAPTERS``.
+can log it.  Adding an interface means one entry in the table in ``_adapter()``.
 """
 
 from __future__ import annotations

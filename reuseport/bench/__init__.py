@@ -2,8 +2,9 @@
 
 Modules: ``stats`` (histogram, fairness), ``loadgen`` (built-in client),
 ``wrk`` (the optional wrk driver), ``scenarios``, ``server`` (the server under
-test), ``runner`` (runs and medians), ``report`` (table, verdicts, JSON),
-``plot`` (matplotlib chart) and ``cli`` (argparse wiring).
+test), ``events`` (what its master counted, from its status snapshot),
+``runner`` (runs and medians), ``report`` (table, verdicts, JSON), ``plot``
+(matplotlib chart) and ``cli`` (argparse wiring).
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config import usable_cpus
+from .events import EVENT_WORDS
 from .results import LATENCY_LABELS, Summary
 from .runner import BenchResult
 
@@ -45,10 +47,6 @@ def _recommendation() -> tuple[str | None, str]:
 
 def machine_info() -> dict[str, Any]:
     try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count() or 1
-    try:
         from importlib.metadata import PackageNotFoundError, version
 
         uvloop_version: str | None = version("uvloop")
@@ -59,7 +57,7 @@ def machine_info() -> dict[str, Any]:
         "system": platform.system(),
         "kernel": platform.release(),
         "arch": platform.machine(),
-        "cpus_usable": usable,
+        "cpus_usable": usable_cpus(),
         "cpus_online": os.cpu_count(),
         "cpu_model": _cpu_model(),
         "python": platform.python_version(),
@@ -186,18 +184,8 @@ def _error_lines(summaries: Sequence[Summary]) -> list[str]:
     return lines
 
 
-# Pool events worth a line in the report (server.SERVER_EVENTS names -> words).
-_EVENT_WORDS = (
-    ("reload_complete", "reloads completed"),
-    ("recycle", "recycles"),
-    ("drain", "drains"),
-    ("crash", "crashes"),
-    ("replacement_failed", "failed replacements"),
-)
-
-
 def _churn_lines(result: BenchResult) -> list[str]:
-    """Per churn scenario and mode: what the runner did and what the master logged."""
+    """Per churn scenario and mode: what the runner did and what the master counted."""
     lines = []
     for scenario in result.config.scenarios:
         if not scenario.churn:
@@ -211,11 +199,18 @@ def _churn_lines(result: BenchResult) -> list[str]:
                 for action in r.churn_actions:
                     sent[action["action"]] = sent.get(action["action"], 0) + 1
             did = ", ".join(f"{k} {v / len(runs):.1f}" for k, v in sent.items()) or "nothing"
-            logged = ", ".join(
-                f"{sum(r.server_events.get(key, 0) for r in runs) / len(runs):.1f} {words}"
-                for key, words in _EVENT_WORDS
-            )
-            lines.append(f"  {scenario.name} {mode}: sent {did}; master logged {logged}")
+            counted = [r.server_events for r in runs if r.server_events is not None]
+            if counted:
+                seen = ", ".join(
+                    f"{sum(c.get(key, 0) for c in counted) / len(counted):.1f} {words}"
+                    for key, words in EVENT_WORDS
+                )
+                lines.append(f"  {scenario.name} {mode}: sent {did}; master counted {seen}")
+            else:
+                lines.append(
+                    f"  {scenario.name} {mode}: sent {did}; the master's status has no event "
+                    "counters"
+                )
     if lines:
         lines.insert(0, "churn per run (mean; each action is listed in the JSON):")
     return lines

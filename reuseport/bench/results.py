@@ -107,8 +107,11 @@ class RunResult:
     churn_actions: tuple[Mapping[str, Any], ...] = ()
     server_exit_code: int | None = None
     server_argv: tuple[str, ...] = ()  # `serve …` as started
-    # Pool events counted in the master's log (server.SERVER_EVENTS names).
-    server_events: Mapping[str, int] = field(default_factory=dict)
+    # What the master counted during the run (events.flatten_events keys);
+    # None when its status snapshot has no event counters.
+    server_events: Mapping[str, int] | None = None
+    server_workers: tuple[int | None, int | None] = (None, None)  # live workers before, after
+    server_log: Mapping[str, int] = field(default_factory=dict)  # warning/error lines logged
 
     @property
     def effective_mode(self) -> str:
@@ -144,7 +147,9 @@ class RunResult:
             "fairness": s.fairness if s else None,
             "churn_actions": [dict(a) for a in self.churn_actions],
             "server_argv": list(self.server_argv),
-            "server_events": dict(self.server_events),
+            "server_events": None if self.server_events is None else dict(self.server_events),
+            "server_workers": dict(zip(("before", "after"), self.server_workers, strict=True)),
+            "server_log": dict(self.server_log),
             **self.measurement.to_dict(),
         }
         return out

@@ -30,6 +30,11 @@ __all__ = ["BenchConfig", "BenchResult", "Generator", "run_bench"]
 
 # Slack on top of --duration for a load generator to start and write its result.
 _LOAD_GRACE = 15.0
+# wrk counts a response slower than this as a timeout error (its default is 2 s).
+_WRK_TIMEOUT = 5.0
+# How long a run waits after its load for the pool to settle before it reads
+# the master's counters (a drain needs about a second of quiet).
+_SETTLE_TIMEOUT = 15.0
 # No churn action this close to the end: its effect would not be measured.
 _CHURN_TAIL = 0.3
 
@@ -197,6 +202,7 @@ def run_one(
     exit_code: int | None = None
     try:
         server.start()
+        before = server.pool_state()
         if generator == Generator.WRK:
             if wrk is None:
                 raise MissingToolError(INSTALL_HINT)
@@ -212,6 +218,7 @@ def run_one(
                     duration=config.duration,
                     threads=config.clients,
                     script=script,
+                    timeout=_WRK_TIMEOUT,
                 ),
                 workdir,
             )
@@ -229,6 +236,9 @@ def run_one(
         load.start()
         actions = _drive(load, server, scenario, config.duration)
         measurement = load.wait(timeout=config.duration + _LOAD_GRACE)
+        # A scale-down or reload sent near the end completes after the load:
+        # count it (events.py).
+        after = server.pool_state(settle=_SETTLE_TIMEOUT)
     finally:
         if load is not None:
             load.kill()
@@ -245,7 +255,9 @@ def run_one(
         churn_actions=tuple(actions),
         server_exit_code=exit_code,
         server_argv=tuple(server.argv[server.argv.index("serve") :]),
-        server_events=server.events,
+        server_events=after.events_since(before),
+        server_workers=(before.workers, after.workers),
+        server_log=server.log_problems,
     )
 
 

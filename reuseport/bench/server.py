@@ -7,10 +7,12 @@ master *and* of the workers it had, since an orphaned worker would keep the
 port and skew the next run).  Signals go only to the master we started or to
 its own children.
 
-The master's log is also read for pool events (``SERVER_EVENTS``: reloads
-completed, max-requests recycles, drained slots, crashes, warnings), so a
-churn run can show that the pool really changed under the load.  The
-patterns follow arbiter.py's wording; a line nobody matches is not an error.
+What happened to the pool (reloads, recycles, drains, crashes, spawns and
+exits by cause) is read from the master's own counters over its control
+socket (``--control``, ``pool_state()``), before and after a run, never from
+its log: rewording a log line must not zero a count.  The log gives only the
+port and readiness (the ``Listening at`` and ``Ready:`` lines) and the
+warning and error lines a run shows.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import collections
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -30,73 +34,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from .. import procfs
+from ..control import query
+from ..errors import ControlError
 from .errors import BenchError
+from .events import PoolState
 
-__all__ = ["SERVER_EVENTS", "ServerProcess", "child_pids", "count_events", "fetch_worker"]
+__all__ = ["ServerProcess", "fetch_worker"]
 
 _LISTENING = re.compile(r"Listening at http://127\.0\.0\.1:(\d+)")
 _READY = re.compile(r"Ready: (\d+) workers?")
+_PROBLEM = re.compile(r" (WARNING|ERROR|CRITICAL) ")
 _LOG_TAIL = 200
 _PROBLEMS_KEPT = 50
-
-# Pool events, by the master's log lines (arbiter.py).  Every line is matched
-# against every pattern; the counts are what a run reports.
-SERVER_EVENTS: dict[str, re.Pattern[str]] = {
-    "reload_started": re.compile(r"SIGHUP: rolling reload"),
-    "reload_complete": re.compile(r"Reload complete: "),
-    "recycle": re.compile(r"\(--max-requests\): recycling it"),
-    "replaced": re.compile(r"Worker \d+ \(pid \d+\) is ready; stopping pid \d+"),
-    "scale_up": re.compile(r"SIGTTIN: workers \d+ -> \d+"),
-    "scale_down": re.compile(r"SIGTTOU: workers \d+ -> \d+"),
-    "drain": re.compile(r"Retiring worker \d+ \(pid \d+, [^)]*\): draining its queue"),
-    "crash": re.compile(r"; starting a replacement"),
-    "replacement_failed": re.compile(r"The running worker \(pid \S+\) keeps serving"),
-    "warning": re.compile(r" WARNING "),
-    "error": re.compile(r" (ERROR|CRITICAL) "),
-}
-
-
-def count_events(line: str, counter: Counter[str]) -> bool:
-    """Add ``line``'s pool events to ``counter``; True if it is a warning or error."""
-    problem = False
-    for name, pattern in SERVER_EVENTS.items():
-        if pattern.search(line):
-            counter[name] += 1
-            problem = problem or name in ("warning", "error")
-    return problem
-
-
-def child_pids(pid: int) -> list[int]:
-    """Direct children of ``pid`` (Linux /proc), or [] if it is gone."""
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    try:
-        for tid in tasks:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                found.extend(int(p) for p in f.read().split())
-    except FileNotFoundError:
-        # Kernels without CONFIG_PROC_CHILDREN: scan every process's parent.
-        found = [
-            int(entry)
-            for entry in os.listdir("/proc")
-            if entry.isdigit() and parent_pid(int(entry)) == pid
-        ]
-    except OSError:
-        pass
-    return sorted(set(found))
-
-
-def parent_pid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The command name (2nd field) may contain spaces and parentheses.
-    return int(stat.rpartition(")")[2].split()[1])
+_QUERY_TIMEOUT = 5.0  # the master answers between two turns of its loop
+_SETTLE_POLL = 0.05
 
 
 def fetch_worker(port: int, *, timeout: float = 1.0) -> tuple[int, int] | None:
@@ -142,11 +94,19 @@ class ServerProcess:
         start_timeout: float = 20.0,
         extra_args: Sequence[str] = (),
         log_path: Path | None = None,
+        control: Path | None = None,
     ) -> None:
         self.mode = mode
         self.workers = workers
         self.app = app
         self.start_timeout = start_timeout
+        # A private folder for the control socket unless the caller names one;
+        # stop() removes it.
+        self._own_dir: str | None = None
+        if control is None:
+            self._own_dir = tempfile.mkdtemp(prefix="reuseport-srv-")
+            control = Path(self._own_dir, "control.sock")
+        self.control = control
         self.argv = [
             *command,
             "serve",
@@ -157,6 +117,8 @@ class ServerProcess:
             str(workers),
             "--log-level",
             "info",
+            "--control",
+            str(self.control),
             *extra_args,
             *([app] if app else []),
         ]
@@ -168,14 +130,14 @@ class ServerProcess:
         self._ready = False
         self._reader: threading.Thread | None = None
         self.known_workers: set[int] = set()  # every worker pid we ever saw
-        self._events: Counter[str] = Counter()
+        self._log_counts: Counter[str] = Counter()  # "warning" / "error" lines
         self._problems: list[str] = []  # the first warning and error lines
 
     @property
-    def events(self) -> dict[str, int]:
-        """Pool events seen in the master's log so far (``SERVER_EVENTS`` names)."""
+    def log_problems(self) -> dict[str, int]:
+        """How many warning and error lines the master's log has had so far."""
         with self._cond:
-            return dict(self._events)
+            return dict(self._log_counts)
 
     @property
     def problems(self) -> list[str]:
@@ -206,8 +168,10 @@ class ServerProcess:
     def _take(self, line: str) -> None:
         with self._cond:
             self._log.append(line)
-            if count_events(line, self._events) and len(self._problems) < _PROBLEMS_KEPT:
-                self._problems.append(line)
+            if problem := _PROBLEM.search(line):
+                self._log_counts["warning" if problem.group(1) == "WARNING" else "error"] += 1
+                if len(self._problems) < _PROBLEMS_KEPT:
+                    self._problems.append(line)
             if not self.port and (m := _LISTENING.search(line)):
                 self.port = int(m.group(1))
                 self._cond.notify_all()
@@ -257,8 +221,29 @@ class ServerProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def pool_state(self, *, settle: float = 0.0) -> PoolState:
+        """Workers and event counters, from the master's status snapshot.
+
+        With ``settle`` > 0, waits up to that many seconds for the pool to
+        settle (no worker starting, draining or stopping: see ``events``) and
+        returns the last state read either way.  Raises ``BenchError`` when
+        the control socket does not answer.
+        """
+        deadline = time.monotonic() + settle
+        while True:
+            try:
+                snapshot = query(str(self.control), timeout=_QUERY_TIMEOUT)
+            except ControlError as exc:
+                raise BenchError(
+                    f"cannot read the status of the server under test: {exc}"
+                ) from None
+            state = PoolState.from_snapshot(snapshot)
+            if state.settled or time.monotonic() >= deadline:
+                return state
+            time.sleep(_SETTLE_POLL)
+
     def worker_pids(self) -> list[int]:
-        pids = child_pids(self.pid) if self.running() else []
+        pids = procfs.children_of(self.pid) if self.running() else []
         self.known_workers.update(pids)
         return pids
 
@@ -268,7 +253,8 @@ class ServerProcess:
 
     def kill_worker(self, pid: int) -> bool:
         """SIGKILL ``pid`` if (and only if) it is still a child of our master."""
-        if not self.running() or parent_pid(pid) != self.pid:
+        info = procfs.proc_info(pid)
+        if not self.running() or info is None or info.ppid != self.pid:
             return False
         self.known_workers.add(pid)
         with contextlib.suppress(ProcessLookupError):
@@ -277,6 +263,14 @@ class ServerProcess:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, wait up to ``timeout`` s, then SIGKILL; returns the exit code."""
+        try:
+            return self._stop(timeout)
+        finally:
+            if self._own_dir is not None:
+                shutil.rmtree(self._own_dir, ignore_errors=True)
+                self._own_dir = None
+
+    def _stop(self, timeout: float) -> int | None:
         proc = self._proc
         if proc is None:
             return None
@@ -308,9 +302,5 @@ def _looks_like_ours(pid: int) -> bool:
     # A worker whose master died is re-parented, so its parent no longer
     # tells; the pid was recorded while it was our master's child, and only
     # a process that still runs Python/reuseport is killed (pid reuse guard).
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
-    except OSError:
-        return False
-    return b"python" in cmdline or b"reuseport" in cmdline
+    command = procfs.cmdline(pid)
+    return "python" in command or "reuseport" in command

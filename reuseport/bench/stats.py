@@ -1,8 +1,9 @@
 """Numbers for the benchmark: a mergeable latency histogram and fairness figures.
 
-Rules: nothing here does I/O or looks at a clock; everything is plain data that
-survives a JSON round trip, so client processes can ship their histograms to
-the runner and the runner can merge them.
+Rules: nothing here does I/O or looks at a clock; everything is plain data
+that survives a JSON round trip, so client processes can ship their
+histograms to the runner and the runner can merge them.  Jain's index comes
+from ``probe``, which judges the kernel's spread with the same formula.
 
 The histogram is log-linear in the style of HdrHistogram: values are integer
 nanoseconds; below ``2 ** (SUB_BITS + 1)`` ns every value has its own bucket,
@@ -20,13 +21,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..probe import jain_fairness
+
 __all__ = [
     "MAX_VALUE_NS",
     "PERCENTILES",
     "SUB_BITS",
     "Histogram",
     "Shares",
-    "jain_index",
     "median",
     "shares",
 ]
@@ -153,16 +155,6 @@ class Histogram:
         return hist
 
 
-def jain_index(values: Sequence[float]) -> float | None:
-    """Jain's fairness index ``(Σx)² / (n·Σx²)``: 1.0 is perfectly even, 1/n is
-    one worker doing everything.  ``None`` when there is nothing to judge."""
-    n = len(values)
-    squares = sum(x * x for x in values)
-    if n == 0 or squares == 0:
-        return None
-    return sum(values) ** 2 / (n * squares)
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Shares:
     """How requests spread over workers."""
@@ -175,7 +167,7 @@ class Shares:
 def shares(values: Sequence[float]) -> Shares | None:
     """Busiest/idlest shares and Jain's index; ``None`` if no requests at all."""
     total = sum(values)
-    fairness = jain_index(values)
+    fairness = jain_fairness(values)
     if not values or total <= 0 or fairness is None:
         return None
     return Shares(busiest=max(values) / total, idlest=min(values) / total, fairness=fairness)

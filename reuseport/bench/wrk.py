@@ -1,12 +1,15 @@
 """Drive ``wrk`` (the reference HTTP load generator) and parse what it prints.
 
 Rules: wrk is a Debian package; we never install it, we only find it on PATH
-(``apt-get install wrk``).  A small Lua script counts responses per worker
-from the demo app's JSON body and prints, in ``done()``, the figures the
-report needs (p99.9 and max are not in ``--latency``'s table) on lines that
-start with ``REUSEPORT_BENCH``.  If those lines are missing (an old wrk, a
-script error) the plain ``--latency`` text is parsed instead and per-worker
-counts are reported as unknown.
+(``apt-get install wrk``).  Every wrk command line reuseport runs (the
+benchmark, ``scripts/soak.py``, ``scripts/bench_peers.py``) is built by
+``wrk_command`` and its output read by ``parse_wrk``.
+
+A small Lua script counts responses per worker from the demo app's JSON body
+and prints, in ``done()``, the figures the report needs (p99.9 and max are
+not in ``--latency``'s table) on lines that start with ``REUSEPORT_BENCH``.
+Without those lines (no script, an old wrk, a script error) the plain
+``--latency`` text is parsed instead and per-worker counts are unknown.
 """
 
 from __future__ import annotations
@@ -16,13 +19,25 @@ import re
 import shutil
 import subprocess
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BenchError, MissingToolError
 from .loadgen import WorkerKey
 from .results import Measurement
 
-__all__ = ["INSTALL_HINT", "WRK_LUA", "WrkProcess", "find_wrk", "parse_wrk_output", "wrk_command"]
+__all__ = [
+    "INSTALL_HINT",
+    "SOCKET_ERRORS",
+    "WRK_LUA",
+    "WrkProcess",
+    "WrkReport",
+    "find_wrk",
+    "parse_wrk",
+    "parse_wrk_output",
+    "wrk_command",
+    "wrk_seconds",
+]
 
 INSTALL_HINT = "wrk is not installed: apt-get install wrk (or use --load-generator builtin)"
 
@@ -73,29 +88,37 @@ def find_wrk() -> str | None:
     return shutil.which("wrk")
 
 
+def wrk_seconds(duration: float) -> int:
+    """wrk's ``-d`` takes whole seconds: ``duration`` rounded up, at least 1."""
+    return max(1, math.ceil(duration))
+
+
 def wrk_command(
     wrk: str,
     *,
     port: int,
-    path: str,
-    keepalive: bool,
     connections: int,
     duration: float,
-    threads: int,
-    script: Path,
-    timeout: float = 5.0,
+    threads: int = 1,
+    path: str = "/",
+    keepalive: bool = True,
+    script: Path | None = None,
+    timeout: float | None = None,
 ) -> list[str]:
+    """``wrk -tT -cC -dDs [--timeout=Ns] --latency [-s SCRIPT] [-H Connection: close] URL``.
+
+    The benchmark, the soak script and the peer comparison all build their
+    wrk command here, so they load the server the same way.  ``timeout``
+    None keeps wrk's own (2 s); ``script`` None runs without Lua (the text
+    report is parsed then).
+    """
     threads = max(1, min(threads, connections))
-    cmd = [
-        wrk,
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{max(1, math.ceil(duration))}s",
-        f"--timeout={max(1, math.ceil(timeout))}s",
-        "--latency",
-        "-s",
-        str(script),
-    ]
+    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{wrk_seconds(duration)}s"]
+    if timeout is not None:
+        cmd.append(f"--timeout={max(1, math.ceil(timeout))}s")
+    cmd.append("--latency")
+    if script is not None:
+        cmd += ["-s", str(script)]
     if not keepalive:
         # wrk reconnects after a response that closes the connection.
         cmd += ["-H", "Connection: close"]
@@ -104,20 +127,67 @@ def wrk_command(
 
 _UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 _TIME = r"([\d.]+)(us|ms|s|m|h)"
+SOCKET_ERRORS = ("connect", "read", "write", "timeout")  # wrk's "Socket errors" kinds
 
 
 def _to_ms(number: str, unit: str) -> float:
     return float(number) * _UNITS_MS[unit]
 
 
-def parse_wrk_output(text: str) -> Measurement:
-    """Turn wrk's stdout (with or without our Lua lines) into a Measurement."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WrkReport:
+    """Everything one wrk run printed, in numbers.
+
+    ``requests`` counts every response wrk completed, whatever its status
+    (wrk's own figure); ``non_2xx`` and ``bad_body`` say how many of them
+    were not successes.
+    """
+
+    requests: int
+    elapsed: float  # seconds
+    rps: float  # wrk's "Requests/sec" (requests / elapsed without it)
+    latency_ms: dict[str, float]  # p50, p90, p99 (p99.9, mean, max when known)
+    socket_errors: dict[str, int]  # SOCKET_ERRORS -> count
+    non_2xx: int = 0  # "Non-2xx or 3xx responses"
+    bad_body: int = 0  # 200 responses whose body named no worker (Lua script only)
+    workers: dict[WorkerKey, int] = field(default_factory=dict)  # (pid, slot) -> responses
+    note: str = ""
+
+    @property
+    def ok(self) -> int:
+        """Successful responses."""
+        return max(0, self.requests - self.non_2xx - self.bad_body)
+
+    def measurement(self) -> Measurement:
+        """The benchmark's record of this run: successes, and the errors by kind."""
+        # The benchmark's error kinds: "read_error", ..., but "timeout" as it is.
+        errors = {
+            kind if kind == "timeout" else f"{kind}_error": n
+            for kind, n in self.socket_errors.items()
+        }
+        errors.update(bad_status=self.non_2xx, bad_body=self.bad_body)
+        return Measurement(
+            generator="wrk",
+            requests=self.ok,
+            elapsed=self.elapsed,
+            latency_ms=dict(self.latency_ms),
+            workers=dict(self.workers),
+            errors={k: v for k, v in errors.items() if v},
+            note=self.note,
+        )
+
+
+def parse_wrk(text: str) -> WrkReport:
+    """Turn wrk's stdout (with or without our Lua lines) into a ``WrkReport``.
+
+    Raises ``BenchError`` (with the end of the text) if it is not wrk's report.
+    """
     latency: dict[str, float] = {}
     workers: Counter[WorkerKey] = Counter()
-    errors: Counter[str] = Counter()
+    socket_errors = dict.fromkeys(SOCKET_ERRORS, 0)
+    non_2xx = bad_body = 0
     requests: int | None = None
-    elapsed: float | None = None
-    bad_body = 0
+    elapsed = 0.0
     note = ""
     for line in text.splitlines():
         parts = line.split()
@@ -128,13 +198,8 @@ def parse_wrk_output(text: str) -> Measurement:
         elif parts[1] == "summary":
             n, duration_us, connect, read, write, status, timeout = map(int, parts[2:9])
             requests, elapsed = n, duration_us / 1e6
-            errors.update(
-                connect_error=connect,
-                read_error=read,
-                write_error=write,
-                bad_status=status,
-                timeout=timeout,
-            )
+            socket_errors.update(connect=connect, read=read, write=write, timeout=timeout)
+            non_2xx = status
         elif parts[1] == "bad_body":
             bad_body += int(parts[2])
         elif parts[1] == "worker":
@@ -155,29 +220,29 @@ def parse_wrk_output(text: str) -> Measurement:
         if me := re.search(
             r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
         ):
-            errors.update(
-                {
-                    "connect_error": int(me.group(1)),
-                    "read_error": int(me.group(2)),
-                    "write_error": int(me.group(3)),
-                    "timeout": int(me.group(4)),
-                }
-            )
+            socket_errors = dict(zip(SOCKET_ERRORS, map(int, me.groups()), strict=True))
         if ms := re.search(r"Non-2xx or 3xx responses: (\d+)", text):
-            errors["bad_status"] += int(ms.group(1))
-    if bad_body:
-        errors["bad_body"] += bad_body
-    # wrk counts every completed response in "requests", failed statuses too.
-    ok = max(0, requests - errors["bad_status"] - bad_body)
-    return Measurement(
-        generator="wrk",
-        requests=ok,
-        elapsed=elapsed or 0.0,
+            non_2xx = int(ms.group(1))
+    if rps_line := re.search(r"Requests/sec:\s+([\d.]+)", text):
+        rps = float(rps_line.group(1))
+    else:
+        rps = requests / elapsed if elapsed > 0 else 0.0
+    return WrkReport(
+        requests=requests,
+        elapsed=elapsed,
+        rps=rps,
         latency_ms=latency,
+        socket_errors=socket_errors,
+        non_2xx=non_2xx,
+        bad_body=bad_body,
         workers=dict(workers),
-        errors={k: v for k, v in errors.items() if v},
         note=note,
     )
+
+
+def parse_wrk_output(text: str) -> Measurement:
+    """``parse_wrk(text).measurement()``: what the benchmark records of a wrk run."""
+    return parse_wrk(text).measurement()
 
 
 class WrkProcess:
