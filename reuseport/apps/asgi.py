@@ -206,7 +206,7 @@ class AsgiApp(HostedApp):
     async def shutdown(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        self.stop_accepting()
+        await self.stop_accepting()
         http = self.http
         if http is not None:
             if not await http.connections.drain(timeout):

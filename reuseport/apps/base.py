@@ -49,7 +49,7 @@ class HostedApp(abc.ABC):
 
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[asyncio.Server] = []
 
     async def startup(self) -> None:  # noqa: B027 - optional hook
         """Prepare the app before serving (default: nothing to do)."""
@@ -62,6 +62,33 @@ class HostedApp(abc.ABC):
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, drain, and clean up within about ``timeout`` seconds."""
 
-    def stop_accepting(self) -> None:
+    async def stop_accepting(self) -> None:
+        """Accept no more connections; return once every accepted one is known.
+
+        Why this awaits: a loop accepts a connection and only a callback or
+        two later calls its protocol's ``connection_made`` (uvloop schedules
+        it; the asyncio loop even creates the transport in a task first, and
+        that task fails if the server was closed meanwhile).  A drain that
+        started in between would find no live connection and let the worker
+        exit under a client whose request was already sent.  So: stop the
+        accept readers first (selector loops), let pending accepts finish,
+        close the servers, and let their ``connection_made`` calls run.
+        """
+        loop = asyncio.get_running_loop()
+        for server in self.servers:
+            for sock in server.sockets:
+                loop.remove_reader(sock.fileno())
+        await _settle()
         for server in self.servers:
             server.close()
+        await _settle()
+
+
+# Loop iterations that finish an accept already made: the asyncio loop's
+# accept task step, then the connection_made callback it schedules.
+_SETTLE_STEPS = 3
+
+
+async def _settle() -> None:
+    for _ in range(_SETTLE_STEPS):
+        await asyncio.sleep(0)

@@ -94,7 +94,7 @@ class DemoApp(HostedApp):
             self.servers.append(server)
 
     async def shutdown(self, timeout: float) -> None:
-        self.stop_accepting()
+        await self.stop_accepting()
         await self.connections.drain(timeout)
 
 

@@ -74,7 +74,7 @@ class StreamApp(HostedApp):
             self.servers.append(await asyncio.start_server(self._run, sock=sock))
 
     async def shutdown(self, timeout: float) -> None:
-        self.stop_accepting()
+        await self.stop_accepting()
         await _wait_or_give_up(set(self.tasks), timeout)
 
 
@@ -159,7 +159,7 @@ class PlainProtocolApp(HostedApp):
             self.servers.append(await loop.create_server(self._make, sock=sock))
 
     async def shutdown(self, timeout: float) -> None:
-        self.stop_accepting()
+        await self.stop_accepting()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.drained.wait(), timeout)
         for conn in list(self.live):
