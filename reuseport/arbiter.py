@@ -42,6 +42,7 @@ from .control import ControlServer, default_control_path
 from .errors import ExitCode, errno_name
 from .lifecycle import ExitCause, SpawnCause, WorkerHandle, WorkerState
 from .listeners import Listeners
+from .loadboard import PENALTY_STALE, KernelSteering, LoadBoard
 from .pidfile import PidFile
 from .policy import CrashBackoff, PoolPolicy, PoolView, Replacements, Resize
 from .scoreboard import Scoreboard
@@ -49,6 +50,7 @@ from .status import (
     MasterEvents,
     MasterStatus,
     PoolStatus,
+    SlotLoadStatus,
     Status,
     SteeringStatus,
     Totals,
@@ -58,10 +60,16 @@ from .steering import Steering
 
 __all__ = ["Arbiter"]
 
+_STEERING_SHOWN = {
+    SteeringKind.P2C: "p2c (eBPF: each new connection goes to the less loaded of two workers)",
+    SteeringKind.LOAD: "load (cBPF: workers whose queue backs up are skipped)",
+    SteeringKind.HASH: "hash (the kernel's choice)",
+}
+
 log = logging.getLogger("reuseport.master")
 
 _TICK = 0.5
-_STEER_TICK = 0.02  # --steering load samples the accept queues this often
+_STEER_TICK = 0.02  # --steering load/p2c: queues sampled, the load board re-anchored
 _KILL_AFTER_ABORT = 2.0
 _STOP_GRACE = 5.0  # on top of --graceful-timeout before a stopping worker is killed
 _SIGNALS = (
@@ -93,7 +101,11 @@ class Arbiter:
         self.backoff = CrashBackoff()
         self.generation = 0
         self.replacements = Replacements()
-        self.steering = Steering(load_aware=config.steering is SteeringKind.LOAD)
+        # The steering that runs: AUTO and P2C become P2C or LOAD once the
+        # kernel has said whether it loads eBPF (``_setup_steering``).
+        self.steering_kind = config.steering if mode is Mode.REUSEPORT else SteeringKind.HASH
+        self.steering = Steering(load_aware=self.steering_kind is SteeringKind.LOAD)
+        self.rescue = config.rescue and mode is Mode.REUSEPORT
         self._steer_warned = False
         self.events = MasterEvents(initial=config.initial_workers)
         self.signals: collections.deque[int] = collections.deque()  # filled by handlers
@@ -124,6 +136,7 @@ class Arbiter:
             self.control = ControlServer(path, lambda: self.status().to_dict())
             log.info("Control socket at %s (reuseport status --control %s)", path, path)
             self.scoreboard = Scoreboard(self.config.pool_limit)
+            self._setup_steering()
             if self.config.pm is ProcessManager.ONDEMAND:
                 log.info(
                     "Ready: 0 workers (ondemand pool: the first connection starts one, "
@@ -167,7 +180,7 @@ class Arbiter:
             poller.register(self.control.fileno(), select.POLLIN)
         registered: dict[int, WorkerHandle] = {}
         watched_listeners: set[int] = set()
-        load_steering = self.steering.load_aware and self.mode is Mode.REUSEPORT
+        load_steering = self.steering_kind in (SteeringKind.LOAD, SteeringKind.P2C)
         while True:
             self._dispatch_signals()
             self._reap()
@@ -433,6 +446,7 @@ class Arbiter:
                     why,
                 )
                 self._send_drain(handle)
+                self._tell_siblings(slot, gone=True)
                 return True
         log.info("Retiring worker %d (pid %d, %s)", slot, handle.pid, why)
         self._stop(handle, ExitCause.SCALE)
@@ -488,6 +502,95 @@ class Arbiter:
                     "connections follow the kernel's hash",
                     errno_name(exc),
                 )
+        if self.listeners.kernel is not None:
+            self._tend_board()
+        elif self.steering_kind is SteeringKind.P2C:
+            # The kernel refused the program after start: cBPF from here on.
+            self.steering_kind = SteeringKind.LOAD
+            self.steering = Steering(load_aware=True)
+
+    def _loads(self) -> tuple[SlotLoadStatus, ...]:
+        board = self.listeners.board
+        if self.listeners.kernel is None or board is None:
+            return ()
+        return tuple(
+            SlotLoadStatus(
+                slot=slot, load=board.load(slot), queued=board.queued(slot), open=board.open(slot)
+            )
+            for slot in sorted(self.listeners.order)
+            if slot < board.capacity
+        )
+
+    def _tend_board(self) -> None:
+        """p2c: re-anchor each slot's queue count on the real queue; penalise stale loops."""
+        board = self.listeners.board
+        if board is None or self.scoreboard is None:
+            return
+        now = time.monotonic()
+        beats = {
+            h.slot: now - self.scoreboard.read(h.row).heartbeat
+            for h in self.workers.values()
+            if h.serving
+        }
+        for slot in self.listeners.order:
+            if slot >= board.capacity:
+                continue
+            depth = self.listeners.queue_depth(slot)
+            board.rebase(slot, depth[0] if depth else 0)
+            stale = beats.get(slot, 0.0) > self.steering.stale_after
+            board.set_penalty(slot, PENALTY_STALE if stale else 0)
+
+    def _setup_steering(self) -> None:
+        """Reuseport mode: load the p2c program where asked and allowed; make the load board.
+
+        ``auto`` takes p2c when the kernel loads it and says why not when it
+        does not; an explicit ``p2c`` that cannot load is a warning.  Either
+        way the fallback is ``load`` (cBPF, sampled by this process).
+        """
+        if self.mode is not Mode.REUSEPORT:
+            return
+        assert self.scoreboard is not None
+        capacity = self.scoreboard.size
+        kind = self.steering_kind
+        if kind in (SteeringKind.AUTO, SteeringKind.P2C):
+            board: LoadBoard | None = None
+            try:
+                board = LoadBoard(capacity, ebpf=True)
+                self.listeners.use_kernel_steering(KernelSteering(board, len(self.listeners.binds)))
+            except OSError as exc:
+                if board is not None:
+                    board.close()
+                why = f"the kernel refused the eBPF program ({errno_name(exc)}"
+                why += ": it needs CAP_BPF or CAP_SYS_ADMIN)" if exc.errno in (1, 13) else ")"
+                if kind is SteeringKind.P2C:
+                    log.warning("--steering p2c: %s; steering with load (cBPF) instead", why)
+                else:
+                    log.info("Steering: %s; using load (cBPF, sampled every 20 ms)", why)
+                self.steering_kind = SteeringKind.LOAD
+                self.steering = Steering(load_aware=True)
+            else:
+                self.steering_kind = SteeringKind.P2C
+        if self.rescue and self.listeners.board is None:
+            self.listeners.use_board(LoadBoard(capacity, ebpf=False))
+        log.info(
+            "Steering: %s; sibling rescue %s",
+            _STEERING_SHOWN[self.steering_kind],
+            "on" if self.rescue else "off",
+        )
+
+    def _tell_siblings(self, slot: int, *, gone: bool = False) -> None:
+        """Sibling rescue: hand every other worker ``slot``'s sockets, or take them back."""
+        if not self.rescue:
+            return
+        socks = [] if gone else self.listeners.for_slot(slot)
+        message = {"type": "sibling_gone" if gone else "sibling", "slot": slot}
+        for handle in list(self.workers.values()):
+            if handle.slot == slot or handle.leaving:
+                continue
+            try:
+                worker_mod.send_message(handle.channel, message, [s.fileno() for s in socks])
+            except OSError as exc:
+                log.debug("could not tell worker %d about slot %d (%s)", handle.slot, slot, exc)
 
     # ------------------------------------------------------------------ spawning
     def _spawn(self, slot: int, cause: SpawnCause, *, replaces: int | None = None) -> bool:
@@ -507,6 +610,7 @@ class Arbiter:
         self.generation += 1
         parent_ch, child_ch = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         inherited = self.listeners.for_slot(slot)
+        lane = self._free_lane(slot)
         spec = worker_mod.WorkerSpec(
             slot=slot,
             generation=self.generation,
@@ -521,6 +625,14 @@ class Arbiter:
             max_requests=self._request_limit(),
             uid=self.uid,
             gid=self.gid,
+            board=self.listeners.board,
+            lane=lane,
+            siblings=tuple(
+                (other, tuple(sock.fileno() for sock in socks))
+                for other, socks in self.listeners.siblings_of(slot).items()
+            )
+            if self.rescue
+            else (),
         )
         pid = os.fork()
         if pid == 0:  # child
@@ -546,12 +658,27 @@ class Arbiter:
             started=now,
             cause=cause,
             opens_socket=opens_socket,
+            lane=lane,
             replaces=replaces,
             last_busy=now,
         )
         self.events.spawned(cause, slot)
         log.debug("spawned worker %d (pid %d, %s)", slot, pid, cause.value)
         return True
+
+    def _free_lane(self, slot: int) -> int:
+        """A load-board lane no other worker of ``slot`` writes.
+
+        A slot has two: its serving worker and a replacement.  If a third
+        worker overlaps (a replaced one still finishing), it shares the lane
+        of the one on its way out, whose counts then matter least.
+        """
+        used = {h.lane: h for h in self.workers.values() if h.slot == slot}
+        for lane in (0, 1):
+            if lane not in used:
+                return lane
+        leaving = [lane for lane, h in used.items() if h.leaving]
+        return leaving[0] if leaving else 0
 
     def _request_limit(self) -> int:
         limit = self.config.max_requests
@@ -570,7 +697,7 @@ class Arbiter:
             handle.channel.close()
         if self.control is not None:
             self.control.close_in_child()
-        self.listeners.close_in_child(slot)
+        self.listeners.close_in_child(slot, siblings=self.rescue)
 
     # ------------------------------------------------------------------ messages
     def _read_channel(self, handle: WorkerHandle) -> None:
@@ -581,8 +708,8 @@ class Arbiter:
         kind = message.get("type")
         if kind == "listening":
             # Whatever its state: its sockets joined the groups.
-            if fds:
-                self.listeners.slot_opened(handle.slot, fds)
+            if fds and self.listeners.slot_opened(handle.slot, fds):
+                self._tell_siblings(handle.slot)
             if handle.state is WorkerState.BOOTING:
                 handle.to(WorkerState.STARTING)
             return
@@ -661,6 +788,8 @@ class Arbiter:
             handle.channel.close()
             if self.scoreboard is not None:
                 self.scoreboard.clear(handle.row)
+            if self.listeners.board is not None and handle.slot < self.listeners.board.capacity:
+                self.listeners.board.lane_gone(handle.slot, handle.lane)
             self._on_exit(handle, status)
 
     def _reap_blocking(self) -> None:
@@ -826,6 +955,9 @@ class Arbiter:
                 kind=config.steering,
                 steered_away=tuple(self.listeners.steered_away()),
                 stalled=tuple(self.steering.stalled),
+                active=self.steering_kind,
+                rescue=self.rescue,
+                loads=self._loads(),
             ),
             events=self.events.snapshot(),
         )

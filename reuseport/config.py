@@ -73,10 +73,12 @@ class ProcessManager(enum.Enum):
 
 
 class SteeringKind(enum.Enum):
-    """How a reuseport group's new connections are spread (see steering.py)."""
+    """How a reuseport group's new connections are spread (see steering.py, loadboard.py)."""
 
+    AUTO = "auto"  # p2c where the kernel lets us load eBPF, else load
+    P2C = "p2c"  # eBPF: per connection, the less loaded of two hashed workers
+    LOAD = "load"  # cBPF: the master samples the queues and skips workers that fall behind
     HASH = "hash"  # the kernel's hash; only a draining slot is steered away from
-    LOAD = "load"  # also skip workers that fall behind or are not ready
 
 
 class Lifespan(enum.Enum):
@@ -183,7 +185,8 @@ class Config:
     interface: Interface = Interface.AUTO
     loop: LoopKind = LoopKind.AUTO
     backlog: int = 2048
-    steering: SteeringKind = SteeringKind.HASH
+    steering: SteeringKind = SteeringKind.AUTO
+    rescue: bool = True  # reuseport mode: siblings serve a stalled worker's queue
 
     # Process manager (php-fpm names in comments).
     pm: ProcessManager = ProcessManager.STATIC

@@ -15,7 +15,7 @@ import contextlib
 import inspect
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config import Lifespan
@@ -192,6 +192,9 @@ class AsgiApp(HostedApp):
         if self.http is None:
             self.http = HttpServer(self.app, self.ctx.config, self.ctx.stats, self.state)
         return self.http
+
+    def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
+        return self.http_server()
 
     async def serve(self, sockets: Sequence[socket.socket]) -> None:
         loop = asyncio.get_running_loop()

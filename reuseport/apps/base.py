@@ -12,6 +12,12 @@ worker drives every adapter through the same three steps:
    for up to ``timeout`` seconds, close idle keep-alive connections politely,
    then run app-level shutdown.  It must return within about ``timeout``.
 
+Sibling rescue: an adapter whose connections come from a protocol factory
+says so in ``protocol_factory()``; the worker may then ``rescue(sock)``: serve
+a stalled sibling's listening socket for a while with the same factory, each
+connection counted in ``stats.rescued``.  An app that accepts by itself (the
+``socket`` interface) returns None and is never asked.
+
 Counters go to ``WorkerContext.stats`` (plain attributes, no locks: the worker
 copies them into the shared scoreboard on its heartbeat).  ``WorkerStats``,
 ``ManagedConnection`` and ``Connections`` live in ``reuseport.connections``
@@ -23,7 +29,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..config import Config, Mode
@@ -50,6 +56,7 @@ class HostedApp(abc.ABC):
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self.servers: list[asyncio.Server] = []
+        self.rescue_servers: set[asyncio.Server] = set()
 
     async def startup(self) -> None:  # noqa: B027 - optional hook
         """Prepare the app before serving (default: nothing to do)."""
@@ -61,6 +68,35 @@ class HostedApp(abc.ABC):
     @abc.abstractmethod
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, drain, and clean up within about ``timeout`` seconds."""
+
+    def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol] | None:
+        """What ``serve`` hands the loop for each socket; None: the app accepts by itself."""
+        return None
+
+    async def rescue(self, sock: socket.socket) -> asyncio.Server | None:
+        """Serve a sibling's listening socket too, until the returned server is closed.
+
+        ``sock`` is this worker's own copy (the server closes it); the
+        sibling's socket stays in its group.  None if the app cannot be
+        rescued into (no protocol factory).
+        """
+        factory = self.protocol_factory()
+        if factory is None:
+            return None
+        stats = self.ctx.stats
+
+        def rescued() -> asyncio.BaseProtocol:
+            stats.rescued += 1
+            return factory()
+
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(rescued, sock=sock, backlog=self.ctx.config.backlog)
+        self.rescue_servers.add(server)
+        return server
+
+    def end_rescue(self, server: asyncio.Server) -> None:
+        self.rescue_servers.discard(server)
+        server.close()
 
     async def stop_accepting(self) -> None:
         """Accept no more connections; return once every accepted one is known.
@@ -75,11 +111,13 @@ class HostedApp(abc.ABC):
         close the servers, and let their ``connection_made`` calls run.
         """
         loop = asyncio.get_running_loop()
-        for server in self.servers:
+        servers = [*self.servers, *self.rescue_servers]
+        self.rescue_servers.clear()
+        for server in servers:
             for sock in server.sockets:
                 loop.remove_reader(sock.fileno())
         await _settle()
-        for server in self.servers:
+        for server in servers:
             server.close()
         await _settle()
 

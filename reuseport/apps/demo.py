@@ -17,7 +17,7 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from email.utils import formatdate
 from typing import cast
 from urllib.parse import parse_qs
@@ -85,11 +85,14 @@ class DemoApp(HostedApp):
         while time.perf_counter() < deadline:
             pass
 
+    def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
+        return lambda: DemoProtocol(self)
+
     async def serve(self, sockets: Sequence[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
         for sock in sockets:
             server = await loop.create_server(
-                lambda: DemoProtocol(self), sock=sock, backlog=self.ctx.config.backlog
+                self.protocol_factory(), sock=sock, backlog=self.ctx.config.backlog
             )
             self.servers.append(server)
 
@@ -114,13 +117,11 @@ class DemoProtocol(asyncio.Protocol, ManagedConnection):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        stats = self.app.ctx.stats
-        stats.connections += 1
-        stats.accepted += 1
+        self.app.ctx.stats.opened()
         self.app.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.app.ctx.stats.connections -= 1
+        self.app.ctx.stats.closed()
         self.app.connections.discard(self)
         self.transport = None
 

@@ -50,8 +50,7 @@ class StreamApp(HostedApp):
 
     async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         stats = self.ctx.stats
-        stats.connections += 1
-        stats.accepted += 1
+        stats.opened()
         stats.in_flight += 1
         task = asyncio.current_task()
         assert task is not None
@@ -63,11 +62,15 @@ class StreamApp(HostedApp):
         except Exception:
             log.exception("stream handler raised")
         finally:
-            stats.connections -= 1
+            stats.closed()
             stats.in_flight -= 1
             stats.requests += 1
             self.tasks.discard(cast("asyncio.Task[None]", task))
             writer.close()
+
+    def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
+        # What asyncio.start_server builds for each connection.
+        return lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._run)
 
     async def serve(self, sockets: Sequence[socket.socket]) -> None:
         for sock in sockets:
@@ -93,8 +96,7 @@ class _Tracked(asyncio.Protocol):
         self.owner.live.add(self)
         self.owner.drained.clear()
         stats = self.owner.ctx.stats
-        stats.connections += 1
-        stats.accepted += 1
+        stats.opened()
         stats.in_flight += 1
         try:
             self.inner.connection_made(transport)
@@ -115,7 +117,7 @@ class _Tracked(asyncio.Protocol):
             return False
         self.owner.live.discard(self)
         stats = self.owner.ctx.stats
-        stats.connections -= 1
+        stats.closed()
         stats.in_flight -= 1
         stats.requests += 1
         if not self.owner.live:
@@ -152,6 +154,9 @@ class PlainProtocolApp(HostedApp):
             # buffered protocols untracked rather than break them.
             return inner
         return _Tracked(inner, self)
+
+    def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
+        return self._make
 
     async def serve(self, sockets: Sequence[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
