@@ -513,16 +513,28 @@ class Arbiter:
         board = self.listeners.board
         if self.listeners.kernel is None or board is None:
             return ()
+        now_ns = time.monotonic_ns()
         return tuple(
             SlotLoadStatus(
-                slot=slot, load=board.load(slot), queued=board.queued(slot), open=board.open(slot)
+                slot=slot,
+                load=board.load(slot, now_ns),
+                queued=board.queued(slot),
+                open=board.open(slot),
+                stalled=board.stalled(slot, now_ns),
             )
             for slot in sorted(self.listeners.order)
             if slot < board.capacity
         )
 
     def _tend_board(self) -> None:
-        """p2c: re-anchor each slot's queue count on the real queue; penalise stale loops."""
+        """p2c: re-anchor each slot's queue count on the real queue; penalise stalled slots.
+
+        The program compares loads, so a worker that stopped accepting keeps
+        winning comparisons whenever a burst makes the others' queues as long
+        as its own.  A slot whose queue stands still (or whose loop misses
+        heartbeats) is therefore penalised until it moves again, the same
+        judgement ``--steering load`` makes (``Steering.behind``).
+        """
         board = self.listeners.board
         if board is None or self.scoreboard is None:
             return
@@ -532,13 +544,18 @@ class Arbiter:
             for h in self.workers.values()
             if h.serving
         }
+        stalled = []
         for slot in self.listeners.order:
             if slot >= board.capacity:
                 continue
             depth = self.listeners.queue_depth(slot)
-            board.rebase(slot, depth[0] if depth else 0)
-            stale = beats.get(slot, 0.0) > self.steering.stale_after
-            board.set_penalty(slot, PENALTY_STALE if stale else 0)
+            queue = depth[0] if depth else 0
+            board.rebase(slot, queue)
+            behind = self.steering.behind(slot, queue, beats.get(slot), now)
+            board.set_penalty(slot, PENALTY_STALE if behind else 0)
+            if behind:
+                stalled.append(slot)
+        self.steering.stalled = stalled
 
     def _setup_steering(self) -> None:
         """Reuseport mode: load the p2c program where asked and allowed; make the load board.

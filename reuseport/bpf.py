@@ -190,6 +190,7 @@ _BPF_MOV = 0xB0
 _BPF_K = 0x00
 _BPF_EXIT = 0x90
 _INSN = struct.Struct("=BBhi")  # struct bpf_insn: code, dst_reg:4 + src_reg:4, off, imm
+_VERIFIER_LOG = 64 * 1024  # bytes of the verifier's explanation kept when a load fails
 
 
 class BpfCmd(enum.IntEnum):
@@ -320,7 +321,21 @@ def load_sk_reuseport(
     )
     # `buffer` and `license_` live in this frame until bpf() returns; the
     # kernel copies both during the call.
-    return bpf(BpfCmd.PROG_LOAD, attr)
+    try:
+        return bpf(BpfCmd.PROG_LOAD, attr)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EINVAL):
+            raise
+        # The verifier refused it (or the kernel lacks a feature): load again
+        # with its log on, so the error says why.
+        log = ctypes.create_string_buffer(_VERIFIER_LOG)
+        attr.log_level, attr.log_size, attr.log_buf = 1, _VERIFIER_LOG, ctypes.addressof(log)
+        try:
+            return bpf(BpfCmd.PROG_LOAD, attr)
+        except OSError as again:
+            lines = log.value.decode("ascii", "replace").strip().splitlines()
+            why = " / ".join(lines[-3:]) if lines else "no verifier log"
+            raise OSError(again.errno, f"{again.strerror} (verifier: {why})") from None
 
 
 def attach_ebpf(sock: socket.socket, prog_fd: int) -> None:
@@ -418,7 +433,7 @@ class Asm:
 
     W, DW = _W, _DW  # access sizes: u32, u64
     ADD, SUB, LSH, RSH, MOD, MOV = 0x00, 0x10, 0x60, 0x70, 0x90, 0xB0
-    JA, JEQ, JGT, JGE, JNE, JSGT, JLT = 0x00, 0x10, 0x20, 0x30, 0x50, 0x60, 0xA0
+    JA, JEQ, JGT, JGE, JNE, JSGT, JLT, JLE = 0x00, 0x10, 0x20, 0x30, 0x50, 0x60, 0xA0, 0xB0
 
     def __init__(self) -> None:
         self._insns: list[tuple[int, int, int, int | str, int]] = []

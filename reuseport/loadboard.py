@@ -47,6 +47,7 @@ import mmap
 import os
 import socket
 import struct
+import time
 from collections.abc import Sequence
 
 from .bpf import (
@@ -64,8 +65,11 @@ from .bpf import (
 
 __all__ = ["PENALTY_STALE", "KernelSteering", "Lane", "LoadBoard", "p2c_program"]
 
-_ASSIGNED, _BASE, _ACCEPTED, _OPEN, _PENALTY = 0, 1, 2, 4, 6
-_SLOT_CELLS = 8
+# Cells of a slot's block (two-cell fields: one cell per lane).
+_ASSIGNED, _BASE, _ACCEPTED, _OPEN, _PENALTY, _LAST, _SINCE = 0, 1, 2, 4, 6, 7, 9
+_SLOT_CELLS = 16  # a power of two: the program finds a block with one shift
+_SLOT_SHIFT = 7  # log2(_SLOT_CELLS * _CELL)
+STALL_NS = 10_000_000  # a queue that holds connections this long with no accept: stalled
 _CELL = 8
 _MASK = (1 << 64) - 1  # cells wrap like the kernel's u64 arithmetic
 PENALTY_STALE = 1 << 20  # a stalled slot loses every comparison
@@ -158,9 +162,20 @@ class LoadBoard:
         ) & _MASK
         return 0 if queued >= 1 << 63 else int(queued)
 
-    def load(self, slot: int) -> int:
-        """What the program compares (see the module docstring)."""
-        return self.queued(slot) + self.open(slot) + int(self.cells[self._cell(slot, _PENALTY)])
+    def load(self, slot: int, now_ns: int | None = None) -> int:
+        """What the program compares (see the module docstring); with ``now_ns``,
+        as it would at that moment, the stall penalty included."""
+        load = self.queued(slot) + self.open(slot) + int(self.cells[self._cell(slot, _PENALTY)])
+        if now_ns is not None and self.stalled(slot, now_ns):
+            load += PENALTY_STALE
+        return load
+
+    def stalled(self, slot: int, now_ns: int) -> bool:
+        """The program's stall test: queued for ``STALL_NS`` with no accept (see the module)."""
+        cells = self.cells
+        index = self._cell(slot, 0)
+        since = max(cells[index + _SINCE], cells[index + _LAST], cells[index + _LAST + 1])
+        return self.queued(slot) > 0 and now_ns - since > STALL_NS
 
     def rebase(self, slot: int, queue: int) -> None:
         """Re-anchor the slot's queue term on ``queue``, its real accept-queue length."""
@@ -190,7 +205,12 @@ class LoadBoard:
     def lane(self, slot: int, lane: int) -> Lane:
         if lane not in (0, 1):
             raise ValueError(f"lane {lane} is not 0 or 1")
-        return Lane(self.cells, self._cell(slot, _ACCEPTED + lane), self._cell(slot, _OPEN + lane))
+        return Lane(
+            self.cells,
+            self._cell(slot, _ACCEPTED + lane),
+            self._cell(slot, _OPEN + lane),
+            self._cell(slot, _LAST + lane),
+        )
 
     def close_fd(self) -> None:
         """Drop the map's fd; the mapping stays valid (a worker needs only that)."""
@@ -207,22 +227,30 @@ class LoadBoard:
 class Lane:
     """One worker's cells in its slot: what it accepted from its own queue, what it has open.
 
-    ``publish`` is called on every connection opened and closed; it is two
+    ``publish`` is called on every connection opened and closed; it is a few
     stores into shared memory.  The accepted count continues where the lane's
-    previous worker left it, so the slot's sum only ever grows.
+    previous worker left it, so the slot's sum only ever grows; when it moves,
+    the time of that accept goes in too (``CLOCK_MONOTONIC`` ns, the program's
+    clock), which is how the program tells a stalled worker from a busy one.
     """
 
-    __slots__ = ("_accepted", "_cells", "_offset", "_open")
+    __slots__ = ("_accepted", "_cells", "_last", "_last_value", "_offset", "_open")
 
-    def __init__(self, cells: memoryview, accepted: int, open_: int) -> None:
+    def __init__(self, cells: memoryview, accepted: int, open_: int, last: int) -> None:
         self._cells = cells
         self._accepted = accepted
         self._open = open_
+        self._last = last
         self._offset = int(cells[accepted])
+        self._last_value = self._offset
 
     def publish(self, accepted: int, open_: int) -> None:
         cells = self._cells
-        cells[self._accepted] = self._offset + accepted
+        total = self._offset + accepted
+        if total != self._last_value:
+            self._last_value = total
+            cells[self._last] = time.monotonic_ns()
+            cells[self._accepted] = total
         cells[self._open] = open_
 
 
@@ -230,9 +258,11 @@ class Lane:
 
 _CTX_HASH = 32  # offsetof(struct sk_reuseport_md, hash)
 _HELPER_MAP_LOOKUP = 1
+_HELPER_KTIME_GET_NS = 5  # CLOCK_MONOTONIC, as time.monotonic_ns()
 _HELPER_SK_SELECT_REUSEPORT = 82
 # Stack slots (offsets from r10).
-_KEY, _SEL, _I1, _SLOT1, _SLOT2, _LOAD1, _CHOSEN = -4, -8, -16, -24, -32, -40, -48
+_KEY, _SEL, _I1, _SLOT1, _SLOT2, _LOAD1, _CHOSEN, _NOW = -4, -8, -16, -24, -32, -40, -48, -56
+_QUEUED1, _QUEUED2, _QUEUED = -64, -72, -80
 
 
 def p2c_program(board_fd: int, socks_fd: int, capacity: int) -> list[EbpfInsn]:
@@ -242,19 +272,29 @@ def p2c_program(board_fd: int, socks_fd: int, capacity: int) -> list[EbpfInsn]:
     ``REUSEPORT_SOCKARRAY`` of this group's sockets keyed by slot.  With n
     active slots, candidate one is ``active[hash % n]`` and candidate two
     another active slot chosen by the hash's upper bits, so two candidates
-    always differ when n > 1 (with two workers: join the shorter queue).  The
-    chosen slot's ``ASSIGNED`` is bumped once the selection succeeded.  If
-    anything is missing (no active slot, no socket for the slot), the program
-    returns SK_PASS without a selection and the kernel falls back to its hash.
+    always differ when n > 1 (with two workers: join the shorter queue).
 
-    Every index is bounds-checked against ``capacity`` right before use so
-    the verifier can prove each memory access stays inside the map value.
+    A candidate is *stalled* when its queue term is positive and neither an
+    accept (its lanes' ``LAST``) nor the moment its queue last went from
+    empty to non-empty (``SINCE``, which this program writes) is more recent
+    than ``STALL_NS``: it then gets ``PENALTY_STALE`` added, so a worker that
+    stopped accepting is avoided within milliseconds, without waiting for
+    the master's sampling.  A busy worker that keeps accepting is not.
+
+    The chosen slot's ``ASSIGNED`` is bumped once the selection succeeded
+    (and its ``SINCE`` set if its queue was empty).  If anything is missing
+    (no active slot, no socket for the slot), the program returns SK_PASS
+    without a selection and the kernel falls back to its hash.  Every index
+    is bounds-checked against ``capacity`` right before use so the verifier
+    can prove each memory access stays inside the map value.
     """
     r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10 = range(11)
     base = _CELL * _slot_base(capacity)
     a = Asm()
     a.alu_reg(Asm.MOV, r6, r1)  # r6 = ctx
     a.load(r7, r6, _CTX_HASH, size=Asm.W)  # r7 = hash
+    a.call(_HELPER_KTIME_GET_NS)
+    a.store(r10, _NOW, r0)
     a.store_imm(r10, _KEY, 0, size=Asm.W)
     a.load_map(r1, board_fd)
     a.alu_reg(Asm.MOV, r2, r10)
@@ -275,8 +315,60 @@ def p2c_program(board_fd: int, socks_fd: int, capacity: int) -> list[EbpfInsn]:
     a.load(r1, r1, _CELL)
     a.jump_imm(Asm.JGE, r1, capacity, "pass")
     a.store(r10, _SLOT1, r1)
-    a.alu_reg(Asm.MOV, r2, r1)  # chosen = slot one, if it is the only one
-    a.jump_imm(Asm.JEQ, r9, 1, "select")
+
+    def block_of(slot: int, block: int) -> None:
+        # block = &board[base + slot * _SLOT_CELLS]
+        a.alu_reg(Asm.MOV, block, slot)
+        a.alu_imm(Asm.LSH, block, _SLOT_SHIFT)
+        a.alu_imm(Asm.ADD, block, base)
+        a.alu_reg(Asm.ADD, block, r8)
+
+    emitted = [0]  # slot_load is emitted more than once: its labels need a suffix
+
+    def slot_load(slot: int, out: int, queued_at: int) -> None:
+        # out = queued (+ PENALTY_STALE if stalled) + OPEN0 + OPEN1 + PENALTY;
+        # queued = max(0, ASSIGNED - BASE - ACCEPTED0 - ACCEPTED1), kept at queued_at.
+        block, tmp, since = r3, r5, r1
+        emitted[0] += 1
+        n = emitted[0]
+        block_of(slot, block)
+        a.load(out, block, _CELL * _ASSIGNED)
+        for field in (_BASE, _ACCEPTED, _ACCEPTED + 1):
+            a.load(tmp, block, _CELL * field)
+            a.alu_reg(Asm.SUB, out, tmp)
+        a.jump_imm(Asm.JSGT, out, 0, f"queued{n}")
+        a.alu_imm(Asm.MOV, out, 0)
+        a.store(r10, queued_at, out)
+        a.jump(f"open{n}")
+        a.label(f"queued{n}")
+        a.store(r10, queued_at, out)
+        # Stalled?  since = max(SINCE, LAST0, LAST1); now - since > STALL_NS.
+        a.load(since, block, _CELL * _SINCE)
+        for field in (_LAST, _LAST + 1):
+            a.load(tmp, block, _CELL * field)
+            a.jump_reg(Asm.JGE, since, tmp, f"later{n}{field}")
+            a.alu_reg(Asm.MOV, since, tmp)
+            a.label(f"later{n}{field}")
+        a.load(tmp, r10, _NOW)
+        a.alu_reg(Asm.SUB, tmp, since)
+        a.jump_imm(Asm.JSGT, tmp, 0, f"age{n}")
+        a.jump(f"open{n}")  # a clock step back: not stalled
+        a.label(f"age{n}")
+        a.jump_imm(Asm.JLE, tmp, STALL_NS, f"open{n}")
+        a.alu_imm(Asm.ADD, out, PENALTY_STALE)
+        a.label(f"open{n}")
+        for field in (_OPEN, _OPEN + 1, _PENALTY):
+            a.load(tmp, block, _CELL * field)
+            a.alu_reg(Asm.ADD, out, tmp)
+
+    a.jump_imm(Asm.JNE, r9, 1, "two")
+    # One active slot: it is the choice; only its queue term is needed.
+    slot_load(r1, r4, _QUEUED1)
+    a.load(r2, r10, _SLOT1)
+    a.load(r4, r10, _QUEUED1)
+    a.store(r10, _QUEUED, r4)
+    a.jump("select")
+    a.label("two")
     # Candidate two: active[(i1 + 1 + (hash >> 8) % (n - 1)) % n], never i1.
     a.alu_reg(Asm.MOV, r2, r7)
     a.alu_imm(Asm.RSH, r2, 8)
@@ -293,36 +385,21 @@ def p2c_program(board_fd: int, socks_fd: int, capacity: int) -> list[EbpfInsn]:
     a.load(r2, r2, _CELL)
     a.jump_imm(Asm.JGE, r2, capacity, "pass")
     a.store(r10, _SLOT2, r2)
-
-    def slot_load(slot: int, out: int) -> None:
-        # out = max(0, ASSIGNED - BASE - ACCEPTED0 - ACCEPTED1) + OPEN0 + OPEN1 + PENALTY
-        block, tmp = r3, r5
-        a.alu_reg(Asm.MOV, block, slot)
-        a.alu_imm(Asm.LSH, block, 6)  # 8 cells of 8 bytes
-        a.alu_imm(Asm.ADD, block, base)
-        a.alu_reg(Asm.ADD, block, r8)
-        a.load(out, block, _CELL * _ASSIGNED)
-        for field in (_BASE, _ACCEPTED, _ACCEPTED + 1):
-            a.load(tmp, block, _CELL * field)
-            a.alu_reg(Asm.SUB, out, tmp)
-        a.jump_imm(Asm.JSGT, out, 0, f"positive{slot}")
-        a.alu_imm(Asm.MOV, out, 0)
-        a.label(f"positive{slot}")
-        for field in (_OPEN, _OPEN + 1, _PENALTY):
-            a.load(tmp, block, _CELL * field)
-            a.alu_reg(Asm.ADD, out, tmp)
-
     a.load(r1, r10, _SLOT1)
     a.jump_imm(Asm.JGE, r1, capacity, "pass")
-    slot_load(r1, r4)
+    slot_load(r1, r4, _QUEUED1)
     a.store(r10, _LOAD1, r4)
     a.load(r2, r10, _SLOT2)
     a.jump_imm(Asm.JGE, r2, capacity, "pass")
-    slot_load(r2, r4)
+    slot_load(r2, r4, _QUEUED2)
     a.load(r5, r10, _LOAD1)
     a.load(r2, r10, _SLOT2)
+    a.load(r0, r10, _QUEUED2)
+    a.store(r10, _QUEUED, r0)
     a.jump_reg(Asm.JLT, r4, r5, "select")  # strictly less: ties go to candidate one
     a.load(r2, r10, _SLOT1)
+    a.load(r0, r10, _QUEUED1)
+    a.store(r10, _QUEUED, r0)
     a.label("select")
     a.jump_imm(Asm.JGE, r2, capacity, "pass")
     a.store(r10, _CHOSEN, r2)
@@ -336,11 +413,14 @@ def p2c_program(board_fd: int, socks_fd: int, capacity: int) -> list[EbpfInsn]:
     a.jump_imm(Asm.JNE, r0, 0, "pass")
     a.load(r2, r10, _CHOSEN)
     a.jump_imm(Asm.JGE, r2, capacity, "pass")
-    a.alu_imm(Asm.LSH, r2, 6)
-    a.alu_imm(Asm.ADD, r2, base)
-    a.alu_reg(Asm.ADD, r2, r8)
+    block_of(r2, r3)
     a.alu_imm(Asm.MOV, r1, 1)
-    a.atomic_add(r2, _CELL * _ASSIGNED, r1)
+    a.atomic_add(r3, _CELL * _ASSIGNED, r1)
+    # Its queue was empty: it starts being non-empty now.
+    a.load(r4, r10, _QUEUED)
+    a.jump_imm(Asm.JNE, r4, 0, "pass")
+    a.load(r4, r10, _NOW)
+    a.store(r3, _CELL * _SINCE, r4)
     a.label("pass")
     a.alu_imm(Asm.MOV, r0, 1)  # SK_PASS
     a.exit()

@@ -168,9 +168,10 @@ class SlotLoadStatus:
     """One slot's row of the load board (see ``loadboard.py``)."""
 
     slot: int
-    load: int  # what the p2c program compares
+    load: int  # what the p2c program compares (stall penalties included)
     queued: int  # connections it sent there that no worker of the slot accepted yet
     open: int  # connections the slot's workers have open
+    stalled: bool = False  # queued, and nothing accepted for loadboard.STALL_NS
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
