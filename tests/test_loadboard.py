@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from features import requires_ebpf, requires_reuseport
+from features import requires_p2c, requires_reuseport
 
 from reuseport import loadboard
 from reuseport.loadboard import (
@@ -166,7 +166,7 @@ def steered() -> Iterator[tuple[LoadBoard, KernelSteering, dict[int, socket.sock
 
 
 @requires_reuseport
-@requires_ebpf
+@requires_p2c
 def test_p2c_keeps_queues_level_when_nobody_accepts(
     steered: tuple[LoadBoard, KernelSteering, dict[int, socket.socket]],
 ) -> None:
@@ -190,7 +190,7 @@ def test_p2c_keeps_queues_level_when_nobody_accepts(
 
 
 @requires_reuseport
-@requires_ebpf
+@requires_p2c
 def test_p2c_avoids_a_slot_whose_queue_stands_still_but_not_one_that_accepts(
     steered: tuple[LoadBoard, KernelSteering, dict[int, socket.socket]],
 ) -> None:
@@ -219,7 +219,7 @@ def test_p2c_avoids_a_slot_whose_queue_stands_still_but_not_one_that_accepts(
 
 
 @requires_reuseport
-@requires_ebpf
+@requires_p2c
 def test_p2c_avoids_a_penalised_slot_and_one_that_is_not_active(
     steered: tuple[LoadBoard, KernelSteering, dict[int, socket.socket]],
 ) -> None:
@@ -243,7 +243,7 @@ def test_p2c_avoids_a_penalised_slot_and_one_that_is_not_active(
 
 
 @requires_reuseport
-@requires_ebpf
+@requires_p2c
 def test_a_slot_missing_from_the_socket_map_falls_back_to_the_hash(
     steered: tuple[LoadBoard, KernelSteering, dict[int, socket.socket]],
 ) -> None:

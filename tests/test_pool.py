@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 from apps_pool import BROKEN, RELOADABLE
-from features import requires_cbpf, requires_ebpf, requires_reuseport
+from features import requires_cbpf, requires_p2c, requires_reuseport
 from support import (
     REPO_ROOT,
     Server,
@@ -266,7 +266,7 @@ def test_sigkilled_worker_loses_none_of_its_queued_connections(control: str) -> 
     ("steering", "least_queued"),
     [
         ("hash", 20),  # binomial(150, 1/3): the drain has real work to do
-        pytest.param("p2c", 1, marks=requires_ebpf),  # p2c sends a stopped worker few
+        pytest.param("p2c", 1, marks=requires_p2c),  # p2c sends a stopped worker few
     ],
 )
 def test_scale_down_drains_a_full_queue_without_loss(

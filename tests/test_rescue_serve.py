@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from features import requires_ebpf, requires_reuseport
+from features import requires_p2c, requires_reuseport
 from support import Server, read_responses, send_requests, wait_until
 
 from reuseport.control import query
@@ -46,7 +46,7 @@ def _accepted_by(control: str) -> dict[int, int]:
 
 @pytest.mark.parametrize(
     "steering",
-    ["hash", "load", pytest.param("p2c", marks=requires_ebpf), "auto"],
+    ["hash", "load", pytest.param("p2c", marks=requires_p2c), "auto"],
 )
 def test_a_stopped_workers_new_connections_are_all_answered_by_its_siblings(
     tmp_path: Path, steering: str
@@ -124,7 +124,7 @@ def test_rescue_stops_when_the_worker_runs_again(tmp_path: Path) -> None:
         assert server.stop() == 0
 
 
-@requires_ebpf
+@requires_p2c
 def test_p2c_keeps_new_connections_from_a_stopped_worker(tmp_path: Path) -> None:
     """Without rescue.  Once its queue stands still, no new connection is queued there.
 

@@ -299,10 +299,13 @@ def run_bench(
 
 
 STEERED_MODE = "reuseport+load"  # reuseport mode with --steering load
+# reuseport+hash: the kernel's hash alone (no steering, no rescue), the
+# behaviour every reuseport server had before load-aware steering.
+MODES = ("reuseport", "shared", "auto", "reuseport+hash", STEERED_MODE, "reuseport+p2c")
 
 
 def modes_from_text(text: str) -> tuple[str, ...]:
-    allowed = ("reuseport", "shared", "auto", STEERED_MODE)
+    allowed = MODES
     modes = tuple(m.strip().lower() for m in text.split(",") if m.strip())
     for mode in modes:
         if mode not in allowed:

@@ -74,14 +74,18 @@ def fetch_worker(port: int, *, timeout: float = 1.0) -> tuple[int, int] | None:
 
 
 def _mode_args(mode: str) -> list[str]:
+    """``reuseport+hash`` is the kernel's plain hash (no steering, no rescue)."""
     base, _, steering = mode.partition("+")
+    if steering == "hash":
+        return ["--mode", base, "--steering", "hash", "--no-rescue"]
     return ["--mode", base, *(["--steering", steering] if steering else [])]
 
 
 class ServerProcess:
     """``python -m reuseport serve`` on 127.0.0.1:0 in one mode.
 
-    The mode ``reuseport+load`` is reuseport mode with ``--steering load``.
+    ``reuseport+STEERING`` is reuseport mode with ``--steering STEERING``;
+    ``reuseport+hash`` also turns sibling rescue off (the kernel alone).
     """
 
     def __init__(
