@@ -135,6 +135,7 @@ class RequestCycle:
             "query_string": query,
             "headers": headers,
             "state": server.state.copy(),
+            "extensions": {"reuseport.drain": server.drain_extension},
         }
         self.proto = proto
         self.response = response
