@@ -28,6 +28,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = ["Connections", "ManagedConnection", "StopReason", "WorkerStats", "going_away_grace"]
@@ -96,6 +97,9 @@ class Connections:
 
     def __len__(self) -> int:
         return len(self._live)
+
+    def __iter__(self) -> Iterator[ManagedConnection]:
+        return iter(list(self._live))
 
     def add(self, conn: ManagedConnection) -> None:
         self._live.add(conn)
