@@ -74,6 +74,7 @@ class HttpServer:
         self._tick_handle: asyncio.TimerHandle | None = None
         self.draining = asyncio.Event()
         self.drain_extension: dict[str, Any] = {"event": self.draining}
+        self.http_extensions: dict[str, Any] = {"reuseport.drain": self.drain_extension}
         self.upgrades = Upgrades(self, config)
         self._refresh()
 

@@ -197,7 +197,6 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
         self.disconnect: Message | None = None  # queued once the connection ends
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
-        self.app_running = False
         self.early = b""  # bytes read before the app accepted
         self.fragments: list[bytes] = []  # the message being received, when fragmented
         self.fragment_text = False
@@ -249,7 +248,6 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
             return
         self.stats.in_flight += 1
         server.active += 1
-        self.app_running = True
         self.flow.resume_reading()
         task = self.loop.create_task(self._run_app())
         self.task = task
@@ -269,7 +267,6 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
     def _app_done(self, exc: BaseException | None) -> None:
         server = self.server
         server.active -= 1
-        self.app_running = False
         task = self.task
         if task is not None:
             server.tasks.discard(task)
