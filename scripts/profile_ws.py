@@ -9,7 +9,8 @@ reads the messages back out as the ASGI layer would (text decoded to ``str``,
 fragments joined), and frames the same message back, as an echo does.
 
 Libraries (``--lib``): ``websockets`` (``websockets.protocol`` sans-IO, with
-its C masking speed-up) and ``wsproto``.  Messages (``--size``): ``small``
+its C masking speed-up) and ``wsproto`` (not a dependency of reuseport:
+``.venv/bin/pip install wsproto`` to compare).  Messages (``--size``): ``small``
 (a 32-character text message) or ``64k`` (a 64 KiB binary message).
 ``--lib none`` only builds the client frames: the baseline ``--callgrind``
 subtracts.
