@@ -535,7 +535,8 @@ def test_drain_says_going_away_before_the_deadline_and_aborts_the_rest() -> None
         started = loop.time()
         assert await connections.drain(timeout, StopReason.RELOAD) is False
         assert [c for c, _ in polite.calls] == ["shutdown", "going_away reload"]
-        assert polite.calls[1][1] - started == pytest.approx(timeout - grace, abs=0.1)
+        # Timers never fire early; late only on a starved machine.
+        assert timeout - grace - 0.01 <= polite.calls[1][1] - started < timeout
         assert loop.time() - started < timeout  # the polite close finished early
 
         connections = Connections()
@@ -543,7 +544,7 @@ def test_drain_says_going_away_before_the_deadline_and_aborts_the_rest() -> None
         started = loop.time()
         assert await connections.drain(timeout, StopReason.STOP) is False
         assert [c for c, _ in rude.calls] == ["shutdown", "going_away stop", "abort"]
-        assert rude.calls[2][1] - started == pytest.approx(timeout, abs=0.1)
+        assert timeout - 0.01 <= rude.calls[2][1] - started < timeout + 1.0
 
         assert await Connections().drain(timeout) is True  # nothing open: at once
 
