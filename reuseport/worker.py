@@ -56,7 +56,7 @@ from typing import Any
 import setproctitle
 
 from . import apps
-from .apps.base import HostedApp, WorkerContext, WorkerStats
+from .apps.base import HostedApp, StopReason, WorkerContext, WorkerStats
 from .config import BindAddress, Config, Interface, LoopKind, Mode
 from .errors import BootError, ConfigError, ExitCode, ReuseportError
 from .scoreboard import Scoreboard, SlotState
@@ -344,7 +344,7 @@ class _Worker:
         loop.remove_reader(self.spec.channel.fileno())
         self.state = SlotState.STOPPING
         self.beat()
-        await hosted.shutdown(self.spec.config.graceful_timeout)
+        await hosted.shutdown(self.spec.config.graceful_timeout, StopReason.STOP)
         self.beat()
         return ExitCode.OK
 
