@@ -38,6 +38,7 @@ import setproctitle
 
 from . import worker as worker_mod
 from .config import Config, Mode, ProcessManager, SteeringKind
+from .connections import StopReason
 from .control import ControlServer, default_control_path
 from .errors import ExitCode, errno_name
 from .lifecycle import ExitCause, SpawnCause, WorkerHandle, WorkerState
@@ -59,6 +60,13 @@ from .status import (
 from .steering import Steering
 
 __all__ = ["Arbiter"]
+
+# What a worker stopped for a cause tells its clients (WebSocket close codes).
+_STOP_REASONS = {
+    ExitCause.RELOAD: StopReason.RELOAD,
+    ExitCause.RECYCLE: StopReason.RECYCLE,
+    ExitCause.SCALE: StopReason.SCALE_DOWN,
+}
 
 _STEERING_SHOWN = {
     SteeringKind.P2C: "p2c (eBPF: each new connection goes to the less loaded of two workers)",
@@ -327,9 +335,17 @@ class Arbiter:
                 self._kill(handle, sig)
 
     def _stop(self, handle: WorkerHandle, cause: ExitCause) -> None:
-        """SIGTERM: finish in-flight requests, then exit (killed after the graceful timeout)."""
+        """SIGTERM: finish in-flight requests, then exit (killed after the graceful timeout).
+
+        The worker first learns why (a WebSocket closes with 1012 on a reload
+        or recycle, 1001 otherwise); the message is in its channel before the
+        signal arrives.
+        """
         deadline = time.monotonic() + self.config.graceful_timeout + _STOP_GRACE
         handle.leave(WorkerState.STOPPING, cause, deadline=deadline)
+        reason = _STOP_REASONS.get(cause, StopReason.STOP)
+        with contextlib.suppress(OSError):  # gone already: the signal finds out
+            worker_mod.send_message(handle.channel, {"type": "stop", "reason": reason.value})
         self._kill(handle, signal.SIGTERM)
 
     def _abort(self, handle: WorkerHandle, sig: int, cause: ExitCause) -> None:

@@ -18,7 +18,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
-from .config import Config, Interface, Lifespan, LoopKind, Mode, ProcessManager, SteeringKind
+from .config import (
+    Config,
+    Interface,
+    Lifespan,
+    LoopKind,
+    Mode,
+    ProcessManager,
+    SteeringKind,
+    WebSocketKind,
+)
 from .errors import ConfigError, ExitCode, ReuseportError
 
 __all__ = ["main"]
@@ -39,6 +48,13 @@ def _bool(text: str) -> bool:
     if value in {"0", "false", "no", "off"}:
         return False
     raise ConfigError(f"cannot parse {text!r} as a boolean: use true or false")
+
+
+def _bool_arg(text: str) -> bool:
+    try:
+        return _bool(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # How to turn an environment string into a field value, by Config annotation.
@@ -208,6 +224,54 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit-request-line", type=int, default=S, help="default 8190 bytes")
     g.add_argument("--limit-request-fields", type=int, default=S, help="default 100 headers")
     g.add_argument("--limit-request-field-size", type=int, default=S, help="default 8190 bytes")
+    g = p.add_argument_group("WebSocket (ASGI apps; needs the websockets package)")
+    g.add_argument(
+        "--ws",
+        default=S,
+        choices=_choices(WebSocketKind),
+        help="auto (default): serve WebSocket upgrades with the websockets package if "
+        "installed; none: hand upgrade requests to the app as plain HTTP",
+    )
+    g.add_argument(
+        "--ws-max-size",
+        type=int,
+        default=S,
+        help="largest incoming message in bytes; a larger one closes with 1009 (default 16777216)",
+    )
+    g.add_argument(
+        "--ws-max-queue",
+        type=int,
+        default=S,
+        help="incoming messages buffered for the app before reading pauses (default 32)",
+    )
+    g.add_argument(
+        "--ws-ping-interval",
+        type=float,
+        default=S,
+        help="seconds between pings to each client (default 20; 0 = off)",
+    )
+    g.add_argument(
+        "--ws-ping-timeout",
+        type=float,
+        default=S,
+        help="close a connection whose pong does not come within this long (default 20)",
+    )
+    g.add_argument(
+        "--ws-per-message-deflate",
+        nargs="?",
+        const=True,
+        type=_bool_arg,
+        default=S,
+        metavar="BOOL",
+        help="offer the permessage-deflate compression extension (default true)",
+    )
+    g.add_argument(
+        "--no-ws-per-message-deflate",
+        dest="ws_per_message_deflate",
+        action="store_false",
+        default=S,
+        help="same as --ws-per-message-deflate false",
+    )
     g = p.add_argument_group("operation")
     g.add_argument(
         "--config",

@@ -31,6 +31,7 @@ __all__ = [
     "Mode",
     "ProcessManager",
     "SteeringKind",
+    "WebSocketKind",
     "parse_bind",
     "usable_cpus",
 ]
@@ -79,6 +80,14 @@ class SteeringKind(enum.Enum):
     P2C = "p2c"  # eBPF: per connection, the less loaded of two hashed workers
     LOAD = "load"  # cBPF: the master samples the queues and skips workers that fall behind
     HASH = "hash"  # the kernel's hash; only a draining slot is steered away from
+
+
+class WebSocketKind(enum.Enum):
+    """``--ws``: which library speaks WebSocket for ASGI apps (uvicorn's flag)."""
+
+    AUTO = "auto"  # websockets if installed, else none (and say so once per worker)
+    NONE = "none"  # upgrade requests are plain HTTP requests to the app
+    WEBSOCKETS = "websockets"  # the sans-IO protocol of the websockets package
 
 
 class Lifespan(enum.Enum):
@@ -223,6 +232,14 @@ class Config:
     limit_request_fields: int = 100
     limit_request_field_size: int = 8190
 
+    # WebSocket (uvicorn's names and defaults).
+    ws: WebSocketKind = WebSocketKind.AUTO
+    ws_max_size: int = 16 * 1024 * 1024  # bytes in one incoming message
+    ws_max_queue: int = 32  # incoming messages buffered for the app before reading pauses
+    ws_ping_interval: float = 20 * SECONDS  # 0 = no pings
+    ws_ping_timeout: float = 20 * SECONDS  # no pong within this long: the peer is gone
+    ws_per_message_deflate: bool = True
+
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen dataclass: normalise in place
         set_(self, "mode", _enum_value(Mode, self.mode, "mode"))
@@ -231,6 +248,7 @@ class Config:
         set_(self, "pm", _enum_value(ProcessManager, self.pm, "pm"))
         set_(self, "lifespan", _enum_value(Lifespan, self.lifespan, "lifespan"))
         set_(self, "steering", _enum_value(SteeringKind, self.steering, "steering"))
+        set_(self, "ws", _enum_value(WebSocketKind, self.ws, "ws"))
         binds = tuple(b if isinstance(b, BindAddress) else parse_bind(str(b)) for b in self.binds)
         if not binds:
             raise ConfigError("no --bind given: pass at least one HOST:PORT")
@@ -255,13 +273,21 @@ class Config:
             "graceful_timeout",
             "timeout_keep_alive",
             "header_read_timeout",
+            "ws_ping_interval",
+            "ws_ping_timeout",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"invalid {_flag(name)} {value!r}: expected seconds >= 0")
         if self.limit_concurrency is not None:
             self._check_positive("limit_concurrency", self.limit_concurrency, minimum=1)
-        for name in ("limit_request_line", "limit_request_fields", "limit_request_field_size"):
+        for name in (
+            "limit_request_line",
+            "limit_request_fields",
+            "limit_request_field_size",
+            "ws_max_size",
+            "ws_max_queue",
+        ):
             self._check_positive(name, getattr(self, name), minimum=1)
         if self.log_level.lower() not in {"critical", "error", "warning", "info", "debug"}:
             raise ConfigError(

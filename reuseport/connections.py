@@ -11,16 +11,57 @@ connection-owning adapter shares:
   (``shutdown()`` when idle or after the current request, ``abort()`` at the
   deadline).
 * ``Connections``: the live set of one adapter, with the drained event.
+* ``StopReason``: why the worker stops.  A connection that can say so to its
+  peer (a WebSocket closes with 1001 "going away" or 1012 "service restart")
+  is told in ``going_away()`` shortly before the graceful deadline.
+
+The graceful drain, for ``timeout`` seconds: every connection gets
+``shutdown()`` at once; whatever is still open ``going_away_grace(timeout)``
+before the deadline gets ``going_away(reason)`` (a WebSocket starts its
+closing handshake, which needs that moment to complete, so it ends *by* the
+deadline: the master kills a stopping worker at ``--graceful-timeout``);
+whatever is still open at the deadline is aborted.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import enum
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Connections", "LoadPublisher", "ManagedConnection", "WorkerStats"]
+__all__ = [
+    "Connections",
+    "LoadPublisher",
+    "ManagedConnection",
+    "StopReason",
+    "WorkerStats",
+    "going_away_grace",
+]
+
+# Longest time a closing handshake gets before the graceful deadline.
+GOING_AWAY_GRACE = 1.0
+
+
+def going_away_grace(timeout: float) -> float:
+    """How long before the end of a ``timeout``-second drain ``going_away`` is called."""
+    return min(GOING_AWAY_GRACE, timeout / 4)
+
+
+class StopReason(enum.Enum):
+    """Why a worker stops; a protocol that can tell its peer says it (WebSocket close codes)."""
+
+    STOP = "stop"  # the server stops (SIGTERM, SIGINT, SIGQUIT to the master)
+    SCALE_DOWN = "scale-down"  # the pool shrinks (TTOU, dynamic or ondemand retirement)
+    RELOAD = "reload"  # rolling reload (HUP): a new worker takes this one's place
+    RECYCLE = "recycle"  # --max-requests: a new worker takes this one's place
+
+    @property
+    def restarting(self) -> bool:
+        """True when a replacement serves on: the peer may reconnect at once."""
+        return self is StopReason.RELOAD or self is StopReason.RECYCLE
 
 
 class LoadPublisher(Protocol):
@@ -72,6 +113,14 @@ class ManagedConnection(abc.ABC):
     def abort(self) -> None:
         """Close at once (graceful timeout expired)."""
 
+    def going_away(self, reason: StopReason) -> bool:
+        """The graceful deadline is near: start a polite close if the protocol has one.
+
+        Returns True if it did (the default has none: ``abort()`` follows at
+        the deadline).
+        """
+        return False
+
 
 class Connections:
     """The set of live connections of one adapter, with a drained event."""
@@ -85,6 +134,9 @@ class Connections:
     def __len__(self) -> int:
         return len(self._live)
 
+    def __iter__(self) -> Iterator[ManagedConnection]:
+        return iter(list(self._live))
+
     def add(self, conn: ManagedConnection) -> None:
         self._live.add(conn)
         self._empty.clear()
@@ -96,18 +148,30 @@ class Connections:
         if not self._live:
             self._empty.set()
 
-    async def drain(self, timeout: float) -> bool:
+    async def drain(self, timeout: float, reason: StopReason = StopReason.STOP) -> bool:
         """Ask every connection to wind down; abort the rest after ``timeout``.
 
-        Returns True when all closed by themselves in time.
+        Returns True when all closed by themselves in time (see the module
+        docstring for ``going_away``).
         """
         self.shutting_down = True
         for conn in list(self._live):
             conn.shutdown()
-        try:
-            await asyncio.wait_for(self._empty.wait(), timeout)
+        grace = going_away_grace(timeout)
+        if await self._wait_empty(timeout - grace):
             return True
+        polite = [conn.going_away(reason) for conn in list(self._live)]
+        if await self._wait_empty(grace):
+            return not any(polite)
+        for conn in list(self._live):
+            conn.abort()
+        return False
+
+    async def _wait_empty(self, timeout: float) -> bool:
+        if not self._live:
+            return True
+        try:
+            await asyncio.wait_for(self._empty.wait(), max(timeout, 0.0))
         except TimeoutError:
-            for conn in list(self._live):
-                conn.abort()
             return False
+        return True

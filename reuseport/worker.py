@@ -56,7 +56,7 @@ from typing import Any
 import setproctitle
 
 from . import apps
-from .apps.base import HostedApp, WorkerContext, WorkerStats
+from .apps.base import HostedApp, StopReason, WorkerContext, WorkerStats
 from .config import BindAddress, Config, Interface, LoopKind, Mode
 from .errors import BootError, ConfigError, ExitCode, ReuseportError
 from .loadboard import LoadBoard
@@ -242,6 +242,7 @@ class _Worker:
         for slot, fds in spec.siblings:
             self.siblings[slot] = [socket.socket(fileno=fd) for fd in fds]
         self.rescuer: Rescuer | None = None
+        self.stop_reason = StopReason.STOP  # the master says otherwise before it signals
 
     def beat(self) -> None:
         s = self.stats
@@ -367,7 +368,8 @@ class _Worker:
         self.beat()
         if self.rescuer is not None:
             self.rescuer.stop()
-        await hosted.shutdown(self.spec.config.graceful_timeout)
+        self._on_channel()  # the master says why before it signals: read it now
+        await hosted.shutdown(self.spec.config.graceful_timeout, self.stop_reason)
         if self.rescuer is not None:
             self.rescuer.close()
         self.beat()
@@ -406,7 +408,10 @@ class _Worker:
             return
         for fd in fds:
             os.close(fd)
-        if kind == "sibling_gone" and isinstance(slot, int):
+        if kind == "stop":
+            with contextlib.suppress(ValueError):
+                self.stop_reason = StopReason(message.get("reason"))
+        elif kind == "sibling_gone" and isinstance(slot, int):
             if self.rescuer is not None:
                 self.rescuer.remove(slot)
             for sock in self.siblings.pop(slot, ()):
@@ -415,6 +420,7 @@ class _Worker:
             # Our own slot leaves: serve what is queued for it, and rescue no one.
             if self.rescuer is not None:
                 self.rescuer.close()
+            self.stop_reason = StopReason.SCALE_DOWN
             self.drain_task = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:

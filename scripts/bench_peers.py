@@ -10,8 +10,9 @@ What it does, in order:
 
 1. Set-up: installs ``wrk`` with apt-get if it is missing, and makes a
    separate venv (default ``build/bench-venv``, git-ignored) holding
-   uvicorn[standard] (httptools + uvloop), gunicorn, granian and this
-   checkout (``pip install -e .``).  ``--skip-setup`` uses the venv as is.
+   uvicorn[standard] (httptools + uvloop), gunicorn, granian, websockets and
+   this checkout (``pip install -e .[websockets]``).  ``--skip-setup`` uses
+   the venv as is.
 2. Throughput: every server (reuseport in both modes, uvicorn,
    gunicorn+UvicornWorker, granian; 2 workers each, on 127.0.0.1) runs at
    once on its own port with ``scripts/apps/hello.py``.  For each round and
@@ -21,6 +22,10 @@ What it does, in order:
    no server always runs first.  Medians over the rounds are reported, and
    the ratio against uvicorn is the median of the per-round ratios (a
    same-run comparison, as docs/architecture.md asks).
+   The ``ws-echo`` scenario is a WebSocket echo instead of wrk:
+   ``scripts/ws_load.py`` (run with the benchmark venv's Python) opens
+   ``--ws-connections`` WebSockets to ``/ws`` and keeps one ``--ws-size``-byte
+   text message in flight on each; the figure is echoed messages per second.
 3. Memory: each server is started afresh, served 100k keep-alive requests,
    and the RSS (and PSS) of its worker processes is summed from /proc.
 
@@ -59,8 +64,11 @@ from reuseport.bench.wrk import WrkReport, parse_wrk, wrk_command
 REPO = Path(__file__).resolve().parent.parent
 APP_DIR = REPO / "scripts" / "apps"
 APP = "hello:app"
-PEER_PACKAGES = ["uvicorn[standard]", "gunicorn", "granian"]
-VERSIONED = ["reuseport", "uvicorn", "uvloop", "httptools", "gunicorn", "granian"]
+PEER_PACKAGES = ["uvicorn[standard]", "gunicorn", "granian", "websockets"]
+VERSIONED = [
+    "reuseport", "uvicorn", "uvloop", "httptools", "gunicorn", "granian", "websockets",
+]  # fmt: skip
+WS_LOAD = REPO / "scripts" / "ws_load.py"
 HZ = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -96,10 +104,8 @@ def ensure_venv(venv: Path, skip: bool) -> Path:
         log(f"creating the benchmark venv at {venv}")
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     log("installing peers and this checkout into the benchmark venv")
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--upgrade", *PEER_PACKAGES, "-e", str(REPO)],
-        check=True,
-    )
+    install = [str(python), "-m", "pip", "install", "-q", "--upgrade", *PEER_PACKAGES]
+    subprocess.run([*install, "-e", f"{REPO}[websockets]"], check=True)
     return python
 
 
@@ -364,22 +370,71 @@ class Run:
     attempts: int
 
 
-# Scenario name -> keep-alive (False: a new connection per request).
-SCENARIOS: dict[str, bool] = {"keep-alive": True, "close": False}
+# Scenario name -> keep-alive (False: a new connection per request); None: not wrk.
+WS_ECHO = "ws-echo"
+SCENARIOS: dict[str, bool | None] = {"keep-alive": True, "close": False, WS_ECHO: None}
+TITLES = {
+    "keep-alive": "keep-alive",
+    "close": "`Connection: close`",
+    WS_ECHO: "WebSocket echo (messages/s)",
+}
 
 
-def wrk_once(
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """What one load run measured, from wrk or from ws_load.py."""
+
+    rps: float  # requests (or echoed messages) per second
+    requests: int
+    p50_ms: float
+    p99_ms: float
+    socket_errors: int
+    non2xx: int
+
+    @classmethod
+    def from_wrk(cls, report: WrkReport) -> Load:
+        return cls(
+            rps=report.rps,
+            requests=report.requests,
+            p50_ms=report.latency_ms.get("p50", float("nan")),
+            p99_ms=report.latency_ms.get("p99", float("nan")),
+            socket_errors=sum(report.socket_errors.values()),
+            non2xx=report.non_2xx,
+        )
+
+    @classmethod
+    def from_ws_load(cls, text: str) -> Load:
+        doc = json.loads(text)
+        return cls(
+            rps=float(doc["rate"]),
+            requests=int(doc["messages"]),
+            p50_ms=float(doc["p50_ms"]),
+            p99_ms=float(doc["p99_ms"]),
+            socket_errors=int(doc["errors"]),
+            non2xx=0,
+        )
+
+
+def load_once(
     wrk: str, server: Server, scenario: str, args: argparse.Namespace, duration: float
-) -> tuple[WrkReport, float, float]:
-    """One wrk run; returns its report and the foreign and steal CPU (cores) meanwhile."""
-    argv = wrk_command(
-        wrk,
-        port=server.port,
-        connections=args.connections,
-        duration=duration,
-        threads=args.threads,
-        keepalive=SCENARIOS[scenario],
-    )
+) -> tuple[Load, float, float]:
+    """One load run; returns what it measured and the foreign and steal CPU (cores) meanwhile."""
+    keepalive = SCENARIOS[scenario]
+    if keepalive is None:
+        argv = [
+            str(args.bench_python), str(WS_LOAD), "--port", str(server.port),
+            "--connections", str(args.ws_connections), "--size", str(args.ws_size),
+            "--duration", str(duration), "--warmup", "0",
+        ]  # fmt: skip
+    else:
+        argv = wrk_command(
+            wrk,
+            port=server.port,
+            connections=args.connections,
+            duration=duration,
+            threads=args.threads,
+            keepalive=keepalive,
+        )
     pids = server.all_pids()
     ours0 = cpu_ticks(pids) + _children_ticks()
     busy0, steal0 = system_ticks()
@@ -390,7 +445,9 @@ def wrk_once(
     ours1 = cpu_ticks(pids) + _children_ticks()
     foreign = max(0.0, ((busy1 - busy0) - (ours1 - ours0)) / HZ / elapsed)
     steal = (steal1 - steal0) / HZ / elapsed
-    return parse_wrk(out.stdout), foreign, steal
+    if keepalive is None:
+        return Load.from_ws_load(out.stdout), foreign, steal
+    return Load.from_wrk(parse_wrk(out.stdout)), foreign, steal
 
 
 def _children_ticks() -> int:
@@ -401,24 +458,24 @@ def _children_ticks() -> int:
 def measure(wrk: str, server: Server, scenario: str, round_: int, args: argparse.Namespace) -> Run:
     best: Run | None = None
     for attempt in range(1, args.retries + 2):
-        wrk_once(wrk, server, scenario, args, args.warmup)  # warm-up, discarded
-        report, foreign, steal = wrk_once(wrk, server, scenario, args, args.duration)
+        load_once(wrk, server, scenario, args, args.warmup)  # warm-up, discarded
+        load, foreign, steal = load_once(wrk, server, scenario, args, args.duration)
         run = Run(
             server=server.name,
             scenario=scenario,
             round=round_,
-            rps=report.rps,
-            requests=report.requests,
-            p50_ms=report.latency_ms.get("p50", float("nan")),
-            p99_ms=report.latency_ms.get("p99", float("nan")),
-            socket_errors=sum(report.socket_errors.values()),
-            non2xx=report.non_2xx,
+            rps=load.rps,
+            requests=load.requests,
+            p50_ms=load.p50_ms,
+            p99_ms=load.p99_ms,
+            socket_errors=load.socket_errors,
+            non2xx=load.non2xx,
             foreign_cores=foreign,
             steal_cores=steal,
             attempts=attempt,
         )
         log(
-            f"  round {round_} {scenario:10} {server.name:17} {run.rps:>9.0f} req/s  "
+            f"  round {round_} {scenario:10} {server.name:17} {run.rps:>9.0f} /s  "
             f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  "
             f"errors {run.socket_errors}  non-2xx {run.non2xx}  "
             f"foreign CPU {foreign:.2f} steal {steal:.2f}"
@@ -454,8 +511,8 @@ def measure_memory(
         for _ in range(100):  # bound: 100 runs of 3 s
             if served >= args.rss_requests:
                 break
-            report, _, _ = wrk_once(wrk, server, "keep-alive", args, 3.0)
-            served += report.requests
+            load, _, _ = load_once(wrk, server, "keep-alive", args, 3.0)
+            served += load.requests
         time.sleep(0.5)  # let the last responses and any post-request work settle
         workers = server.worker_pids()
         sizes = [memory_kib(pid) for pid in workers]
@@ -484,11 +541,14 @@ def _median(values: Sequence[float]) -> float:
 def report(runs: list[Run], memories: list[Memory], names: Sequence[str], rounds: int) -> str:
     lines: list[str] = []
     for scenario in SCENARIOS:
-        title = "keep-alive" if scenario == "keep-alive" else "`Connection: close`"
+        if not any(r.scenario == scenario for r in runs):
+            continue
+        unit = "msg/s" if SCENARIOS[scenario] is None else "req/s"
         lines += [
-            f"**{title}** (median of {rounds} rounds; ratio = median of per-round ratios)",
+            f"**{TITLES[scenario]}** (median of {rounds} rounds; "
+            "ratio = median of per-round ratios)",
             "",
-            "| server | req/s | vs uvicorn | p50 ms | p99 ms | socket errors | non-2xx |",
+            f"| server | {unit} | vs uvicorn | p50 ms | p99 ms | socket errors | non-2xx |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         mine = [r for r in runs if r.scenario == scenario]
@@ -534,8 +594,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--servers", default=",".join(SPECS), help=f"comma-separated subset of {','.join(SPECS)}"
     )
     parser.add_argument(
-        "--scenarios", default=",".join(SCENARIOS), help="comma-separated: keep-alive,close"
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated: {','.join(SCENARIOS)}",
     )
+    parser.add_argument(
+        "--ws-connections", type=int, default=64, help="ws-echo: WebSocket connections"
+    )
+    parser.add_argument("--ws-size", type=int, default=32, help="ws-echo: message bytes")
     parser.add_argument("--rss-requests", type=int, default=100_000)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     parser.add_argument("--max-foreign", type=float, default=0.25, help="cores; retry above")
@@ -565,6 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     wrk = ensure_wrk()
     python = ensure_venv(args.venv, args.skip_setup)
+    args.bench_python = python
     bin_ = python.parent
     args.log_dir.mkdir(parents=True, exist_ok=True)
     machine = describe_machine(python, wrk)

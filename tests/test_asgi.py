@@ -146,7 +146,8 @@ def test_starlette_app(tmp_path: Path) -> None:
 
     async def main() -> None:
         app = starlette_app(str(path), tracker)
-        async with serving(app, lifespan="on") as srv:
+        # --ws none: the WebSocket handshake below is a plain HTTP request.
+        async with serving(app, lifespan="on", ws="none") as srv:
             assert tracker.lifespan == ["startup"]
             async with httpx.AsyncClient(base_url=srv.url, timeout=10) as client:
                 response = await client.get("/json")
@@ -180,7 +181,8 @@ def test_starlette_app(tmp_path: Path) -> None:
                 response = await client.get("/missing")
                 assert response.status_code == 404
 
-            # A websocket handshake to a websocket-only route: plain 404, then close.
+            # With --ws none, a websocket handshake to a websocket-only route is
+            # plain HTTP to the app: 404, then close (test_websocket.py has the rest).
             raw = await exchange(
                 srv.port,
                 b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"

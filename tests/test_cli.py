@@ -25,6 +25,7 @@ from reuseport.config import (
     Mode,
     ProcessManager,
     SteeringKind,
+    WebSocketKind,
     parse_bind,
 )
 from reuseport.errors import ConfigError
@@ -89,6 +90,15 @@ FLAG_CASES: list[tuple[tuple[str, ...], str, object]] = [
     (("--no-access-log",), "access_log", False),
     (("--log-level", "debug"), "log_level", "debug"),
     (("--name", "shop"), "proc_name", "shop"),
+    (("--ws", "none"), "ws", WebSocketKind.NONE),
+    (("--ws", "websockets"), "ws", WebSocketKind.WEBSOCKETS),
+    (("--ws-max-size", "1024"), "ws_max_size", 1024),
+    (("--ws-max-queue", "4"), "ws_max_queue", 4),
+    (("--ws-ping-interval", "0"), "ws_ping_interval", 0.0),
+    (("--ws-ping-timeout", "2.5"), "ws_ping_timeout", 2.5),
+    (("--ws-per-message-deflate", "false"), "ws_per_message_deflate", False),
+    (("--ws-per-message-deflate",), "ws_per_message_deflate", True),
+    (("--no-ws-per-message-deflate",), "ws_per_message_deflate", False),
 ]
 
 
@@ -190,6 +200,10 @@ def test_config_file_from_env_and_serve_table(tmp_path: Path) -> None:
         ("REUSEPORT_NAME", "shop", "proc_name", "shop"),
         ("REUSEPORT_PID", "/tmp/rp.pid", "pid_file", "/tmp/rp.pid"),
         ("REUSEPORT_LIMIT_CONCURRENCY", "7", "limit_concurrency", 7),
+        ("REUSEPORT_WS", "none", "ws", WebSocketKind.NONE),
+        ("REUSEPORT_WS_MAX_SIZE", "4096", "ws_max_size", 4096),
+        ("REUSEPORT_WS_PING_INTERVAL", "1.5", "ws_ping_interval", 1.5),
+        ("REUSEPORT_WS_PER_MESSAGE_DEFLATE", "no", "ws_per_message_deflate", False),
     ],
 )
 def test_env_values_are_typed(name: str, text: str, field: str, expected: object) -> None:
@@ -204,6 +218,9 @@ def test_env_values_are_typed(name: str, text: str, field: str, expected: object
         ("", {"REUSEPORT_WORKERS": "many"}, r"cannot parse REUSEPORT_WORKERS='many'"),
         ("", {"REUSEPORT_ACCESS_LOG": "perhaps"}, r"cannot parse 'perhaps' as a boolean"),
         ("workers = 0\n", {}, r"invalid --workers 0"),
+        ('ws = "wsproto"\n', {}, r"invalid ws 'wsproto': choose one of auto, none, websockets"),
+        ("ws-max-queue = 0\n", {}, r"invalid --ws-max-queue 0"),
+        ("ws-ping-timeout = -1\n", {}, r"invalid --ws-ping-timeout -1"),
     ],
 )
 def test_bad_file_or_env(tmp_path: Path, toml: str, environ: dict[str, str], message: str) -> None:
@@ -274,3 +291,16 @@ def test_probe_json() -> None:
     assert report["recommended_mode"] in {"reuseport", "shared"}
     assert report["features"], "no features probed"
     assert all({"name", "supported"} <= set(f) for f in report["features"])
+
+
+def test_websocket_options_from_the_toml_file(tmp_path: Path) -> None:
+    toml = _write(
+        tmp_path / "rp.toml",
+        '[serve]\nws = "none"\nws-max-size = 2048\nws-max-queue = 8\nws-ping-interval = 5\n'
+        "ws-ping-timeout = 2\nws-per-message-deflate = false\n",
+    )
+    config = _config("--config", toml)
+    assert config.ws is WebSocketKind.NONE
+    assert (config.ws_max_size, config.ws_max_queue) == (2048, 8)
+    assert (config.ws_ping_interval, config.ws_ping_timeout) == (5, 2)
+    assert config.ws_per_message_deflate is False

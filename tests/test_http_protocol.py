@@ -473,8 +473,10 @@ def test_response_trailers_are_refused_cleanly(caplog: pytest.LogCaptureFixture)
 
 
 def test_upgrade_request_is_answered_as_http_then_closed() -> None:
+    """With --ws none (test_websocket.py has the WebSocket side)."""
+
     async def main() -> None:
-        async with serving(Probe()) as srv:
+        async with serving(Probe(), ws="none") as srv:
             raw = await exchange(
                 srv.port,
                 b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"

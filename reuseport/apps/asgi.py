@@ -1,4 +1,4 @@
-"""Host an ASGI application: lifespan, HTTP/1.1 serving, graceful drain.
+"""Host an ASGI application: lifespan, HTTP/1.1 and WebSocket serving, graceful drain.
 
 Rules: the app is always called as ASGI 3 (``app(scope, receive, send)``);
 ASGI 2 double-callables get a shim.  Lifespan runs in its own Task for the
@@ -6,6 +6,13 @@ whole life of the worker; its ``state`` dict is shared (shallow-copied per
 request) into every HTTP scope.  A lifespan startup failure is the app's fault
 and becomes ``BootError`` with the app's own message, so the master halts
 instead of respawning forever.
+
+Graceful stop (``shutdown(timeout, reason)``): first the drain signal
+(``scope["extensions"]["reuseport.drain"]["event"]``, set now, so streaming
+responses and WebSocket handlers can wind down at once), then stop accepting,
+then let connections finish; open WebSockets are closed with 1001 or 1012
+(from ``reason``) just before ``timeout`` runs out, anything still open at
+``timeout`` is aborted.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any
 from ..config import Lifespan
 from ..errors import BootError
 from ..http import ASGIApp, HttpServer, Message, Receive, Scope, Send
-from .base import HostedApp, WorkerContext
+from .base import HostedApp, StopReason, WorkerContext
 
 __all__ = ["AsgiApp", "as_asgi3"]
 
@@ -206,13 +213,15 @@ class AsgiApp(HostedApp):
             )
             self.servers.append(server)
 
-    async def shutdown(self, timeout: float) -> None:
+    async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        await self.stop_accepting()
         http = self.http
         if http is not None:
-            if not await http.connections.drain(timeout):
+            http.draining.set()
+        await self.stop_accepting()
+        if http is not None:
+            if not await http.connections.drain(max(0.0, deadline - loop.time()), reason):
                 logger.warning(
                     "graceful timeout (%.1f s) expired: closed the connections still busy",
                     timeout,

@@ -8,9 +8,11 @@ worker drives every adapter through the same three steps:
    (ASGI lifespan startup).  Raise ``BootError`` to refuse to start.
 2. ``await serve(sockets)`` - start accepting on the listening sockets and
    return once it does.
-3. ``await shutdown(timeout)`` - stop accepting, let in-flight work finish
-   for up to ``timeout`` seconds, close idle keep-alive connections politely,
-   then run app-level shutdown.  It must return within about ``timeout``.
+3. ``await shutdown(timeout, reason)`` - stop accepting, let in-flight work
+   finish for up to ``timeout`` seconds, close idle keep-alive connections
+   politely, then run app-level shutdown.  It must return within about
+   ``timeout``.  ``reason`` (``StopReason``: stop, scale-down, reload,
+   recycle) is what a protocol may tell its peer (a WebSocket's close code).
 
 Sibling rescue: an adapter whose connections come from a protocol factory
 says so in ``protocol_factory()``; the worker may then ``rescue(sock)``: serve
@@ -20,8 +22,9 @@ connection counted in ``stats.rescued``.  An app that accepts by itself (the
 
 Counters go to ``WorkerContext.stats`` (plain attributes, no locks: the worker
 copies them into the shared scoreboard on its heartbeat).  ``WorkerStats``,
-``ManagedConnection`` and ``Connections`` live in ``reuseport.connections``
-(below both this package and ``reuseport.http``) and are re-exported here.
+``ManagedConnection``, ``Connections`` and ``StopReason`` live in
+``reuseport.connections`` (below both this package and ``reuseport.http``)
+and are re-exported here.
 """
 
 from __future__ import annotations
@@ -33,9 +36,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..config import Config, Mode
-from ..connections import Connections, ManagedConnection, WorkerStats
+from ..connections import Connections, ManagedConnection, StopReason, WorkerStats
 
-__all__ = ["Connections", "HostedApp", "ManagedConnection", "WorkerContext", "WorkerStats"]
+__all__ = [
+    "Connections",
+    "HostedApp",
+    "ManagedConnection",
+    "StopReason",
+    "WorkerContext",
+    "WorkerStats",
+]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -66,7 +76,7 @@ class HostedApp(abc.ABC):
         """Start accepting on every listening socket; return once accepting."""
 
     @abc.abstractmethod
-    async def shutdown(self, timeout: float) -> None:
+    async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         """Stop accepting, drain, and clean up within about ``timeout`` seconds."""
 
     def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol] | None:

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs
 import httptools
 
 from ..config import Interface
-from ..connections import Connections, ManagedConnection
+from ..connections import Connections, ManagedConnection, StopReason
 from .base import HostedApp, WorkerContext
 
 __all__ = ["DemoApp", "app"]
@@ -119,9 +119,9 @@ class DemoApp(HostedApp):
             )
             self.servers.append(server)
 
-    async def shutdown(self, timeout: float) -> None:
+    async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         await self.stop_accepting()
-        await self.connections.drain(timeout)
+        await self.connections.drain(timeout, reason)
 
 
 class DemoProtocol(asyncio.Protocol, ManagedConnection):

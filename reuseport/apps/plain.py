@@ -20,7 +20,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
-from .base import HostedApp, WorkerContext
+from .base import HostedApp, StopReason, WorkerContext
 
 __all__ = ["PlainProtocolApp", "SocketApp", "StreamApp"]
 
@@ -76,7 +76,7 @@ class StreamApp(HostedApp):
         for sock in sockets:
             self.servers.append(await asyncio.start_server(self._run, sock=sock))
 
-    async def shutdown(self, timeout: float) -> None:
+    async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         await self.stop_accepting()
         await _wait_or_give_up(set(self.tasks), timeout)
 
@@ -163,7 +163,7 @@ class PlainProtocolApp(HostedApp):
         for sock in sockets:
             self.servers.append(await loop.create_server(self._make, sock=sock))
 
-    async def shutdown(self, timeout: float) -> None:
+    async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         await self.stop_accepting()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.drained.wait(), timeout)
@@ -200,7 +200,7 @@ class SocketApp(HostedApp):
             if task.done() and task.exception() is not None:
                 raise cast(BaseException, task.exception())
 
-    async def shutdown(self, timeout: float) -> None:
+    async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         for task in self.tasks:
             task.cancel()
         if self.tasks:

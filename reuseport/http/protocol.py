@@ -32,9 +32,11 @@ Where the next features plug in:
   still incomplete after a read.  A new limit is one more check there.
 * The upgrade hand-off (WebSocket, issue 9): ``HttpParserUpgrade`` in
   ``data_received`` is the point where the request's bytes end and another
-  protocol's begin; today we answer the request as plain HTTP and close.  A
-  WebSocket cycle would take the transport, its ``FlowControl`` and the bytes
-  after the request head from there.
+  protocol's begin.  ``_hand_over`` asks ``server.upgrades``
+  (``websocket_upgrade.py``) whether the request becomes a WebSocket; if so
+  the WebSocket (``websocket.py``) takes the transport, its ``FlowControl``
+  and the bytes after the request head, and this object is done.  Otherwise
+  the request is answered as plain HTTP and the connection closes.
 * A second app interface (WSGI, issue 13) is another cycle class, built in
   ``on_headers_complete`` from the same parsed parts; the queue, deadlines
   and errors here do not change.
@@ -174,11 +176,13 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         self._starting = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # We speak no other protocol: the upgrade request was answered as
-            # plain HTTP (a websocket-only route gives 404) and whatever follows
-            # its headers is not HTTP, so the connection ends after the answer.
+        except httptools.HttpParserUpgrade as exc:
             self._parser_dead = True
+            if self._hand_over(data[exc.args[0] :]):
+                return  # the connection is a WebSocket now
+            # Not one we take: the upgrade request is answered as plain HTTP
+            # (a websocket-only route gives 404) and whatever follows its
+            # headers is not HTTP, so the connection ends after the answer.
             last = self.queue[-1] if self.queue else self.cycle
             if last is not None:
                 last.response.keep_alive = False
@@ -210,6 +214,35 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
 
     def resume_writing(self) -> None:
         self.flow.resume_writing()
+
+    def _hand_over(self, tail: bytes) -> bool:
+        """Give the transport to a WebSocket if the upgrade request is one we take.
+
+        The upgrade request is the last one parsed; it is taken only when
+        nothing runs or waits before it (see ``websocket_upgrade.py``).
+        ``tail`` is what the client sent after its head.
+        """
+        queue = self.queue
+        if not queue:
+            return False
+        cycle = queue[-1]
+        server = self.server
+        if not server.upgrades.takes(self, cycle.scope):
+            return False
+        if len(queue) > 1 or self.cycle is not None or cycle.body:
+            logger.debug("WebSocket handshake pipelined behind other requests: answered as HTTP")
+            return False
+        queue.pop()
+        self.stats.in_flight -= 1  # the WebSocket counts itself
+        self.receiving = None
+        self.closed = True  # nothing of ours happens on this transport any more
+        self.deadline = None
+        server.live.discard(self)
+        websockets = server.upgrades.websockets
+        assert websockets is not None
+        websockets.start(self, cycle.scope, tail)
+        server.connections.discard(self)  # after the WebSocket joined: no false "drained"
+        return True
 
     # --- ManagedConnection ---------------------------------------------------
 

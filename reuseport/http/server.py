@@ -7,6 +7,11 @@ the Tasks of suspended requests, and the server-wide response header lines.
 One timer per worker, the tick, refreshes the Date header (it must change
 every second) and checks every connection's deadline, so no request arms a
 timer of its own.  ``start()`` before serving, ``stop()`` after draining.
+
+``draining`` is the drain signal apps can use: an ``asyncio.Event`` set when
+the worker begins its graceful stop, offered in every HTTP and WebSocket
+scope as ``scope["extensions"]["reuseport.drain"]["event"]``.  ``upgrades``
+decides what becomes of an upgrade request (``websocket_upgrade.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from .cycle import ASGIApp
 from .framing import DefaultHeaders
 from .protocol import HttpProtocol
 from .proxy import TrustedProxies
+from .websocket_upgrade import Upgrades
 
 __all__ = ["HttpServer"]
 
@@ -66,6 +72,10 @@ class HttpServer:
         positive = [t for t in (self.keep_alive_timeout, self.header_timeout) if t > 0]
         self._tick_interval = max(_MIN_TICK, min([_MAX_TICK, *(t / 4 for t in positive)]))
         self._tick_handle: asyncio.TimerHandle | None = None
+        self.draining = asyncio.Event()
+        self.drain_extension: dict[str, Any] = {"event": self.draining}
+        self.http_extensions: dict[str, Any] = {"reuseport.drain": self.drain_extension}
+        self.upgrades = Upgrades(self, config)
         self._refresh()
 
     def start(self) -> None:

@@ -2,8 +2,10 @@
 
 Every HTTP request gets ``200``, ``text/plain`` and ``Hello, world!`` with a
 Content-Length; the lifespan scope is acknowledged so every server starts it
-the same way.  Nothing here depends on the server, so each one runs the same
-bytes of Python per request.
+the same way.  A WebSocket (the ``ws-echo`` scenario) is accepted and every
+message echoed back as it came (text or bytes) until the client closes.
+Nothing here depends on the server, so each one runs the same bytes of Python
+per request or message.
 """
 
 from __future__ import annotations
@@ -38,5 +40,17 @@ async def app(
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                return  # websocket.disconnect
+            text = message.get("text")
+            if text is not None:
+                await send({"type": "websocket.send", "text": text})
+            else:
+                await send({"type": "websocket.send", "bytes": message.get("bytes")})
     await send(START)
     await send(RESPONSE)

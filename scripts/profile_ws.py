@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Compare the sans-IO WebSocket libraries on an in-process echo, no sockets.
+
+Why: reuseport's WebSocket support (``reuseport/http/websocket.py``) leaves
+framing and the handshake to a maintained sans-IO library, and picks the
+library by what it costs per message on the server side.  This script feeds
+pre-masked client frames into each library's server-side connection object,
+reads the messages back out as the ASGI layer would (text decoded to ``str``,
+fragments joined), and frames the same message back, as an echo does.
+
+Libraries (``--lib``): ``websockets`` (``websockets.protocol`` sans-IO, with
+its C masking speed-up) and ``wsproto`` (not a dependency of reuseport:
+``.venv/bin/pip install wsproto`` to compare).  Messages (``--size``): ``small``
+(a 32-character text message) or ``64k`` (a 64 KiB binary message).
+``--lib none`` only builds the client frames: the baseline ``--callgrind``
+subtracts.
+
+    .venv/bin/python scripts/profile_ws.py --lib websockets --size small -n 20000
+    .venv/bin/python scripts/profile_ws.py --lib wsproto --size 64k --callgrind
+
+``--callgrind`` runs this script twice under callgrind (``--messages`` and
+twice that) with ``PYTHONHASHSEED=0`` and prints the instruction count per
+message: the difference of the two totals divided by the difference in
+messages, so start-up and imports cancel out.  Without it the script prints a
+wall-clock rate, which drifts on a busy machine.
+
+Rules: nothing here opens a socket or starts a process, except
+``--callgrind``, which runs valgrind (bounded by ``--timeout``) and removes
+its output files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+_SUMMARY = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
+SIZES = {"small": 32, "64k": 64 * 1024}
+
+Echo = Callable[[bytes], bytes]
+
+
+def client_frames(size: str, count: int) -> list[bytes]:
+    """``count`` masked client frames (one message each), framed by websockets' client."""
+    from websockets.client import ClientProtocol
+    from websockets.protocol import State
+
+    client = ClientProtocol("ws://localhost/", state=State.OPEN)  # type: ignore[arg-type]
+    frames = []
+    for i in range(count):
+        if size == "small":
+            client.send_text(f"{i:08d}".encode() + b"x" * (SIZES["small"] - 8))
+        else:
+            client.send_binary(i.to_bytes(8, "big") + b"y" * (SIZES["64k"] - 8))
+        frames.append(b"".join(client.data_to_send()))
+    return frames
+
+
+def websockets_echo() -> Echo:
+    from websockets.frames import Opcode
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
+
+    server = ServerProtocol(state=State.OPEN, max_size=None)
+    text, binary = Opcode.TEXT, Opcode.BINARY
+
+    def echo(data: bytes) -> bytes:
+        server.receive_data(data)
+        for frame in server.events_received():
+            if frame.opcode is text:
+                server.send_text(frame.data.decode().encode())
+            elif frame.opcode is binary:
+                server.send_binary(frame.data)
+        return b"".join(server.data_to_send())
+
+    return echo
+
+
+def wsproto_echo() -> Echo:
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import BytesMessage, Message, TextMessage
+
+    server = Connection(ConnectionType.SERVER)
+    parts: list[bytes | str] = []
+
+    def echo(data: bytes) -> bytes:
+        server.receive_data(data)
+        out = []
+        for event in server.events():
+            if isinstance(event, TextMessage | BytesMessage):
+                parts.append(event.data)
+                if event.message_finished:
+                    whole = parts[0] if len(parts) == 1 else type(parts[0])().join(parts)  # type: ignore[attr-defined]
+                    parts.clear()
+                    out.append(server.send(Message(data=whole)))
+        return b"".join(out)
+
+    return echo
+
+
+def no_echo() -> Echo:
+    """The baseline: building the client frames and the loop, no library."""
+
+    def echo(data: bytes) -> bytes:
+        return b""
+
+    return echo
+
+
+LIBS: dict[str, Callable[[], Echo]] = {
+    "websockets": websockets_echo,
+    "wsproto": wsproto_echo,
+    "none": no_echo,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    frames = client_frames(args.size, args.messages)
+    echo = LIBS[args.lib]()
+    sent = 0
+    started = time.perf_counter()
+    for frame in frames:
+        sent += len(echo(frame))
+    elapsed = time.perf_counter() - started
+    expected = args.messages * (SIZES[args.size] + (2 if args.size == "small" else 10))
+    if sent != expected and args.lib != "none":
+        print(f"error: {sent} bytes echoed, expected {expected}", file=sys.stderr)
+        return 1
+    rate = args.messages / elapsed if elapsed > 0 else float("inf")
+    print(f"{args.lib} {args.size}: {args.messages} messages in {elapsed:.3f} s, {rate:,.0f} msg/s")
+    return 0
+
+
+def callgrind_total(args: argparse.Namespace, messages: int, outdir: Path) -> int:
+    out = outdir / f"callgrind.{args.lib}.{args.size}.{messages}"
+    command = [
+        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+        sys.executable, str(Path(__file__).resolve()),
+        "--lib", args.lib, "--size", args.size, "--messages", str(messages),
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=args.timeout, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")
+    match = _SUMMARY.search(out.read_text())
+    if match is None:
+        raise RuntimeError(f"no instruction total in {out}")
+    return int(match.group(1))
+
+
+def callgrind(args: argparse.Namespace) -> int:
+    if shutil.which("valgrind") is None:
+        print("error: valgrind is not installed (apt install valgrind)", file=sys.stderr)
+        return 2
+    outdir = Path(tempfile.mkdtemp(prefix="profile_ws."))
+    lib = args.lib
+    try:
+        small = callgrind_total(args, args.messages, outdir)
+        large = callgrind_total(args, 2 * args.messages, outdir)
+        args.lib = "none"
+        base = callgrind_total(args, 2 * args.messages, outdir)
+        base -= callgrind_total(args, args.messages, outdir)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        args.lib = lib
+        shutil.rmtree(outdir, ignore_errors=True)
+    # The client frames are built in the same run: the baseline ("none") is
+    # what building them and the loop cost, subtracted here.
+    per_message = (large - small - base) / args.messages
+    print(f"{lib} {args.size}: {per_message:,.0f} instructions per message")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--lib", choices=sorted(LIBS), default="websockets")
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("-n", "--messages", type=int, default=None)
+    parser.add_argument("--callgrind", action="store_true", help="instructions per message")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per callgrind run")
+    args = parser.parse_args(argv)
+    if args.messages is None:
+        args.messages = 1000 if args.callgrind else 20000
+    return callgrind(args) if args.callgrind else run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
