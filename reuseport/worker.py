@@ -312,6 +312,13 @@ class _Worker:
         send_message(
             spec.channel, {"type": "ready", "interface": interface.value, "reason": reason}
         )
+        log.log(
+            logs.TRACE,
+            "worker %d (pid %d) booted in %.3fs: sockets, TLS, app import, startup",
+            spec.slot,
+            self.pid,
+            time.monotonic() - self.started,
+        )
         log.debug(
             "worker %d serving %s as %s (%s)",
             spec.slot,
