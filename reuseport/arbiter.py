@@ -324,14 +324,18 @@ class Arbiter:
         self.watcher = reloader.Watcher(pid, read_fd)
         for warning in reloader.warnings(self.config):
             log.warning("%s", warning)
-        log.info("--reload: watching %s", ", ".join(reloader.watch_dirs(self.config)))
 
     def _on_watcher(self) -> bool:
         """The watcher wrote: reload for each batch of changes; False once it is gone."""
         assert self.watcher is not None
         lines, eof = self.watcher.read()
-        if lines and not self.stopping:
-            log.info("--reload: %s changed; reloading", "; ".join(lines))
+        changed = [
+            line.removeprefix(reloader.CHANGED) for line in lines if line != reloader.WATCHING
+        ]
+        if reloader.WATCHING in lines:
+            log.info("--reload: watching %s", ", ".join(reloader.watch_dirs(self.config)))
+        if changed and not self.stopping:
+            log.info("--reload: %s changed; reloading", "; ".join(changed))
             self.handle_sighup()
         return not eof
 

@@ -64,6 +64,11 @@ _ALIASES = {
     "access_logformat": "access_log_format",
     "limit_max_requests": "max_requests",
     "timeout_graceful_shutdown": "graceful_timeout",
+    "certfile": "ssl_certfile",
+    "keyfile": "ssl_keyfile",
+    "ca_certs": "ssl_ca_certs",
+    "cert_reqs": "ssl_cert_reqs",
+    "ciphers": "ssl_ciphers",
 }
 # Keys that are not fields but spell a bind (uvicorn's --host/--port, --uds, --fd).
 _BIND_KEYS = ("host", "port", "uds", "fd")
@@ -145,19 +150,29 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "or that are not ready (a cBPF program, no privilege needed)",
     )
     g = p.add_argument_group("TLS (uvicorn's flags)")
-    g.add_argument("--ssl-certfile", default=S, metavar="FILE", help="serve HTTPS with this cert")
-    g.add_argument("--ssl-keyfile", default=S, metavar="FILE", help="its private key")
+    g.add_argument(
+        "--ssl-certfile", "--certfile", default=S, metavar="FILE", help="serve HTTPS with this cert"
+    )
+    g.add_argument("--ssl-keyfile", "--keyfile", default=S, metavar="FILE", help="its private key")
     g.add_argument("--ssl-keyfile-password", default=S, help="password of the private key")
     g.add_argument(
-        "--ssl-ca-certs", default=S, metavar="FILE", help="CA file for client certificates"
+        "--ssl-ca-certs",
+        "--ca-certs",
+        default=S,
+        metavar="FILE",
+        help="CA file for client certificates",
     )
     g.add_argument(
         "--ssl-cert-reqs",
+        "--cert-reqs",
         default=S,
         help="client certificates: 0 none (default), 1 optional, 2 required",
     )
     g.add_argument(
-        "--ssl-ciphers", default=S, help="OpenSSL cipher string (default: Python's defaults)"
+        "--ssl-ciphers",
+        "--ciphers",
+        default=S,
+        help="OpenSSL cipher string (default: Python's defaults)",
     )
     g = p.add_argument_group("application")
     g.add_argument(
@@ -237,6 +252,7 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="randomise --max-requests by up to this much per worker",
     )
     g.add_argument(
+        "-t",
         "--timeout",
         type=float,
         default=S,
@@ -305,11 +321,13 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FILE.toml",
         help="read options from a TOML file (keys as the long flags)",
     )
-    g.add_argument("--pid", dest="pid_file", default=S, metavar="FILE", help="write the master pid")
+    g.add_argument(
+        "-p", "--pid", dest="pid_file", default=S, metavar="FILE", help="write the master pid"
+    )
     g.add_argument("--control", default=S, metavar="PATH", help="control socket for `status`")
-    g.add_argument("--user", default=S, help="run workers as this user")
-    g.add_argument("--group", default=S, help="run workers as this group")
-    g.add_argument("--name", dest="proc_name", default=S, help="name shown in process titles")
+    g.add_argument("-u", "--user", default=S, help="run workers as this user")
+    g.add_argument("-g", "--group", default=S, help="run workers as this group")
+    g.add_argument("-n", "--name", dest="proc_name", default=S, help="name shown in process titles")
     g = p.add_argument_group("logging")
     g.add_argument(
         "--access-log",

@@ -4,8 +4,9 @@ Rules: the master has no thread and no event loop, and watching files
 (``watchfiles``, the optional ``reload`` extra) runs a thread.  So the
 arbiter forks a *watcher* child at start, before it binds anything (it
 inherits no socket), and keeps the read end of a pipe in its ``poll()`` set.
-The watcher writes one line per batch of changes (the changed paths); the
-master reads it and does what SIGHUP does: a rolling reload.  That path
+The watcher writes ``watching`` once its watches are in place, then one
+``changed PATHS`` line per batch of changes; the master logs the first and,
+for each of the others, does what SIGHUP does: a rolling reload.  That path
 already keeps the old workers serving when a new one cannot import the app
 (a syntax error) and logs why, so a broken edit never takes the server down,
 and the next good edit reloads again.  Only ``arbiter.py`` forks: this module
@@ -37,7 +38,16 @@ from pathlib import PurePath
 from .config import BindAddress, Config, ProcessManager
 from .errors import ConfigError
 
-__all__ = ["ReloadFilter", "Watcher", "check", "run_watcher", "warnings", "watch_dirs"]
+__all__ = [
+    "CHANGED",
+    "WATCHING",
+    "ReloadFilter",
+    "Watcher",
+    "check",
+    "run_watcher",
+    "warnings",
+    "watch_dirs",
+]
 
 log = logging.getLogger("reuseport.master")
 
@@ -45,6 +55,9 @@ _CHECK_PARENT_MS = 1000  # the watcher wakes this often to see whether the maste
 _DEBOUNCE_MS = 400  # changes within this window make one reload
 _MAX_LINE = 4000  # one write below PIPE_BUF is atomic
 _SKIPPED_DIRS = frozenset({"__pycache__", "node_modules", "site-packages"})
+# What the watcher writes on its pipe, one line each.
+WATCHING = "watching"
+CHANGED = "changed "
 
 
 def watch_dirs(config: Config) -> list[str]:
@@ -148,6 +161,9 @@ def run_watcher(config: Config, master_pid: int, write_fd: int) -> int:
     setproctitle.setproctitle(f"reuseport: reload watcher [{name}]")
     dirs = watch_dirs(config)
     accept = ReloadFilter(dirs, config.effective_reload_includes, config.effective_reload_excludes)
+    announced = False
+    # The watches exist once the generator first yields (after at most
+    # _CHECK_PARENT_MS): only then is "watching" true.
     for changes in watchfiles.watch(
         *dirs,
         watch_filter=accept,
@@ -158,16 +174,20 @@ def run_watcher(config: Config, master_pid: int, write_fd: int) -> int:
     ):
         if os.getppid() != master_pid:
             return 0
-        if not changes:
-            continue
-        paths = sorted({_shown(path, dirs) for _change, path in changes})
-        line = ", ".join(paths).encode("utf-8", "replace")[:_MAX_LINE] + b"\n"
-        try:
-            os.write(write_fd, line)
-        except OSError as exc:
-            if exc.errno == errno.EPIPE:
-                return 0  # the master is gone
-            raise
+        lines = []
+        if not announced:
+            announced = True
+            lines.append(WATCHING)
+        if changes:
+            paths = sorted({_shown(path, dirs) for _change, path in changes})
+            lines.append(CHANGED + ", ".join(paths))
+        for line in lines:
+            try:
+                os.write(write_fd, line.encode("utf-8", "replace")[:_MAX_LINE] + b"\n")
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:
+                    return 0  # the master is gone
+                raise
     return 0
 
 

@@ -411,7 +411,7 @@ class _Worker:
                     self.stats.accepted - accepted_at_start,
                 )
                 break
-            depths = [listen_queue_depth(sock) for sock in self.sockets]
+            depths = [listen_queue_depth(sock) for sock in self._own_sockets()]
             empty = all(d is not None and d[0] == 0 for d in depths)
             if not empty or self.stats.accepted != accepted:
                 quiet_since = None
@@ -428,6 +428,14 @@ class _Worker:
                 break
             await asyncio.sleep(_DRAIN_POLL)
         self.stop.set()
+
+    def _own_sockets(self) -> list[socket.socket]:
+        """This slot's own listeners: without the shared ones (unix:, fd://) at the end.
+
+        Only they are steered away from while draining; the shared queues go on.
+        """
+        shared = len(self.spec.config.shared_only_binds)
+        return self.sockets[: len(self.sockets) - shared] if shared else list(self.sockets)
 
     def _beat_interval(self) -> float:
         timeout = self.spec.config.timeout

@@ -105,6 +105,16 @@ FLAG_CASES: list[tuple[tuple[str, ...], str, object]] = [
     (("--keep-alive", "3"), "timeout_keep_alive", 3.0),
     (("--limit-max-requests", "50"), "max_requests", 50),
     (("--timeout-graceful-shutdown", "4"), "graceful_timeout", 4.0),
+    (("-t", "12"), "timeout", 12.0),
+    (("-p", "/run/x.pid"), "pid_file", "/run/x.pid"),
+    (("-u", "nobody", "-g", "nogroup"), "user", "nobody"),
+    (("-n", "web"), "proc_name", "web"),
+    (("--certfile", "c.pem", "--keyfile", "k.pem"), "ssl_keyfile", "k.pem"),
+    (
+        ("--certfile", "c.pem", "--ca-certs", "ca.pem", "--cert-reqs", "1", "--ciphers", "HIGH"),
+        "ssl_cert_reqs",
+        CertReqs.OPTIONAL,
+    ),
     # TLS
     (("--ssl-certfile", "c.pem"), "ssl_certfile", "c.pem"),
     (("--ssl-certfile", "c.pem", "--ssl-keyfile", "k.pem"), "ssl_keyfile", "k.pem"),
@@ -150,7 +160,8 @@ ALSO_SET: dict[str, set[str]] = {
     "ssl_keyfile": {"ssl_certfile"},
     "ssl_keyfile_password": {"ssl_certfile"},
     "ssl_ca_certs": {"ssl_certfile"},
-    "ssl_cert_reqs": {"ssl_certfile", "ssl_ca_certs"},
+    "ssl_cert_reqs": {"ssl_certfile", "ssl_ca_certs", "ssl_ciphers"},
+    "user": {"group"},
     "ssl_ciphers": {"ssl_certfile"},
     "access_logfile": {"access_log"},
 }

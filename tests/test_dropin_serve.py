@@ -232,6 +232,7 @@ def test_reuseport_mode_refuses_binds_without_per_worker_queues(sockdir: Path) -
 def test_mixed_binds_tcp_per_worker_and_one_shared_unix_socket(sockdir: Path) -> None:
     path = str(sockdir / "mixed.sock")
     args = ("-w", "2", "--mode", "reuseport", "-b", "127.0.0.1:0", "-b", f"unix:{path}")
+    args += ("--graceful-timeout", "20")
     with Server(*APP, *args) as server:
         ready = server.wait_ready()
         assert ready["mode"] == "reuseport"
@@ -251,6 +252,12 @@ def test_mixed_binds_tcp_per_worker_and_one_shared_unix_socket(sockdir: Path) ->
         server.wait_for_line(r"Reload complete", timeout=30)
         assert unix_get(path)[0] == 200
         assert tcp_get(("127.0.0.1", port))[0] == 200
+        # Scale-down drains the slot's own TCP queue; the shared Unix queue
+        # never goes quiet for it, and need not (graceful timeout is 20 s).
+        server.send_signal(signal.SIGTTOU)
+        server.wait_for_line(r"Worker \d drained in", timeout=10)
+        server.wait_workers(1)
+        assert unix_get(path)[0] == 200
     assert not os.path.exists(path)
 
 
