@@ -19,10 +19,10 @@ stop), ``_stop`` (replaced, or the master stops) or ``_abort`` (stuck loop,
 graceful timeout), or dies unasked; ``_reap`` collects it and ``_on_exit``
 decides what follows.  Every step bumps the event counters in ``status``.
 
-Two more children that are not workers: with ``--reload`` a file watcher
-(``reloader.py``), forked first of all, whose lines on a pipe mean "reload"
-(``_on_watcher``); SIGUSR1 reopens the log files here (``logs.reopen``) and
-is relayed to every worker, which does the same.
+One child is not a worker: with ``--reload``, a file watcher
+(``reloader.py``), forked first of all so it holds no socket, whose lines on
+a pipe mean "reload" (``_on_watcher``).  SIGUSR1 reopens the log files here
+(``logs.reopen``) and is relayed to every worker, which does the same.
 """
 
 from __future__ import annotations

@@ -541,9 +541,28 @@ def test_log_config_json_and_trace_level(tmp_path: Path) -> None:
             }
         )
     )
-    with Server("-w", "1", "--log-config", str(config)) as server:
-        server.wait_ready()
-        server.wait_for_line(r"^CUSTOM INFO reuseport\.master Listening at")
+    toml = tmp_path / "logging.toml"
+    toml.write_text(
+        "version = 1\n"
+        "[formatters.plain]\nformat = 'TOML %(levelname)s %(message)s'\n"
+        "[handlers.err]\nclass = 'logging.StreamHandler'\nformatter = 'plain'\n"
+        "[root]\nlevel = 'INFO'\nhandlers = ['err']\n"
+    )
+    ini = tmp_path / "logging.ini"
+    ini.write_text(
+        "[loggers]\nkeys=root\n[handlers]\nkeys=err\n[formatters]\nkeys=plain\n"
+        "[logger_root]\nlevel=INFO\nhandlers=err\n"
+        "[handler_err]\nclass=StreamHandler\nformatter=plain\nargs=(sys.stderr,)\n"
+        "[formatter_plain]\nformat=INI %(levelname)s %(message)s\n"
+    )
+    for path, prefix in (
+        (config, "CUSTOM INFO reuseport\\.master"),
+        (toml, "TOML INFO"),
+        (ini, "INI INFO"),
+    ):
+        with Server("-w", "1", "--log-config", str(path)) as server:
+            server.wait_ready()
+            server.wait_for_line(rf"^{prefix} Listening at")
     with Server("-w", "1", log_level="trace") as server:
         server.wait_ready()
         server.wait_for_line(r"TRACE worker 0 \(pid \d+\) booted in")
