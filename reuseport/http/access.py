@@ -39,31 +39,10 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from .cycle import RequestCycle
 
-__all__ = ["ATOMS", "AccessLog", "Entry", "compile_format"]
+__all__ = ["ATOMS", "AccessLog", "Entry", "compile_format", "format_client"]
 
 ACCESS_LOGGER = "reuseport.access"
 
-ATOMS = (
-    "h",
-    "l",
-    "u",
-    "t",
-    "r",
-    "s",
-    "b",
-    "B",
-    "f",
-    "a",
-    "m",
-    "U",
-    "q",
-    "H",
-    "T",
-    "M",
-    "D",
-    "L",
-    "p",
-)
 # "%%" first, so a literal "%%(h)s" is not taken for an atom.
 _ATOM = re.compile(r"%%|%\((?P<name>[^)]*)\)(?P<conv>.)?")
 
@@ -139,6 +118,9 @@ _GETTERS: dict[str, _Getter] = {
     "L": lambda e: f"{_elapsed(e):.6f}",
     "p": lambda e: f"<{os.getpid()}>",
 }
+
+
+ATOMS = tuple(_GETTERS)  # the names, for messages and docs
 
 
 def _header_getter(name: bytes) -> _Getter:
