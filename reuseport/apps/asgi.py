@@ -25,6 +25,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
+from .. import tls
 from ..config import Lifespan
 from ..errors import BootError
 from ..http import ASGIApp, HttpServer, Message, Receive, Scope, Send
@@ -197,16 +198,23 @@ class AsgiApp(HostedApp):
 
     def http_server(self) -> HttpServer:
         if self.http is None:
-            self.http = HttpServer(self.app, self.ctx.config, self.ctx.stats, self.state)
+            self.http = HttpServer(
+                self.app,
+                self.ctx.config,
+                self.ctx.stats,
+                self.state,
+                secure=self.ctx.tls is not None,
+            )
         return self.http
 
     async def serve(self, sockets: Sequence[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
         http = self.http_server()
         http.start()
+        context = tls.offer_http11(self.ctx.tls) if self.ctx.tls is not None else None
         for sock in sockets:
             server = await loop.create_server(
-                http, sock=sock, backlog=self.ctx.config.backlog, start_serving=True
+                http, sock=sock, backlog=self.ctx.config.backlog, start_serving=True, ssl=context
             )
             self.servers.append(server)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -52,6 +53,7 @@ class WorkerContext:
     mode: Mode  # the effective mode: REUSEPORT or SHARED, never AUTO
     config: Config
     stats: WorkerStats = field(default_factory=WorkerStats)
+    tls: ssl.SSLContext | None = None  # serve TLS on every socket (--ssl-certfile)
 
 
 class HostedApp(abc.ABC):

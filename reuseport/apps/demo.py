@@ -24,6 +24,7 @@ from urllib.parse import parse_qs
 
 import httptools
 
+from .. import tls
 from ..config import Interface
 from ..connections import Connections, ManagedConnection, StopReason
 from .base import HostedApp, WorkerContext
@@ -87,9 +88,10 @@ class DemoApp(HostedApp):
 
     async def serve(self, sockets: Sequence[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
+        context = tls.offer_http11(self.ctx.tls) if self.ctx.tls is not None else None
         for sock in sockets:
             server = await loop.create_server(
-                lambda: DemoProtocol(self), sock=sock, backlog=self.ctx.config.backlog
+                lambda: DemoProtocol(self), sock=sock, backlog=self.ctx.config.backlog, ssl=context
             )
             self.servers.append(server)
 
