@@ -7,19 +7,32 @@ accept from one socket the master bound.  See README.md.
 
 from __future__ import annotations
 
-from .config import BindAddress, Config, Interface, Mode, ProcessManager, parse_bind
+from .config import (
+    Bind,
+    BindAddress,
+    Config,
+    FdBind,
+    Interface,
+    Mode,
+    ProcessManager,
+    UnixBind,
+    parse_bind,
+)
 from .errors import ExitCode, ReuseportError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Bind",
     "BindAddress",
     "Config",
     "ExitCode",
+    "FdBind",
     "Interface",
     "Mode",
     "ProcessManager",
     "ReuseportError",
+    "UnixBind",
     "__version__",
     "parse_bind",
 ]

@@ -18,6 +18,11 @@ or recycle, stops the worker it replaces).  It leaves by ``_retire`` (drain or
 stop), ``_stop`` (replaced, or the master stops) or ``_abort`` (stuck loop,
 graceful timeout), or dies unasked; ``_reap`` collects it and ``_on_exit``
 decides what follows.  Every step bumps the event counters in ``status``.
+
+One child is not a worker: with ``--reload``, a file watcher
+(``reloader.py``), forked first of all so it holds no socket, whose lines on
+a pipe mean "reload" (``_on_watcher``).  SIGUSR1 reopens the log files here
+(``logs.reopen``) and is relayed to every worker, which does the same.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any
 
 import setproctitle
 
+from . import logs, reloader
 from . import worker as worker_mod
 from .config import Config, Mode, ProcessManager, SteeringKind
 from .connections import StopReason
@@ -92,6 +98,11 @@ _SIGNALS = (
 )
 
 
+def _describe_status(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    return f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
+
+
 class Arbiter:
     """The master process: ``Arbiter(config, mode, why).run()`` returns its exit code."""
 
@@ -103,7 +114,7 @@ class Arbiter:
         self.mode_reason = mode_reason
         self.pid = os.getpid()
         self.started = time.monotonic()
-        self.listeners = Listeners(mode, config.binds, config.backlog)
+        self.listeners = Listeners(mode, config.binds, config.backlog, uds_mode=config.uds_mode)
         self.workers: dict[int, WorkerHandle] = {}  # by pid
         self.policy = PoolPolicy(config)
         self.backoff = CrashBackoff()
@@ -127,17 +138,20 @@ class Arbiter:
         self.uid, self.gid = worker_mod.resolve_user(config.user, config.group)
         self._wake_r = -1
         self._wake_w = -1
+        self.watcher: reloader.Watcher | None = None
 
     # ------------------------------------------------------------------ main
     def run(self) -> int:
         """Serve until stopped; returns the master's exit code."""
         name = self.config.proc_name or self.config.app_label
         setproctitle.setproctitle(f"reuseport: master [{name}]")
+        if self.config.reload:
+            self._start_watcher()  # first: it must inherit no socket
         self._install_signals()
         try:
             self.listeners.bind(anchor=self.config.pm is ProcessManager.ONDEMAND)
-            for addr in self.listeners.binds:
-                log.info("Listening at http://%s (%s mode)", addr, self.mode.value)
+            for line in self.listeners.describe("https" if self.config.tls else "http"):
+                log.info("Listening at %s", line)
             log.info("Mode %s: %s", self.mode.value, self.mode_reason)
             self.pidfile.write()
             path = self.config.control or default_control_path(self.pid)
@@ -155,6 +169,7 @@ class Arbiter:
                 self.announced_ready = True
             self._loop()
         finally:
+            self._stop_watcher()
             self._terminate_all(signal.SIGKILL)
             self._reap_blocking()
             if self.control is not None:
@@ -186,6 +201,8 @@ class Arbiter:
         poller.register(self._wake_r, select.POLLIN)
         if self.control is not None:
             poller.register(self.control.fileno(), select.POLLIN)
+        if self.watcher is not None:
+            poller.register(self.watcher.fd, select.POLLIN)
         registered: dict[int, WorkerHandle] = {}
         watched_listeners: set[int] = set()
         load_steering = self.steering_kind in (SteeringKind.LOAD, SteeringKind.P2C)
@@ -238,6 +255,9 @@ class Arbiter:
                     self._read_channel(registered[fd])
                 elif self.control is not None and fd == self.control.fileno():
                     self.control.handle()
+                elif self.watcher is not None and fd == self.watcher.fd and not self._on_watcher():
+                    poller.unregister(fd)
+                    self.watcher.close()
 
     # ------------------------------------------------------------------ signals
     def _dispatch_signals(self) -> None:
@@ -296,7 +316,61 @@ class Arbiter:
         )
 
     def handle_sigusr1(self) -> None:
-        log.info("SIGUSR1: logs go to stderr; nothing to reopen")
+        count = logs.reopen()
+        for handle in list(self.workers.values()):
+            self._kill(handle, signal.SIGUSR1)
+        log.info(
+            "SIGUSR1: reopened %d log file(s); asked %d worker(s) to do the same",
+            count,
+            len(self.workers),
+        )
+
+    # ------------------------------------------------------------------ --reload
+    def _start_watcher(self) -> None:
+        """Fork the file watcher of --reload (see reloader.py)."""
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            code: int = ExitCode.ERROR
+            try:
+                os.close(read_fd)
+                code = reloader.run_watcher(self.config, self.pid, write_fd)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        os.set_inheritable(read_fd, False)
+        self.watcher = reloader.Watcher(pid, read_fd)
+        for warning in reloader.warnings(self.config):
+            log.warning("%s", warning)
+
+    def _on_watcher(self) -> bool:
+        """The watcher wrote: reload for each batch of changes; False once it is gone."""
+        assert self.watcher is not None
+        lines, eof = self.watcher.read()
+        changed = [
+            line.removeprefix(reloader.CHANGED) for line in lines if line != reloader.WATCHING
+        ]
+        if reloader.WATCHING in lines:
+            log.info("--reload: watching %s", ", ".join(reloader.watch_dirs(self.config)))
+        if changed and not self.stopping:
+            log.info("--reload: %s changed; reloading", "; ".join(changed))
+            self.handle_sighup()
+        return not eof
+
+    def _stop_watcher(self) -> None:
+        watcher = self.watcher
+        if watcher is None:
+            return
+        if watcher.alive:  # not reaped yet, so the pid is still its own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(watcher.pid, signal.SIGTERM)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(watcher.pid, 0)
+        watcher.close()
+        self.watcher = None
 
     # ------------------------------------------------------------------ stopping
     def _begin_stop(self, why: str) -> None:
@@ -589,7 +663,9 @@ class Arbiter:
             board: LoadBoard | None = None
             try:
                 board = LoadBoard(capacity, ebpf=True)
-                self.listeners.use_kernel_steering(KernelSteering(board, len(self.listeners.binds)))
+                self.listeners.use_kernel_steering(
+                    KernelSteering(board, len(self.listeners.slot_binds))
+                )
             except OSError as exc:
                 if board is not None:
                     board.close()
@@ -650,7 +726,7 @@ class Arbiter:
             row=row,
             mode=self.mode,
             config=self.config,
-            binds=self.listeners.binds,
+            binds=self.listeners.binds_to_open(slot),
             listen_fds=tuple(s.fileno() for s in inherited),
             channel=child_ch,
             scoreboard=self.scoreboard,
@@ -723,8 +799,13 @@ class Arbiter:
         signal.set_wakeup_fd(-1)
         for sig in _SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        # Relayed to workers to reopen logs; its default action would kill a
+        # worker that has not installed its handler yet.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         os.close(self._wake_r)
         os.close(self._wake_w)
+        if self.watcher is not None:
+            self.watcher.close()
         parent_ch.close()
         for handle in self.workers.values():
             handle.channel.close()
@@ -816,6 +897,13 @@ class Arbiter:
                 return
             handle = self.workers.pop(pid, None)
             if handle is None:
+                if self.watcher is not None and pid == self.watcher.pid:
+                    self.watcher.alive = False
+                    log.warning(
+                        "--reload: the file watcher (pid %d) %s; changes no longer reload",
+                        pid,
+                        _describe_status(status),
+                    )
                 continue
             self._read_channel(handle)  # a boot error or its sockets may still sit there
             handle.channel.close()

@@ -5,21 +5,37 @@ out as a traceback.  For ``serve``, every option also comes from the TOML file
 (``--config``) and from ``REUSEPORT_<NAME>`` environment variables; the
 command line wins over the environment, which wins over the file.  Flags use
 ``argparse.SUPPRESS`` as default so only what the user typed overrides.
+
+uvicorn's and gunicorn's spellings are accepted where they mean the same
+(``--host``/``--port``, ``--uds``, ``--fd``, ``--keep-alive``, ``--log-file``,
+``--access-logformat``, ...): ``_ALIASES`` maps a file or variable key to its
+field, and ``_bind_aliases`` turns host/port/uds/fd into binds, per source,
+so a higher source's binds replace a lower one's as a whole.
+
+Start-up checks that need I/O (the TLS files load, the log files open, the
+env file exists, the reload extra is installed) run in ``_cmd_serve`` before
+the master binds anything: a mistake there is exit 2 with a message, never a
+worker boot loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
-from . import __version__
+from . import __version__, logs
+from .activation import systemd_binds
 from .config import (
+    DEFAULT_BIND,
+    LOG_LEVELS,
     Config,
+    FdBind,
     Interface,
     Lifespan,
     LoopKind,
@@ -27,6 +43,7 @@ from .config import (
     ProcessManager,
     SteeringKind,
     WebSocketKind,
+    parse_tcp_bind,
 )
 from .errors import ConfigError, ExitCode, ReuseportError
 
@@ -34,7 +51,28 @@ __all__ = ["main"]
 
 log = logging.getLogger("reuseport")
 
-_LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(message)s"
+# File keys and REUSEPORT_* names that are spelled differently from their field.
+_ALIASES = {
+    "bind": "binds",
+    "pid": "pid_file",
+    "name": "proc_name",
+    "header": "headers",
+    "reload_dir": "reload_dirs",
+    "reload_include": "reload_includes",
+    "reload_exclude": "reload_excludes",
+    "keep_alive": "timeout_keep_alive",
+    "log_file": "error_logfile",
+    "access_logformat": "access_log_format",
+    "limit_max_requests": "max_requests",
+    "timeout_graceful_shutdown": "graceful_timeout",
+    "certfile": "ssl_certfile",
+    "keyfile": "ssl_keyfile",
+    "ca_certs": "ssl_ca_certs",
+    "cert_reqs": "ssl_cert_reqs",
+    "ciphers": "ssl_ciphers",
+}
+# Keys that are not fields but spell a bind (uvicorn's --host/--port, --uds, --fd).
+_BIND_KEYS = ("host", "port", "uds", "fd")
 
 
 def _choices(kind: type[Any]) -> list[str]:
@@ -82,9 +120,26 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         dest="binds",
         action="append",
         default=S,
-        metavar="HOST:PORT",
-        help="address to listen on, repeatable; [::1]:8000 for IPv6; port 0 picks a "
-        "free port (default 127.0.0.1:8000)",
+        metavar="ADDRESS",
+        help="address to listen on, repeatable: HOST:PORT ([::1]:8000 for IPv6; port 0 "
+        "picks a free port), unix:/path or fd://N (default 127.0.0.1:8000)",
+    )
+    g.add_argument("--host", default=S, help="uvicorn's spelling: bind HOST (with --port)")
+    g.add_argument("--port", type=int, default=S, help="uvicorn's spelling: bind --host:PORT")
+    g.add_argument("--uds", default=S, metavar="PATH", help="bind a Unix socket (unix:PATH)")
+    g.add_argument(
+        "--uds-mode",
+        default=S,
+        metavar="OCTAL",
+        help="permissions of the Unix socket file (default 666, as uvicorn)",
+    )
+    g.add_argument(
+        "--fd",
+        type=int,
+        default=S,
+        metavar="N",
+        help="serve an inherited listening socket (fd://N); systemd socket activation "
+        "(LISTEN_FDS) is used by itself",
     )
     g.add_argument(
         "--mode",
@@ -110,6 +165,31 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="reuseport mode: a worker serves the connections queued for a sibling "
         "that stopped accepting (default on)",
     )
+    g = p.add_argument_group("TLS (uvicorn's flags)")
+    g.add_argument(
+        "--ssl-certfile", "--certfile", default=S, metavar="FILE", help="serve HTTPS with this cert"
+    )
+    g.add_argument("--ssl-keyfile", "--keyfile", default=S, metavar="FILE", help="its private key")
+    g.add_argument("--ssl-keyfile-password", default=S, help="password of the private key")
+    g.add_argument(
+        "--ssl-ca-certs",
+        "--ca-certs",
+        default=S,
+        metavar="FILE",
+        help="CA file for client certificates",
+    )
+    g.add_argument(
+        "--ssl-cert-reqs",
+        "--cert-reqs",
+        default=S,
+        help="client certificates: 0 none (default), 1 optional, 2 required",
+    )
+    g.add_argument(
+        "--ssl-ciphers",
+        "--ciphers",
+        default=S,
+        help="OpenSSL cipher string (default: Python's defaults)",
+    )
     g = p.add_argument_group("application")
     g.add_argument(
         "--interface",
@@ -131,6 +211,19 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="ASGI lifespan events (default auto)",
     )
     g.add_argument("--root-path", default=S, help="ASGI root_path (when mounted under a prefix)")
+    g.add_argument(
+        "--factory",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help="APP is a callable that returns the app (called once per worker)",
+    )
+    g.add_argument(
+        "--env-file",
+        default=S,
+        metavar="PATH",
+        help="KEY=VALUE lines put into the environment of each worker before the import "
+        "(variables already set win)",
+    )
     g = p.add_argument_group("process manager")
     g.add_argument(
         "-w",
@@ -163,6 +256,7 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--max-requests",
+        "--limit-max-requests",
         type=int,
         default=S,
         help="recycle a worker after this many requests (default 0 = never)",
@@ -174,6 +268,7 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="randomise --max-requests by up to this much per worker",
     )
     g.add_argument(
+        "-t",
         "--timeout",
         type=float,
         default=S,
@@ -181,6 +276,7 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--graceful-timeout",
+        "--timeout-graceful-shutdown",
         type=float,
         default=S,
         help="seconds in-flight requests get on stop or reload (default 30)",
@@ -194,6 +290,7 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--timeout-keep-alive",
+        "--keep-alive",
         type=float,
         default=S,
         help="close idle keep-alive connections after this long (default 5)",
@@ -224,6 +321,14 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit-request-line", type=int, default=S, help="default 8190 bytes")
     g.add_argument("--limit-request-fields", type=int, default=S, help="default 100 headers")
     g.add_argument("--limit-request-field-size", type=int, default=S, help="default 8190 bytes")
+    g.add_argument(
+        "--header",
+        dest="headers",
+        action="append",
+        default=S,
+        metavar="NAME:VALUE",
+        help="add this header to every HTTP response, repeatable",
+    )
     g = p.add_argument_group("WebSocket (ASGI apps; needs the websockets package)")
     g.add_argument(
         "--ws",
@@ -280,23 +385,85 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FILE.toml",
         help="read options from a TOML file (keys as the long flags)",
     )
-    g.add_argument("--pid", dest="pid_file", default=S, metavar="FILE", help="write the master pid")
+    g.add_argument(
+        "-p", "--pid", dest="pid_file", default=S, metavar="FILE", help="write the master pid"
+    )
     g.add_argument("--control", default=S, metavar="PATH", help="control socket for `status`")
-    g.add_argument("--user", default=S, help="run workers as this user")
-    g.add_argument("--group", default=S, help="run workers as this group")
+    g.add_argument("-u", "--user", default=S, help="run workers as this user")
+    g.add_argument("-g", "--group", default=S, help="run workers as this group")
+    g.add_argument("-n", "--name", dest="proc_name", default=S, help="name shown in process titles")
+    g = p.add_argument_group("logging")
     g.add_argument(
         "--access-log",
         action=argparse.BooleanOptionalAction,
         default=S,
-        help="log every request (default off)",
+        help="log every request (default off; on when --access-logfile is given)",
+    )
+    g.add_argument(
+        "--access-logfile",
+        default=S,
+        metavar="PATH",
+        help="write the access log to PATH ('-': stderr); turns the access log on",
+    )
+    g.add_argument(
+        "--access-log-format",
+        "--access-logformat",
+        default=S,
+        metavar="FORMAT",
+        help="gunicorn's atoms, e.g. '%%(h)s %%(l)s %%(u)s %%(t)s \"%%(r)s\" %%(s)s %%(b)s' "
+        "(see the README for the list)",
+    )
+    g.add_argument(
+        "--error-logfile",
+        "--log-file",
+        default=S,
+        metavar="PATH",
+        help="write the server's log to PATH instead of stderr ('-': stderr)",
+    )
+    g.add_argument(
+        "--log-config",
+        default=S,
+        metavar="FILE",
+        help="logging configuration: dictConfig as .json or .toml, else an INI fileConfig",
     )
     g.add_argument(
         "--log-level",
         default=S,
-        choices=["critical", "error", "warning", "info", "debug"],
-        help="default info",
+        choices=list(LOG_LEVELS),
+        help="default info; trace is below debug",
     )
-    g.add_argument("--name", dest="proc_name", default=S, help="name shown in process titles")
+    g = p.add_argument_group("development")
+    g.add_argument(
+        "--reload",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help="rolling reload when the app's files change (needs reuseport[reload])",
+    )
+    g.add_argument(
+        "--reload-dir",
+        dest="reload_dirs",
+        action="append",
+        default=S,
+        metavar="DIR",
+        help="folder to watch, repeatable (default --app-dir)",
+    )
+    g.add_argument(
+        "--reload-include",
+        dest="reload_includes",
+        action="append",
+        default=S,
+        metavar="GLOB",
+        help="file names that count as changes, repeatable (*.py always does)",
+    )
+    g.add_argument(
+        "--reload-exclude",
+        dest="reload_excludes",
+        action="append",
+        default=S,
+        metavar="GLOB",
+        help="names to ignore, repeatable (hidden files, .py[cod], .sw.*, ~* always are; "
+        "hidden and virtualenv folders too)",
+    )
 
 
 def _from_toml(path: str) -> dict[str, object]:
@@ -314,37 +481,63 @@ def _from_toml(path: str) -> dict[str, object]:
     values: dict[str, object] = {}
     for key, value in table.items():
         name = key.replace("-", "_")
-        name = {"bind": "binds", "pid": "pid_file", "name": "proc_name"}.get(name, name)
-        if name not in names:
+        name = _ALIASES.get(name, name)
+        if name not in names and name not in _BIND_KEYS:
             raise ConfigError(f"config file {path!r}: unknown option {key!r}")
-        if name == "binds" and isinstance(value, str):
+        if name in _LIST_FIELDS and isinstance(value, str):
             value = [value]
         values[name] = tuple(value) if isinstance(value, list) else value
+    return _bind_aliases(values)
+
+
+# Fields that take several values: a list in TOML, comma-separated in a variable.
+_LIST_FIELDS = frozenset({"binds", "headers", "reload_dirs", "reload_includes", "reload_excludes"})
+
+
+def _bind_aliases(values: dict[str, object]) -> dict[str, object]:
+    """Turn host/port (uvicorn), uds and fd keys of one source into that source's binds."""
+    found = {key: values.pop(key) for key in _BIND_KEYS if key in values}
+    if not found:
+        return values
+    binds = list(cast("tuple[object, ...]", values.get("binds", ())))
+    if "host" in found or "port" in found:
+        default = parse_tcp_bind(DEFAULT_BIND)
+        host = str(found.get("host", default.host))
+        port = found.get("port", default.port)
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        binds.append(f"{host}:{port}")
+    if "uds" in found:
+        binds.append(f"unix:{found['uds']}")
+    if "fd" in found:
+        binds.append(f"fd://{found['fd']}")
+    values["binds"] = tuple(binds)
     return values
 
 
 def _from_env(environ: dict[str, str] | os._Environ[str]) -> dict[str, object]:
     annotations = {f: str(t) for f, t in Config.__annotations__.items()}
+    annotations.update({"host": "str", "port": "int", "uds": "str", "fd": "int"})
     values: dict[str, object] = {}
-    aliases = {"bind": "binds", "pid": "pid_file", "name": "proc_name"}
     for key, text in environ.items():
         if not key.startswith("REUSEPORT_") or key in {"REUSEPORT_CONFIG"}:
             continue
         raw = key[len("REUSEPORT_") :].lower()
-        name = aliases.get(raw, raw)
+        name = _ALIASES.get(raw, raw)
         if name not in annotations:
             continue
         kind = annotations[name]
         try:
-            if name == "binds":
+            if name in _LIST_FIELDS:
                 values[name] = tuple(part.strip() for part in text.split(",") if part.strip())
+            elif name == "uds_mode":
+                values[name] = text  # octal: Config parses it
             elif kind in _FROM_TEXT:
                 values[name] = _FROM_TEXT[kind](text)
             else:
                 values[name] = text
         except ValueError:
             raise ConfigError(f"cannot parse {key}={text!r}: expected {kind}") from None
-    return values
+    return _bind_aliases(values)
 
 
 def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
@@ -358,36 +551,95 @@ def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None
     if config_file:
         values.update(_from_toml(config_file))
     values.update(_from_env(env))
-    if "binds" in given:
-        given["binds"] = tuple(given["binds"])
-    values.update(given)
+    for name in _LIST_FIELDS:
+        if name in given:
+            given[name] = tuple(given[name])
+    values.update(_bind_aliases(given))
     try:
         return Config(**values)  # type: ignore[arg-type]
     except TypeError as exc:
         raise ConfigError(f"bad configuration: {exc}") from None
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=_LOG_FORMAT, stream=sys.stderr)
+def _with_activation(config: Config) -> tuple[Config, tuple[FdBind, ...]]:
+    """Add the sockets of systemd socket activation, when there are some for us.
+
+    They replace the default bind; binds that were given are served too.
+    """
+    activated = systemd_binds(os.environ, os.getpid())
+    if not activated:
+        return config, ()
+    default = Config.__dataclass_fields__["binds"].default
+    given = () if config.binds == default else config.binds
+    return dataclasses.replace(config, binds=(*given, *activated)), activated
+
+
+def resolve_mode(config: Config) -> tuple[Mode, str]:
+    """The effective mode and why; unix:/fd binds have one accept queue by nature."""
+    shared_only = config.shared_only_binds
+    if shared_only:
+        names = ", ".join(str(b) for b in shared_only)
+        has = "has" if len(shared_only) == 1 else "have"
+        if config.mode is Mode.REUSEPORT and not config.tcp_binds:
+            raise ConfigError(
+                f"--mode reuseport needs a TCP bind: {names} {has} one accept queue by "
+                "nature, which every worker shares; use --mode shared (or auto)"
+            )
+        if config.mode is Mode.AUTO:
+            return Mode.SHARED, (
+                f"chosen by --mode auto: {names} {has} one accept queue by nature "
+                "(--mode reuseport gives the TCP binds per-worker sockets beside it)"
+            )
+        if config.mode is Mode.REUSEPORT:
+            return Mode.REUSEPORT, (
+                f"chosen by --mode; {names} "
+                f"{'is a shared socket' if len(shared_only) == 1 else 'are shared sockets'} "
+                "every worker accepts from"
+            )
+    if config.mode is Mode.AUTO:
+        from .probe import quick_recommendation
+
+        mode, reason = quick_recommendation()
+        return mode, f"chosen by --mode auto: {reason}"
+    if config.mode is Mode.REUSEPORT and not sys.platform.startswith("linux"):
+        log.warning(
+            "SO_REUSEPORT on %s does not balance connections across workers; "
+            "--mode shared is the better choice here",
+            sys.platform,
+        )
+    return config.mode, "chosen by --mode"
+
+
+def check_startup(config: Config) -> None:
+    """What must hold before the master binds anything (raises ``ConfigError``)."""
+    from . import envfile, reloader, tls
+    from .http.access import compile_format
+
+    if config.tls and config.interface is Interface.SOCKET:
+        raise ConfigError(
+            "--ssl-certfile cannot apply to --interface socket: a socket app serves the raw "
+            "listening socket itself; give its server the certificate instead"
+        )
+    tls.check(config)
+    if config.env_file is not None:
+        envfile.load(config.env_file)
+    if config.access_log_format is not None:
+        compile_format(config.access_log_format)
+    reloader.check(config)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    config = build_config(args)
-    _setup_logging(config.log_level)
+    config, activated = _with_activation(build_config(args))
+    logs.setup(config)
+    if activated:
+        log.info(
+            "systemd socket activation: %s",
+            ", ".join(f"{b} [{b.name}]" if b.name else str(b) for b in activated),
+        )
+    check_startup(config)
+    mode, reason = resolve_mode(config)
     from .arbiter import Arbiter
-    from .probe import quick_recommendation
 
-    if config.mode is Mode.AUTO:
-        mode, reason = quick_recommendation()
-        reason = f"chosen by --mode auto: {reason}"
-    else:
-        mode, reason = config.mode, "chosen by --mode"
-        if mode is Mode.REUSEPORT and not sys.platform.startswith("linux"):
-            log.warning(
-                "SO_REUSEPORT on %s does not balance connections across workers; "
-                "--mode shared is the better choice here",
-                sys.platform,
-            )
     return Arbiter(config, mode, reason).run()
 
 

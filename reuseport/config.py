@@ -7,6 +7,13 @@ raises ``ConfigError`` naming the value and the fix.  Durations are float second
 ``*_timeout`` / ``*_interval``.  The CLI (``cli.py``) gathers values from the
 command line, the TOML file and ``REUSEPORT_*`` variables and hands them to
 ``Config`` as keyword arguments.
+
+Binds come in three kinds (``BindKind``): a TCP address (``BindAddress``,
+the only kind a SO_REUSEPORT group can form on), a Unix socket path
+(``UnixBind``, ``unix:/path``) and an inherited listening fd (``FdBind``,
+``fd://N``, also what systemd socket activation hands over).  The last two
+have one accept queue by nature: the master holds them as shared sockets in
+either mode.  ``parse_bind`` reads all three; ``Bind`` is their union.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import os
+import re
 import socket
 from dataclasses import dataclass, field, fields
 from typing import TypeVar
@@ -22,23 +30,40 @@ from .errors import ConfigError
 
 __all__ = [
     "DEFAULT_BIND",
+    "DEFAULT_RELOAD_EXCLUDES",
+    "DEFAULT_RELOAD_INCLUDES",
+    "LOG_LEVELS",
     "SECONDS",
+    "Bind",
     "BindAddress",
+    "BindKind",
+    "CertReqs",
     "Config",
+    "FdBind",
     "Interface",
     "Lifespan",
     "LoopKind",
     "Mode",
     "ProcessManager",
     "SteeringKind",
+    "UnixBind",
     "WebSocketKind",
     "parse_bind",
+    "parse_header",
+    "parse_octal_mode",
+    "parse_tcp_bind",
     "usable_cpus",
 ]
 
 SECONDS = 1.0
 _E = TypeVar("_E", bound=enum.Enum)
 DEFAULT_BIND = "127.0.0.1:8000"
+# The levels --log-level takes, lowest last; ``trace`` (5) sits below debug.
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+# uvicorn's defaults for --reload: what counts as a change of the app's code.
+DEFAULT_RELOAD_INCLUDES = ("*.py",)
+DEFAULT_RELOAD_EXCLUDES = (".*", ".py[cod]", ".sw.*", "~*")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 class Mode(enum.Enum):
@@ -96,13 +121,30 @@ class Lifespan(enum.Enum):
     OFF = "off"
 
 
+class BindKind(enum.Enum):
+    TCP = "tcp"  # HOST:PORT: per-worker SO_REUSEPORT sockets or one shared socket
+    UNIX = "unix"  # unix:/path: always one shared socket
+    FD = "fd"  # fd://N: an inherited listening socket, always shared
+
+
+class CertReqs(enum.IntEnum):
+    """``--ssl-cert-reqs``: the ``ssl.CERT_*`` values uvicorn takes (0, 1, 2)."""
+
+    NONE = 0  # no client certificate asked for
+    OPTIONAL = 1  # asked for, checked against --ssl-ca-certs if sent
+    REQUIRED = 2  # the handshake fails without a valid client certificate
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BindAddress:
-    """One ``HOST:PORT`` to listen on.  ``port`` 0 means "pick one"."""
+    """One TCP ``HOST:PORT`` to listen on.  ``port`` 0 means "pick one"."""
 
     host: str
     port: int
     family: socket.AddressFamily
+
+    kind = BindKind.TCP
+    shared_only = False  # may have a SO_REUSEPORT socket per worker
 
     def __str__(self) -> str:
         if self.family == socket.AF_INET6:
@@ -117,14 +159,74 @@ class BindAddress:
         return (self.host, self.port)
 
 
-def parse_bind(text: str) -> BindAddress:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UnixBind:
+    """A Unix stream socket at ``path`` (``-b unix:/path`` or ``--uds PATH``)."""
+
+    path: str
+
+    kind = BindKind.UNIX
+    shared_only = True  # one accept queue by nature
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FdBind:
+    """An inherited listening socket (``-b fd://N``, ``--fd N``, systemd activation).
+
+    ``name`` is systemd's ``LISTEN_FDNAMES`` entry for it, when there is one.
+    """
+
+    fd: int
+    name: str | None = None
+
+    kind = BindKind.FD
+    shared_only = True  # one accept queue by nature
+
+    def __str__(self) -> str:
+        return f"fd://{self.fd}"
+
+
+Bind = BindAddress | UnixBind | FdBind
+
+
+def parse_bind(text: str) -> Bind:
+    """Parse one ``--bind``: ``HOST:PORT``, ``[V6]:PORT``, ``:PORT``, ``unix:PATH`` or ``fd://N``."""
+    raw = text.strip()
+    if raw.startswith("unix:"):
+        path = raw[len("unix:") :]
+        if not path:
+            raise ConfigError(f"cannot parse bind {text!r}: expected unix:/path/to/socket")
+        if "\0" in path:
+            raise ConfigError(f"cannot parse bind {text!r}: a socket path cannot contain NUL")
+        # sun_path holds 108 bytes with the terminating NUL.
+        if len(os.fsencode(path)) > 107:
+            raise ConfigError(
+                f"cannot parse bind {text!r}: a Unix socket path is at most 107 bytes; "
+                "choose a shorter path"
+            )
+        return UnixBind(path=path)
+    if raw.startswith("fd://"):
+        digits = raw[len("fd://") :]
+        if not (digits.isascii() and digits.isdigit()):
+            raise ConfigError(f"cannot parse bind {text!r}: expected fd://N with N a number")
+        return FdBind(fd=int(digits))
+    return parse_tcp_bind(text)
+
+
+def parse_tcp_bind(text: str) -> BindAddress:
     """Parse ``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (all IPv4 interfaces).
 
     Host names are not resolved (that would be I/O); ``localhost`` is accepted
     as a spelling of 127.0.0.1.
     """
     raw = text.strip()
-    hint = "expected HOST:PORT, e.g. 127.0.0.1:8000, 0.0.0.0:8000 or [::1]:8000"
+    hint = (
+        "expected HOST:PORT, e.g. 127.0.0.1:8000, 0.0.0.0:8000 or [::1]:8000 "
+        "(or unix:/path, fd://N)"
+    )
     if raw.startswith("["):
         host, sep, rest = raw[1:].partition("]")
         if not sep or not rest.startswith(":"):
@@ -159,6 +261,55 @@ def parse_bind(text: str) -> BindAddress:
     return BindAddress(host=str(ip), port=port, family=family)
 
 
+def parse_octal_mode(value: object, name: str = "--uds-mode") -> int:
+    """A file mode given as octal text (``660``, ``0o660``, ``0660``) or as an int."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        text = str(value).strip().lower().removeprefix("0o")
+        if not text or not all(c in "01234567" for c in text):
+            raise ConfigError(f"invalid {name} {value!r}: expected an octal mode such as 660")
+        mode = int(text, 8)
+    if not 0 <= mode <= 0o777:
+        raise ConfigError(f"invalid {name} {value!r}: expected an octal mode between 0 and 777")
+    return mode
+
+
+def parse_header(value: object) -> tuple[str, str]:
+    """``--header NAME:VALUE`` as (name, value); the value may be empty."""
+    if isinstance(value, tuple | list) and len(value) == 2:
+        name, text = str(value[0]), str(value[1])
+    else:
+        name, sep, text = str(value).partition(":")
+        if not sep:
+            raise ConfigError(f"invalid --header {value!r}: expected NAME:VALUE, e.g. X-Frame:DENY")
+    name, text = name.strip(), text.strip()
+    if not _HEADER_NAME.match(name):
+        raise ConfigError(
+            f"invalid --header {value!r}: {name!r} is not a header name (letters, digits "
+            "and !#$%&'*+.^_`|~- only)"
+        )
+    if any(c in text for c in "\r\n\0") or not text.isascii():
+        raise ConfigError(
+            f"invalid --header {value!r}: the value must be ASCII without CR, LF or NUL"
+        )
+    return name, text
+
+
+def _cert_reqs(value: object) -> CertReqs:
+    if isinstance(value, CertReqs):
+        return value
+    text = str(value).strip().lower().removeprefix("cert_")
+    names = {"none": 0, "optional": 1, "required": 2}
+    number = names.get(text, text)
+    try:
+        return CertReqs(int(number))
+    except ValueError:
+        raise ConfigError(
+            f"invalid --ssl-cert-reqs {value!r}: choose 0 (none), 1 (optional) or 2 (required)"
+        ) from None
+
+
 def _enum_value(kind: type[_E], value: object, name: str) -> _E:
     if isinstance(value, kind):
         return value
@@ -188,7 +339,7 @@ class Config:
 
     app: str | None = None
     app_dir: str = "."
-    binds: tuple[BindAddress, ...] = (parse_bind(DEFAULT_BIND),)
+    binds: tuple[Bind, ...] = (parse_tcp_bind(DEFAULT_BIND),)
     workers: int = field(default_factory=usable_cpus)
     mode: Mode = Mode.AUTO
     interface: Interface = Interface.AUTO
@@ -196,6 +347,7 @@ class Config:
     backlog: int = 2048
     steering: SteeringKind = SteeringKind.AUTO
     rescue: bool = True  # reuseport mode: siblings serve a stalled worker's queue
+    uds_mode: int = 0o666  # permissions of a unix: socket file (uvicorn's)
 
     # Process manager (php-fpm names in comments).
     pm: ProcessManager = ProcessManager.STATIC
@@ -216,8 +368,30 @@ class Config:
     user: str | None = None
     group: str | None = None
     access_log: bool = False
+    access_logfile: str | None = None  # "-" is stderr; a path turns the access log on
+    access_log_format: str | None = None  # gunicorn's atoms; None: the built-in line
+    error_logfile: str | None = None  # "-" is stderr (the default)
+    log_config: str | None = None  # logging config: .json/.toml dictConfig, else INI
     log_level: str = "info"
     proc_name: str | None = None
+
+    # Development.
+    reload: bool = False
+    reload_dirs: tuple[str, ...] = ()  # empty: --app-dir
+    reload_includes: tuple[str, ...] = ()  # added to DEFAULT_RELOAD_INCLUDES
+    reload_excludes: tuple[str, ...] = ()  # added to DEFAULT_RELOAD_EXCLUDES
+
+    # Application loading.
+    factory: bool = False  # APP is a callable that returns the app
+    env_file: str | None = None  # dotenv file loaded in each worker before the import
+
+    # TLS (uvicorn's names).
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_keyfile_password: str | None = None
+    ssl_ca_certs: str | None = None
+    ssl_cert_reqs: CertReqs = CertReqs.NONE
+    ssl_ciphers: str | None = None  # None: Python's secure defaults
 
     # HTTP / ASGI.
     root_path: str = ""
@@ -231,6 +405,7 @@ class Config:
     limit_request_line: int = 8190
     limit_request_fields: int = 100
     limit_request_field_size: int = 8190
+    headers: tuple[tuple[str, str], ...] = ()  # --header: added to every response
 
     # WebSocket (uvicorn's names and defaults).
     ws: WebSocketKind = WebSocketKind.AUTO
@@ -249,12 +424,27 @@ class Config:
         set_(self, "lifespan", _enum_value(Lifespan, self.lifespan, "lifespan"))
         set_(self, "steering", _enum_value(SteeringKind, self.steering, "steering"))
         set_(self, "ws", _enum_value(WebSocketKind, self.ws, "ws"))
-        binds = tuple(b if isinstance(b, BindAddress) else parse_bind(str(b)) for b in self.binds)
+        binds = tuple(
+            b if isinstance(b, BindAddress | UnixBind | FdBind) else parse_bind(str(b))
+            for b in self.binds
+        )
         if not binds:
             raise ConfigError("no --bind given: pass at least one HOST:PORT")
-        if len({(b.host, b.port) for b in binds if b.port}) != len([b for b in binds if b.port]):
+        keys = [_bind_key(b) for b in binds if not (isinstance(b, BindAddress) and b.port == 0)]
+        if len(set(keys)) != len(keys):
             raise ConfigError("the same --bind address is given twice: remove the duplicate")
         set_(self, "binds", binds)
+        set_(self, "uds_mode", parse_octal_mode(self.uds_mode))
+        set_(self, "ssl_cert_reqs", _cert_reqs(self.ssl_cert_reqs))
+        set_(self, "headers", tuple(parse_header(h) for h in self.headers))
+        for name in ("reload_dirs", "reload_includes", "reload_excludes"):
+            value = getattr(self, name)
+            set_(self, name, (value,) if isinstance(value, str) else tuple(map(str, value)))
+        self._validate_tls()
+        if self.access_logfile is not None:
+            set_(self, "access_log", True)  # giving the file turns it on, as with gunicorn
+        if self.access_log_format is not None and not self.access_log_format.strip():
+            raise ConfigError("--access-log-format is empty: give a format or leave it out")
         if isinstance(self.forwarded_allow_ips, str):
             ips = tuple(p.strip() for p in self.forwarded_allow_ips.split(",") if p.strip())
             set_(self, "forwarded_allow_ips", ips)
@@ -289,13 +479,57 @@ class Config:
             "ws_max_queue",
         ):
             self._check_positive(name, getattr(self, name), minimum=1)
-        if self.log_level.lower() not in {"critical", "error", "warning", "info", "debug"}:
+        if self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError(
-                f"invalid --log-level {self.log_level!r}: "
-                "choose critical, error, warning, info or debug"
+                f"invalid --log-level {self.log_level!r}: choose {', '.join(LOG_LEVELS)}"
             )
         set_(self, "log_level", self.log_level.lower())
         self._validate_pool()
+
+    def _validate_tls(self) -> None:
+        others = {
+            "--ssl-keyfile": self.ssl_keyfile,
+            "--ssl-keyfile-password": self.ssl_keyfile_password,
+            "--ssl-ca-certs": self.ssl_ca_certs,
+            "--ssl-ciphers": self.ssl_ciphers,
+        }
+        if self.ssl_certfile is None:
+            given = [flag for flag, value in others.items() if value is not None]
+            if self.ssl_cert_reqs is not CertReqs.NONE:
+                given.append("--ssl-cert-reqs")
+            if given:
+                raise ConfigError(
+                    f"{', '.join(given)} given without --ssl-certfile: TLS needs a certificate"
+                )
+        if self.ssl_cert_reqs is not CertReqs.NONE and self.ssl_ca_certs is None:
+            raise ConfigError(
+                "--ssl-cert-reqs asks for client certificates: give --ssl-ca-certs "
+                "(the CA file they are checked against)"
+            )
+
+    @property
+    def tls(self) -> bool:
+        """Serve TLS (HTTPS) on every bind."""
+        return self.ssl_certfile is not None
+
+    @property
+    def effective_reload_includes(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.reload_includes, *DEFAULT_RELOAD_INCLUDES)))
+
+    @property
+    def effective_reload_excludes(self) -> tuple[str, ...]:
+        # A pattern the user includes is not excluded by a default (as uvicorn).
+        defaults = [p for p in DEFAULT_RELOAD_EXCLUDES if p not in self.reload_includes]
+        return tuple(dict.fromkeys((*self.reload_excludes, *defaults)))
+
+    @property
+    def tcp_binds(self) -> tuple[BindAddress, ...]:
+        return tuple(b for b in self.binds if isinstance(b, BindAddress))
+
+    @property
+    def shared_only_binds(self) -> tuple[UnixBind | FdBind, ...]:
+        """Binds with one accept queue by nature (unix sockets, inherited fds)."""
+        return tuple(b for b in self.binds if not isinstance(b, BindAddress))
 
     @staticmethod
     def _check_positive(name: str, value: object, *, minimum: int) -> None:
@@ -381,3 +615,11 @@ class Config:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _bind_key(bind: Bind) -> tuple[object, ...]:
+    if isinstance(bind, BindAddress):
+        return ("tcp", bind.host, bind.port)
+    if isinstance(bind, UnixBind):
+        return ("unix", bind.path)
+    return ("fd", bind.fd)

@@ -50,6 +50,15 @@ allowed indices into a program (an eBPF program instead of cBPF goes there);
 groups are kept per bind, so sockets whose group forms at ``bind()`` (UDP)
 or binds that cannot join one (unix sockets, inherited fds: shared-only) fit
 beside TCP; ``held`` lists every socket a new master would need (USR2).
+
+Binds that cannot join a group (``unix:/path``, ``fd://N``: one accept queue
+by nature) are shared sockets in either mode: bound (or adopted) by the
+master in ``bind``, handed to every worker by ``for_slot`` after the slot's
+own sockets, and never part of a group.  So in reuseport mode ``slot_binds``
+(the TCP binds, one group each) and ``binds`` (all of them, in the order
+given) differ; a worker of a new slot opens sockets for ``slot_binds`` only.
+The master removes the socket files of its Unix binds when it closes them
+(never a worker: ``close_in_child`` only closes descriptors).
 """
 
 from __future__ import annotations
@@ -58,16 +67,20 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import socket
 from collections.abc import Collection, Sequence
 
 from .bpf import Group, attach_cbpf, detach, steering_program
-from .config import BindAddress, Mode
+from .config import Bind, BindAddress, FdBind, Mode, UnixBind
 from .errors import errno_name
 from .loadboard import KernelSteering, LoadBoard
 from .sockets import (
+    UnixFile,
+    adopt_bind,
     bind_reuseport,
     bind_shared,
+    bind_unix,
     check_port_guard,
     listen_queue_depth,
     reserve_port,
@@ -82,15 +95,26 @@ log = logging.getLogger("reuseport.master")
 _Program = tuple[int, ...] | None
 
 
+def _readable(sock: socket.socket) -> bool:
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class Listeners:
     """The master's listening sockets: shared ones, reservations, slots, groups, steering."""
 
-    def __init__(self, mode: Mode, binds: Sequence[BindAddress], backlog: int) -> None:
+    def __init__(
+        self, mode: Mode, binds: Sequence[Bind], backlog: int, *, uds_mode: int = 0o666
+    ) -> None:
         if mode is Mode.AUTO:
             raise ValueError("listeners need a resolved mode")
         self.mode = mode
-        self.binds: tuple[BindAddress, ...] = tuple(binds)  # real ports once bound
+        self.binds: tuple[Bind, ...] = tuple(binds)  # real ports once bound
         self.backlog = backlog
+        self.uds_mode = uds_mode
+        self._unix_files: list[UnixFile] = []
+        self._shown: dict[int, str] = {}  # fd bind: what it turned out to be
         self.anchor: int | None = None  # the slot the master opened itself (ondemand)
         self.draining: int | None = None  # the slot being drained, at most one
         self._shared: list[socket.socket] = []
@@ -111,9 +135,13 @@ class Listeners:
         Raises ``BindError``/``PortGuardError`` with the fix; closes what it
         opened on any failure.
         """
-        resolved: list[BindAddress] = []
+        resolved: list[Bind] = []
         try:
             for addr in self.binds:
+                if not isinstance(addr, BindAddress):
+                    self._shared.append(self._bind_shared_only(addr))
+                    resolved.append(addr)
+                    continue
                 if self.mode is Mode.SHARED:
                     sock = bind_shared(addr, self.backlog)
                     self._shared.append(sock)
@@ -124,12 +152,12 @@ class Listeners:
                 resolved.append(addr.with_port(sock.getsockname()[1]))
             self.binds = tuple(resolved)
             if self.mode is Mode.REUSEPORT:
-                self._groups = [Group() for _ in self.binds]
-                self._attached = [None for _ in self.binds]
+                self._groups = [Group() for _ in self.slot_binds]
+                self._attached = [None for _ in self.slot_binds]
                 if anchor:
                     socks: list[socket.socket] = []
                     self._slots[0] = socks  # closed with the rest if one bind fails
-                    for addr in self.binds:
+                    for addr in self.slot_binds:
                         socks.append(bind_reuseport(addr, self.backlog))
                     self._join(0, socks)
                     self.anchor = 0
@@ -137,12 +165,64 @@ class Listeners:
             self.close()
             raise
 
+    def _bind_shared_only(self, addr: UnixBind | FdBind) -> socket.socket:
+        """The one socket of a bind that has one accept queue by nature."""
+        if isinstance(addr, FdBind):
+            sock = adopt_bind(addr)
+            where = sock.getsockname()
+            if isinstance(where, tuple):
+                family = "[%s]:%d" if sock.family == socket.AF_INET6 else "%s:%d"
+                self._shown[addr.fd] = family % where[:2]
+            elif where:
+                self._shown[addr.fd] = f"unix:{where}"
+            return sock
+        sock, unix_file, stale = bind_unix(addr, self.backlog, self.uds_mode)
+        self._unix_files.append(unix_file)
+        if stale:
+            log.info("Removed the stale socket file %s (nothing listened on it)", addr.path)
+        return sock
+
+    @property
+    def slot_binds(self) -> tuple[BindAddress, ...]:
+        """The binds a reuseport slot has its own sockets for (one group each)."""
+        if self.mode is not Mode.REUSEPORT:
+            return ()
+        return tuple(b for b in self.binds if isinstance(b, BindAddress))
+
+    def binds_to_open(self, slot: int) -> tuple[BindAddress, ...]:
+        """What a new worker of ``slot`` must open itself; () when it inherits everything."""
+        return self.slot_binds if self.needs_socket(slot) else ()
+
+    def describe(self, scheme: str) -> list[str]:
+        """One "Listening at" text per bind, with the mode each is served in."""
+        lines = []
+        for addr in self.binds:
+            if isinstance(addr, BindAddress):
+                lines.append(f"{scheme}://{addr} ({self.mode.value} mode)")
+                continue
+            where = str(addr)
+            if isinstance(addr, FdBind):
+                name = f" [{addr.name}]" if addr.name else ""
+                shown = self._shown.get(addr.fd, "")
+                if shown.startswith("unix:"):
+                    where += f"{name} = {shown}"
+                elif shown:
+                    where += f"{name} = {scheme}://{shown}"
+            if self.mode is Mode.SHARED:
+                lines.append(f"{where} (shared mode)")
+            else:
+                lines.append(f"{where} (one shared socket for every worker: no per-worker queues)")
+        return lines
+
     def close(self) -> None:
         for sock in self._all():
             sock.close()
         self._shared.clear()
         self._reservations.clear()
         self._slots.clear()
+        for unix_file in self._unix_files:
+            unix_file.remove()
+        self._unix_files.clear()
         if self.kernel is not None:
             self.kernel.close()
             self.kernel = None
@@ -174,16 +254,16 @@ class Listeners:
 
     # ------------------------------------------------------------------ what is held
     def held(self) -> list[socket.socket]:
-        """Every listening socket the master holds (the shared ones, or each slot's)."""
+        """Every listening socket the master holds (the shared ones, and each slot's)."""
         if self.mode is Mode.SHARED:
             return list(self._shared)
-        return [sock for socks in self._slots.values() for sock in socks]
+        return [sock for socks in self._slots.values() for sock in socks] + self._shared
 
     def for_slot(self, slot: int) -> list[socket.socket]:
-        """The sockets a worker of ``slot`` inherits; none: it opens its own."""
+        """The sockets a worker of ``slot`` inherits: the slot's own (if held), then the shared."""
         if self.mode is Mode.SHARED:
             return list(self._shared)
-        return list(self._slots.get(slot, ()))
+        return [*self._slots.get(slot, ()), *self._shared]
 
     def siblings_of(self, slot: int) -> dict[int, list[socket.socket]]:
         """Every other slot's sockets, but the draining one's (reuseport mode)."""
@@ -213,9 +293,19 @@ class Listeners:
         return None if queue is None else (queue, limit)
 
     def queued(self) -> int:
-        """Connections waiting in every queue the master holds."""
-        depths = (listen_queue_depth(sock) for sock in self.held())
-        return sum(depth[0] for depth in depths if depth is not None)
+        """Connections waiting in every queue the master holds.
+
+        A socket without ``TCP_INFO`` (a Unix socket) counts 1 while a
+        connection waits in it: readable is all a listening socket tells.
+        """
+        total = 0
+        for sock in self.held():
+            depth = listen_queue_depth(sock)
+            if depth is not None:
+                total += depth[0]
+            elif _readable(sock):
+                total += 1
+        return total
 
     # ------------------------------------------------------------------ slots come and go
     def next_slot(self, busy: Collection[int]) -> int:
@@ -255,7 +345,7 @@ class Listeners:
 
         Returns False (and closes them) if no new sockets were expected for it.
         """
-        if self._opening != slot or len(fds) != len(self.binds):
+        if self._opening != slot or len(fds) != len(self.slot_binds):
             for fd in fds:
                 os.close(fd)
             return False

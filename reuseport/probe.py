@@ -57,7 +57,7 @@ from .bpf import (
     mov64_imm,
     steering_program,
 )
-from .config import SECONDS, BindAddress, Mode, parse_bind, usable_cpus
+from .config import SECONDS, BindAddress, Mode, parse_tcp_bind, usable_cpus
 from .errors import ConfigError, PlatformError, errno_name
 from .procfs import descendants_of
 from .sockets import ListenerInfo, describe_owner, find_listeners, open_socket
@@ -944,7 +944,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the probe and print text or JSON to stdout.  Bad values raise ConfigError."""
-    binds = [parse_bind(text) for text in args.bind]
+    binds = [parse_tcp_bind(text) for text in args.bind]
     report = run_probe(binds, listeners=args.listeners, connections=args.connections)
     if args.json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")

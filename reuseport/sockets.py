@@ -11,6 +11,13 @@ same ip:port and silently receive a share of the connections.  Before joining
 a group we list the LISTEN rows for the port in /proc/net/tcp{,6} and refuse
 if any of them is not ours.  The guard fails closed: if that table cannot be
 read on Linux, we refuse to start rather than guess that nobody listens.
+
+Unix socket files: a file left by a server that died is *stale* and is
+removed before binding, but only after a connect to it is refused (nobody
+listens); a file something still listens on, or a path that is not a socket,
+is a ``BindError``.  The owner of a bound path (``UnixFile``) removes it at
+stop only if the path is still the socket it made, so a server started since
+on the same path keeps its file.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import enum
 import errno
 import os
 import socket
+import stat
 import struct
 import sys
 from collections.abc import Iterable
@@ -26,16 +34,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import procfs
-from .config import BindAddress
+from .config import BindAddress, FdBind, UnixBind
 from .errors import BindError, PlatformError, PortGuardError, ReuseportError, errno_name
 
 __all__ = [
     "ListenerInfo",
     "SocketSetupError",
     "Step",
+    "UnixFile",
     "adopt",
+    "adopt_bind",
     "bind_reuseport",
     "bind_shared",
+    "bind_unix",
     "check_port_guard",
     "describe_owner",
     "find_listeners",
@@ -76,7 +87,7 @@ class SocketSetupError(OSError):
 def open_socket(
     family: socket.AddressFamily,
     kind: socket.SocketKind,
-    sockaddr: tuple[Any, ...],
+    sockaddr: tuple[Any, ...] | str,
     *,
     reuseport: bool,
     backlog: int | None,
@@ -102,7 +113,7 @@ def open_socket(
         if reuseport:
             step = Step.REUSEPORT
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        else:
+        elif family != socket.AF_UNIX:
             step = Step.REUSEADDR
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         step = Step.BIND
@@ -199,20 +210,147 @@ def reserve_port(addr: BindAddress) -> socket.socket:
 
 def adopt(fd: int) -> socket.socket:
     """Wrap an inherited fd, checking it is a listening stream socket."""
+    hint = (
+        "pass the number of a listening socket this process inherited "
+        "(e.g. from systemd socket activation or a parent started with pass_fds)"
+    )
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:
-        raise BindError(f"fd {fd} is not a usable socket ({errno_name(exc)})") from None
+        raise BindError(f"fd {fd} is not a usable socket ({errno_name(exc)}): {hint}") from None
     try:
         if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
-            raise BindError(f"fd {fd} is not a stream socket")
+            raise BindError(f"fd {fd} is not a stream socket: {hint}")
         if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            raise BindError(f"fd {fd} is a socket that does not listen")
+            raise BindError(f"fd {fd} is a socket that does not listen: {hint}")
         sock.setblocking(False)
         return sock
     except BaseException:
         sock.detach()
         raise
+
+
+def adopt_bind(bind: FdBind) -> socket.socket:
+    """The inherited listening socket of ``fd://N``, checked (``adopt``), not inheritable."""
+    sock = adopt(bind.fd)
+    try:
+        sock.set_inheritable(False)  # our workers get it by fork, not by exec
+    except BaseException:
+        sock.detach()
+        raise
+    return sock
+
+
+@dataclass(frozen=True, slots=True)
+class UnixFile:
+    """The socket file a Unix bind made, to remove at stop if it is still ours."""
+
+    path: str
+    device: int
+    inode: int
+
+    def remove(self) -> bool:
+        """Unlink the path if it is still the socket we bound; True if removed."""
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) != (self.device, self.inode):
+                return False
+            os.unlink(self.path)
+        except OSError:
+            return False
+        return True
+
+
+def _clear_stale_unix(bind: UnixBind) -> bool:
+    """Remove a socket file nobody listens on; True if one was removed.
+
+    Raises ``BindError`` if the path is not a socket or something listens.
+    """
+    path = bind.path
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise BindError(f"cannot listen on {bind}: {exc.strerror} ({errno_name(exc)})") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise BindError(
+            f"cannot listen on {bind}: the path exists and is not a socket; "
+            "remove it or choose another path"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.setblocking(False)  # a Unix connect completes or fails at once
+        probe.connect(path)
+    except ConnectionRefusedError:
+        pass  # nobody listens: stale
+    except FileNotFoundError:
+        return False
+    except BlockingIOError:
+        raise BindError(
+            f"cannot listen on {bind}: another process listens there (its queue is full); "
+            "stop it or choose another path"
+        ) from None
+    except OSError as exc:
+        raise BindError(
+            f"cannot listen on {bind}: cannot tell whether something listens there "
+            f"({errno_name(exc)}); remove the file if it is stale, or choose another path"
+        ) from None
+    else:
+        raise BindError(
+            f"cannot listen on {bind}: another process listens there; "
+            "stop it or choose another path"
+        )
+    finally:
+        probe.close()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise BindError(
+            f"cannot listen on {bind}: cannot remove the stale socket file "
+            f"({errno_name(exc)}); remove it by hand or choose another path"
+        ) from None
+    return True
+
+
+def bind_unix(bind: UnixBind, backlog: int, mode: int) -> tuple[socket.socket, UnixFile, bool]:
+    """A listening Unix socket at ``bind.path`` with file permissions ``mode``.
+
+    Returns the socket, its file (to remove at stop) and whether a stale
+    file was removed first.
+    """
+    stale = _clear_stale_unix(bind)
+    try:
+        sock = open_socket(
+            socket.AF_UNIX, socket.SOCK_STREAM, bind.path, reuseport=False, backlog=backlog
+        )
+    except SocketSetupError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise BindError(
+                f"cannot listen on {bind}: the path was created again meanwhile "
+                "(another server starting?); choose another path"
+            ) from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise BindError(
+                f"cannot listen on {bind}: its folder does not exist; create it first"
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise BindError(
+                f"cannot listen on {bind}: permission denied ({errno_name(exc)}); "
+                "choose a folder this user may write to"
+            ) from None
+        raise BindError(f"cannot listen on {bind}: {exc.strerror} ({errno_name(exc)})") from None
+    try:
+        os.chmod(bind.path, mode)
+        st = os.lstat(bind.path)
+    except OSError as exc:
+        sock.close()
+        raise BindError(
+            f"cannot set the permissions of {bind} to {mode:o}: {exc.strerror} ({errno_name(exc)})"
+        ) from None
+    return sock, UnixFile(bind.path, st.st_dev, st.st_ino), stale
 
 
 def socket_inode(sock: socket.socket) -> int:

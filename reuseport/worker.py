@@ -5,10 +5,13 @@ the arbiter just forked and never returns into the master's code: ``run``
 returns an exit code that the arbiter passes to ``os._exit``.
 
 Boot sequence: set the process title and the parent-death signal, choose the
-loop, get the listening sockets (inherit them from the master, or in
-reuseport mode open our own with SO_REUSEPORT and hand the master a duplicate
-over the channel), drop privileges (--user/--group), import the app, run its
-startup (ASGI lifespan), serve, then tell the master "ready".  Sockets come
+loop, get the listening sockets (inherit them from the master, and in
+reuseport mode for a new slot open our own with SO_REUSEPORT and hand the
+master a duplicate over the channel), load the TLS certificate (before the
+privileges go: a key may be root's only; after a reload the renewed files
+are read), drop privileges (--user/--group), load --env-file into the
+environment, import the app (calling it with --factory), run its startup
+(ASGI lifespan), serve, then tell the master "ready".  Sockets come
 before the app on purpose: a new socket joins its SO_REUSEPORT group at once,
 in the order the master expects, and the master holds a copy from then on, so
 nothing queued in it is lost whatever the app does; and a port below 1024 may
@@ -55,7 +58,7 @@ from typing import Any
 
 import setproctitle
 
-from . import apps
+from . import apps, envfile, logs, tls
 from .apps.base import HostedApp, StopReason, WorkerContext, WorkerStats
 from .config import BindAddress, Config, Interface, LoopKind, Mode
 from .errors import BootError, ConfigError, ExitCode, ReuseportError
@@ -95,8 +98,8 @@ class WorkerSpec:
     row: int  # scoreboard row index
     mode: Mode  # REUSEPORT or SHARED
     config: Config
-    binds: tuple[BindAddress, ...]  # with the real ports
-    listen_fds: tuple[int, ...]  # inherited listeners; empty = open our own
+    binds: tuple[BindAddress, ...]  # to open with SO_REUSEPORT (a new slot), real ports
+    listen_fds: tuple[int, ...]  # inherited listeners (the slot's own first, then shared)
     channel: socket.socket
     scoreboard: Scoreboard
     master_pid: int
@@ -264,10 +267,13 @@ class _Worker:
     def _open_sockets(self) -> tuple[list[socket.socket], list[int]]:
         """Return (sockets to serve, fds to hand to the master)."""
         spec = self.spec
-        if spec.listen_fds:
-            return [adopt(fd) for fd in spec.listen_fds], []
+        inherited = [adopt(fd) for fd in spec.listen_fds]
+        if not spec.binds:
+            if not inherited:
+                raise BootError("internal error: a worker was started without a socket")
+            return inherited, []
         if spec.mode is not Mode.REUSEPORT:
-            raise BootError("internal error: a shared-mode worker was started without a socket")
+            raise BootError("internal error: a shared-mode worker was asked to open sockets")
         socks: list[socket.socket] = []
         try:
             for addr in spec.binds:
@@ -276,11 +282,21 @@ class _Worker:
             for sock in socks:
                 sock.close()
             raise
-        return socks, [s.fileno() for s in socks]
+        return [*socks, *inherited], [s.fileno() for s in socks]
 
     async def _boot(self) -> HostedApp:
         spec = self.spec
         config = spec.config
+        # Sockets first: a new reuseport socket joins the group now, in the
+        # order the master expects, and the master holds a copy from here on.
+        socks, handover = self._open_sockets()
+        self.sockets = socks
+        send_message(spec.channel, {"type": "listening"}, handover)
+        tls_context = tls.server_context(config) if config.tls else None
+        # Privileges go right after the sockets and the key (a port below
+        # 1024 or the key may need root) and before any of the user's code runs.
+        drop_privileges(spec.uid, spec.gid)
+        envfile.apply(config.env_file)
         ctx = WorkerContext(
             pid=self.pid,
             slot=spec.slot,
@@ -288,16 +304,12 @@ class _Worker:
             mode=spec.mode,
             config=config,
             stats=self.stats,
+            tls=tls_context,
         )
-        # Sockets first: a new reuseport socket joins the group now, in the
-        # order the master expects, and the master holds a copy from here on.
-        socks, handover = self._open_sockets()
-        self.sockets = socks
-        send_message(spec.channel, {"type": "listening"}, handover)
-        # Privileges go right after the sockets (a port below 1024 may need
-        # root) and before any of the user's code runs.
-        drop_privileges(spec.uid, spec.gid)
-        obj = apps.load_app(config.app or apps.DEMO_APP, config.app_dir)
+        if config.app is None:
+            obj = apps.load_app(apps.DEMO_APP, config.app_dir)
+        else:
+            obj = apps.load_app(config.app, config.app_dir, factory=config.factory)
         if config.interface is Interface.AUTO:
             interface, reason = apps.detect(obj)
         else:
@@ -322,6 +334,13 @@ class _Worker:
         send_message(
             spec.channel, {"type": "ready", "interface": interface.value, "reason": reason}
         )
+        log.log(
+            logs.TRACE,
+            "worker %d (pid %d) booted in %.3fs: sockets, TLS, app import, startup",
+            spec.slot,
+            self.pid,
+            time.monotonic() - self.started,
+        )
         log.debug(
             "worker %d serving %s as %s (%s)",
             spec.slot,
@@ -336,6 +355,7 @@ class _Worker:
         self.stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(sig, self.stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, logs.reopen)  # relayed by the master
         self.spec.channel.setblocking(False)
         loop.add_reader(self.spec.channel.fileno(), self._on_channel)
         self.beat()
@@ -446,7 +466,7 @@ class _Worker:
                     self.stats.accepted - accepted_at_start,
                 )
                 break
-            depths = [listen_queue_depth(sock) for sock in self.sockets]
+            depths = [listen_queue_depth(sock) for sock in self._own_sockets()]
             empty = all(d is not None and d[0] == 0 for d in depths)
             if not empty or self.stats.accepted != accepted:
                 quiet_since = None
@@ -463,6 +483,14 @@ class _Worker:
                 break
             await asyncio.sleep(_DRAIN_POLL)
         self.stop.set()
+
+    def _own_sockets(self) -> list[socket.socket]:
+        """This slot's own listeners: without the shared ones (unix:, fd://) at the end.
+
+        Only they are steered away from while draining; the shared queues go on.
+        """
+        shared = len(self.spec.config.shared_only_binds)
+        return self.sockets[: len(self.sockets) - shared] if shared else list(self.sockets)
 
     def _beat_interval(self) -> float:
         timeout = self.spec.config.timeout

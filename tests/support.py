@@ -232,7 +232,9 @@ def read_responses(socks: Sequence[socket.socket], timeout: float) -> list[tuple
 
 
 # --------------------------------------------------------------------- Server
-_LISTENING = re.compile(r"Listening at http://(\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\s]+)):(?P<port>\d+) ")
+_LISTENING = re.compile(
+    r"Listening at https?://(\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\s]+)):(?P<port>\d+) "
+)
 # "Ready: 2 workers serving demo as protocol (reuseport mode)"; an ondemand pool
 # says "Ready: 0 workers (ondemand pool: ...) (reuseport mode)".
 _READY = re.compile(
@@ -246,7 +248,9 @@ class Server:
 
     ``args`` go after ``serve``; ``-b 127.0.0.1:0`` is added unless a bind is
     given.  stderr is read by a thread into ``lines`` (so the pipe never
-    fills); stdout likewise into ``stdout_lines``.  REUSEPORT_* variables of
+    fills); stdout likewise into ``stdout_lines``.  ``argv`` may be changed
+    before ``start()`` (e.g. to run the server through a launcher), and
+    ``pass_fds`` are inherited by the master.  REUSEPORT_* variables of
     the outer environment are dropped so they cannot change the test; pass
     ``env`` to set some.
     """
@@ -257,6 +261,7 @@ class Server:
         log_level: str | None = None,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         argv = list(args)
         if not any(a in {"-b", "--bind"} or a.startswith("--bind=") for a in argv):
@@ -266,6 +271,7 @@ class Server:
         self.argv = [sys.executable, "-m", "reuseport", "serve", *argv]
         self.env = child_env(env)
         self.cwd = cwd
+        self.pass_fds = tuple(pass_fds)  # inherited by the master (``--fd``)
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []  # stderr, one entry per line, without newline
         self.stdout_lines: list[str] = []
@@ -287,6 +293,7 @@ class Server:
             errors="replace",
             env=self.env,
             cwd=self.cwd,
+            pass_fds=self.pass_fds,
         )
         self._remember(self.proc.pid)
         for stream, sink in ((self.proc.stderr, self.lines), (self.proc.stdout, self.stdout_lines)):

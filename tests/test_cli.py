@@ -18,13 +18,16 @@ from support import child_env
 
 from reuseport.cli import build_config, main, make_parser
 from reuseport.config import (
+    CertReqs,
     Config,
+    FdBind,
     Interface,
     Lifespan,
     LoopKind,
     Mode,
     ProcessManager,
     SteeringKind,
+    UnixBind,
     WebSocketKind,
     parse_bind,
 )
@@ -99,7 +102,83 @@ FLAG_CASES: list[tuple[tuple[str, ...], str, object]] = [
     (("--ws-per-message-deflate", "false"), "ws_per_message_deflate", False),
     (("--ws-per-message-deflate",), "ws_per_message_deflate", True),
     (("--no-ws-per-message-deflate",), "ws_per_message_deflate", False),
+    # uvicorn's and gunicorn's spellings
+    (("--host", "0.0.0.0"), "binds", (parse_bind("0.0.0.0:8000"),)),
+    (("--port", "9003"), "binds", (parse_bind("127.0.0.1:9003"),)),
+    (("--host", "::1", "--port", "9004"), "binds", (parse_bind("[::1]:9004"),)),
+    (("--uds", "/run/rp.sock"), "binds", (UnixBind(path="/run/rp.sock"),)),
+    (
+        ("-b", "127.0.0.1:0", "--uds", "/run/rp.sock"),
+        "binds",
+        (parse_bind("127.0.0.1:0"), UnixBind(path="/run/rp.sock")),
+    ),
+    (("-b", "unix:/tmp/a.sock"), "binds", (UnixBind(path="/tmp/a.sock"),)),
+    (("-b", "fd://3"), "binds", (FdBind(fd=3),)),
+    (("--fd", "4"), "binds", (FdBind(fd=4),)),
+    (("--uds-mode", "660"), "uds_mode", 0o660),
+    (("--keep-alive", "3"), "timeout_keep_alive", 3.0),
+    (("--limit-max-requests", "50"), "max_requests", 50),
+    (("--timeout-graceful-shutdown", "4"), "graceful_timeout", 4.0),
+    (("-t", "12"), "timeout", 12.0),
+    (("-p", "/run/x.pid"), "pid_file", "/run/x.pid"),
+    (("-u", "nobody", "-g", "nogroup"), "user", "nobody"),
+    (("-n", "web"), "proc_name", "web"),
+    (("--certfile", "c.pem", "--keyfile", "k.pem"), "ssl_keyfile", "k.pem"),
+    (
+        ("--certfile", "c.pem", "--ca-certs", "ca.pem", "--cert-reqs", "1", "--ciphers", "HIGH"),
+        "ssl_cert_reqs",
+        CertReqs.OPTIONAL,
+    ),
+    # TLS
+    (("--ssl-certfile", "c.pem"), "ssl_certfile", "c.pem"),
+    (("--ssl-certfile", "c.pem", "--ssl-keyfile", "k.pem"), "ssl_keyfile", "k.pem"),
+    (
+        ("--ssl-certfile", "c.pem", "--ssl-keyfile-password", "pw"),
+        "ssl_keyfile_password",
+        "pw",
+    ),
+    (("--ssl-certfile", "c.pem", "--ssl-ca-certs", "ca.pem"), "ssl_ca_certs", "ca.pem"),
+    (
+        ("--ssl-certfile", "c.pem", "--ssl-ca-certs", "ca.pem", "--ssl-cert-reqs", "2"),
+        "ssl_cert_reqs",
+        CertReqs.REQUIRED,
+    ),
+    (("--ssl-certfile", "c.pem", "--ssl-ciphers", "ECDHE+AESGCM"), "ssl_ciphers", "ECDHE+AESGCM"),
+    # application
+    (("--factory",), "factory", True),
+    (("--no-factory",), "factory", False),
+    (("--env-file", ".env"), "env_file", ".env"),
+    (
+        ("--header", "X-Frame-Options:DENY", "--header", "X-A: b c"),
+        "headers",
+        (("X-Frame-Options", "DENY"), ("X-A", "b c")),
+    ),
+    # logging
+    (("--access-logfile", "-"), "access_logfile", "-"),
+    (("--access-log-format", "%(h)s %(s)s"), "access_log_format", "%(h)s %(s)s"),
+    (("--access-logformat", "%(r)s"), "access_log_format", "%(r)s"),
+    (("--error-logfile", "/tmp/e.log"), "error_logfile", "/tmp/e.log"),
+    (("--log-file", "/tmp/f.log"), "error_logfile", "/tmp/f.log"),
+    (("--log-config", "log.json"), "log_config", "log.json"),
+    (("--log-level", "trace"), "log_level", "trace"),
+    # development
+    (("--reload",), "reload", True),
+    (("--no-reload",), "reload", False),
+    (("--reload-dir", "src", "--reload-dir", "lib"), "reload_dirs", ("src", "lib")),
+    (("--reload-include", "*.html"), "reload_includes", ("*.html",)),
+    (("--reload-exclude", "tests/*"), "reload_excludes", ("tests/*",)),
 ]
+
+# Fields a case may move besides its own (a flag that needs another, or implies one).
+ALSO_SET: dict[str, set[str]] = {
+    "ssl_keyfile": {"ssl_certfile"},
+    "ssl_keyfile_password": {"ssl_certfile"},
+    "ssl_ca_certs": {"ssl_certfile"},
+    "ssl_cert_reqs": {"ssl_certfile", "ssl_ca_certs", "ssl_ciphers"},
+    "user": {"group"},
+    "ssl_ciphers": {"ssl_certfile"},
+    "access_logfile": {"access_log"},
+}
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -123,7 +202,7 @@ def test_flag_sets_its_field(argv: tuple[str, ...], field: str, expected: object
     assert getattr(config, field) == expected
     # Nothing else the case did not mention moved away from its default.
     default = Config(workers=config.workers, pm=config.pm, max_workers=config.max_workers)
-    touched = {field, "workers", "pm", "max_workers"}
+    touched = {field, "workers", "pm", "max_workers", *ALSO_SET.get(field, ())}
     for name in Config.field_names():
         if name not in touched:
             assert getattr(config, name) == getattr(default, name), name

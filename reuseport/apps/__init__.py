@@ -1,7 +1,9 @@
 """Application loading, interface detection and the adapter registry.
 
 Rules: ``load_app`` imports the user's ``module:attribute`` and turns every
-failure into ``AppLoadError`` with the fix in its message.  ``detect`` looks at
+failure into ``AppLoadError`` with the fix in its message; with ``factory``
+(``--factory``) the attribute is a callable that returns the app, called once
+per worker, and its failure is the app's too.  ``detect`` looks at
 the object only (no calls), and says why it chose an interface so the worker
 can log it.  Adding an interface means one entry in the table in ``_adapter()``.
 """
@@ -25,8 +27,11 @@ __all__ = ["DEMO_APP", "build", "detect", "load_app"]
 DEMO_APP = "reuseport.apps.demo:app"
 
 
-def load_app(spec: str, app_dir: str = ".") -> object:
-    """Import ``module:attribute`` with ``app_dir`` first on ``sys.path``."""
+def load_app(spec: str, app_dir: str = ".", *, factory: bool = False) -> object:
+    """Import ``module:attribute`` with ``app_dir`` first on ``sys.path``.
+
+    With ``factory``, call the attribute (no arguments) and return what it returns.
+    """
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
         raise AppLoadError(f"cannot load app {spec!r}: expected MODULE:ATTRIBUTE, e.g. web:app")
@@ -58,7 +63,42 @@ def load_app(spec: str, app_dir: str = ".") -> object:
             raise AppLoadError(
                 f"cannot load app {spec!r}: module {module_name!r} has no attribute {attr_path!r}"
             ) from None
+    if factory:
+        return _call_factory(spec, obj)
     return obj
+
+
+def _call_factory(spec: str, factory: object) -> object:
+    if not callable(factory):
+        raise AppLoadError(
+            f"cannot load app {spec!r} with --factory: {factory!r} is not callable "
+            "(leave out --factory if it is the app itself)"
+        )
+    try:
+        app = factory()
+    except TypeError as exc:
+        if _positional_params(factory) not in (0, None):
+            raise AppLoadError(
+                f"cannot load app {spec!r} with --factory: the factory must take no "
+                f"arguments ({exc}); is it the app itself? Then leave out --factory"
+            ) from None
+        raise AppLoadError(
+            f"cannot load app {spec!r}: the factory raised:\n"
+            + "".join(traceback.format_exception(exc)).rstrip()
+        ) from None
+    except Exception as exc:
+        raise AppLoadError(
+            f"cannot load app {spec!r}: the factory raised:\n"
+            + "".join(traceback.format_exception(exc)).rstrip()
+        ) from None
+    if inspect.isawaitable(app):
+        if inspect.iscoroutine(app):
+            app.close()
+        raise AppLoadError(
+            f"cannot load app {spec!r} with --factory: the factory is async; "
+            "it must return the app, not a coroutine"
+        )
+    return app
 
 
 def _positional_params(func: Callable[..., object]) -> int | None:

@@ -22,9 +22,11 @@ import contextlib
 import inspect
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .. import tls
 from ..config import Lifespan
 from ..errors import BootError
 from ..http import ASGIApp, HttpServer, Message, Receive, Scope, Send
@@ -197,21 +199,24 @@ class AsgiApp(HostedApp):
 
     def http_server(self) -> HttpServer:
         if self.http is None:
-            self.http = HttpServer(self.app, self.ctx.config, self.ctx.stats, self.state)
+            self.http = HttpServer(
+                self.app,
+                self.ctx.config,
+                self.ctx.stats,
+                self.state,
+                secure=self.ctx.tls is not None,
+            )
         return self.http
 
     def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
         return self.http_server()
 
+    def serving_ssl(self) -> ssl.SSLContext | None:
+        return tls.offer_http11(self.ctx.tls) if self.ctx.tls is not None else None
+
     async def serve(self, sockets: Sequence[socket.socket]) -> None:
-        loop = asyncio.get_running_loop()
-        http = self.http_server()
-        http.start()
-        for sock in sockets:
-            server = await loop.create_server(
-                http, sock=sock, backlog=self.ctx.config.backlog, start_serving=True
-            )
-            self.servers.append(server)
+        self.http_server().start()
+        await super().serve(sockets)
 
     async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         loop = asyncio.get_running_loop()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -58,6 +59,7 @@ class WorkerContext:
     mode: Mode  # the effective mode: REUSEPORT or SHARED, never AUTO
     config: Config
     stats: WorkerStats = field(default_factory=WorkerStats)
+    tls: ssl.SSLContext | None = None  # serve TLS on every socket (--ssl-certfile)
 
 
 class HostedApp(abc.ABC):
@@ -71,9 +73,14 @@ class HostedApp(abc.ABC):
     async def startup(self) -> None:  # noqa: B027 - optional hook
         """Prepare the app before serving (default: nothing to do)."""
 
-    @abc.abstractmethod
     async def serve(self, sockets: Sequence[socket.socket]) -> None:
-        """Start accepting on every listening socket; return once accepting."""
+        """Start accepting on every listening socket; return once accepting.
+
+        The default serves each with ``listen`` (the app's protocol factory);
+        an app that accepts by itself overrides this.
+        """
+        for sock in sockets:
+            self.servers.append(await self.listen(sock))
 
     @abc.abstractmethod
     async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
@@ -99,10 +106,25 @@ class HostedApp(abc.ABC):
             stats.rescued += 1
             return factory()
 
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(rescued, sock=sock, backlog=self.ctx.config.backlog)
+        server = await self.listen(sock, rescued)
         self.rescue_servers.add(server)
         return server
+
+    def serving_ssl(self) -> ssl.SSLContext | None:
+        """The TLS context the app's sockets are served with; None: plain TCP."""
+        return self.ctx.tls
+
+    async def listen(
+        self, sock: socket.socket, factory: Callable[[], asyncio.BaseProtocol] | None = None
+    ) -> asyncio.Server:
+        """Serve ``sock`` with ``factory`` (default: the app's own), TLS as configured."""
+        factory = factory or self.protocol_factory()
+        if factory is None:
+            raise TypeError(f"{type(self).__name__} accepts by itself: it has no protocol factory")
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(
+            factory, sock=sock, backlog=self.ctx.config.backlog, ssl=self.serving_ssl()
+        )
 
     def end_rescue(self, server: asyncio.Server) -> None:
         self.rescue_servers.discard(server)

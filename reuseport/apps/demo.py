@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
+import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import cast
 from urllib.parse import parse_qs
 
 import httptools
 
+from .. import tls
 from ..config import Interface
 from ..connections import Connections, ManagedConnection, StopReason
 from .base import HostedApp, WorkerContext
@@ -111,13 +112,8 @@ class DemoApp(HostedApp):
     def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
         return lambda: DemoProtocol(self)
 
-    async def serve(self, sockets: Sequence[socket.socket]) -> None:
-        loop = asyncio.get_running_loop()
-        for sock in sockets:
-            server = await loop.create_server(
-                self.protocol_factory(), sock=sock, backlog=self.ctx.config.backlog
-            )
-            self.servers.append(server)
+    def serving_ssl(self) -> ssl.SSLContext | None:
+        return tls.offer_http11(self.ctx.tls) if self.ctx.tls is not None else None
 
     async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         await self.stop_accepting()

@@ -9,6 +9,11 @@ Rules: these adapters cannot ask the user's code to wind down politely, so
 graceful shutdown means: stop accepting, give live connections up to the
 graceful timeout to finish by themselves, then close (stream/protocol) or
 cancel (socket) what is left.  Counters are kept per connection.
+
+TLS (``--ssl-certfile``) wraps the stream and protocol interfaces like any
+other asyncio server (``ssl=``; no ALPN, the protocol is the app's).  A
+socket app gets the raw listening socket and serves it itself, so TLS cannot
+be put in front of it: that is a boot error saying so.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
+from ..errors import BootError
 from .base import HostedApp, StopReason, WorkerContext
 
 __all__ = ["PlainProtocolApp", "SocketApp", "StreamApp"]
@@ -71,10 +77,6 @@ class StreamApp(HostedApp):
     def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
         # What asyncio.start_server builds for each connection.
         return lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._run)
-
-    async def serve(self, sockets: Sequence[socket.socket]) -> None:
-        for sock in sockets:
-            self.servers.append(await asyncio.start_server(self._run, sock=sock))
 
     async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         await self.stop_accepting()
@@ -158,11 +160,6 @@ class PlainProtocolApp(HostedApp):
     def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
         return self._make
 
-    async def serve(self, sockets: Sequence[socket.socket]) -> None:
-        loop = asyncio.get_running_loop()
-        for sock in sockets:
-            self.servers.append(await loop.create_server(self._make, sock=sock))
-
     async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         await self.stop_accepting()
         with contextlib.suppress(TimeoutError):
@@ -177,6 +174,11 @@ class SocketApp(HostedApp):
 
     def __init__(self, app: object, ctx: WorkerContext) -> None:
         super().__init__(ctx)
+        if ctx.tls is not None:
+            raise BootError(
+                "--ssl-certfile cannot apply to a socket app: it serves the raw listening "
+                "socket itself; give its server the certificate (ssl=...) instead"
+            )
         self.serve_fn = cast(SocketServe, app)
         self.tasks: set[asyncio.Task[None]] = set()
 

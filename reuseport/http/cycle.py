@@ -38,6 +38,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 from ._eager import start_eager
+from .access import format_client
 from .flow import RECHECK_AFTER
 from .framing import COMPLETE, HEAD_HELD, WAITING, ResponseFramer
 
@@ -53,10 +54,10 @@ __all__ = [
     "RequestState",
     "Scope",
     "Send",
+    "format_client",
 ]
 
 logger = logging.getLogger("reuseport.http")
-access_logger = logging.getLogger("reuseport.access")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -99,6 +100,7 @@ class RequestCycle:
         "request",
         "response",
         "scope",
+        "started",
         "task",
         "waiter",
     )
@@ -148,6 +150,8 @@ class RequestCycle:
         self.body_size = 0
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
+        # For the access log's request time; read no clock when it is off.
+        self.started = proto.loop.time() if server.access_log is not None else 0.0
 
     # --- the app call --------------------------------------------------------
 
@@ -319,26 +323,10 @@ class RequestCycle:
             proto.close()
 
     def log_access(self) -> None:
-        scope = self.scope
-        query = scope["query_string"]
-        path = scope["path"] + ("?" + query.decode("latin-1") if query else "")
-        access_logger.info(
-            '%s - "%s %s HTTP/%s" %d %d',
-            format_client(scope["client"]),
-            scope["method"],
-            path,
-            scope["http_version"],
-            self.response.status,
-            self.response.bytes_sent,
-        )
+        access_log = self.proto.server.access_log
+        if access_log is not None:
+            access_log.request(self, self.proto.loop.time())
 
     def _fail_before_start(self) -> None:
         self.proto.transport.write(self.response.refuse(500))
         self.proto.response_complete(self)
-
-
-def format_client(client: tuple[str, int] | None) -> str:
-    """``host:port`` for the access log, ``-`` when unknown."""
-    if client is None:
-        return "-"
-    return f"{client[0]}:{client[1]}"

@@ -90,18 +90,22 @@ _NONE = Framing.NONE
 
 
 class DefaultHeaders:
-    """``server:`` and ``date:`` lines added to every response that lacks its own."""
+    """``server:`` and ``date:`` lines added to every response that lacks its own.
 
-    __slots__ = ("both", "date", "server")
+    ``extra`` (``--header``) lines go into every response, whatever the app sent.
+    """
 
-    def __init__(self, server: bytes = b"", date: bytes = b"") -> None:
+    __slots__ = ("both", "date", "extra", "server")
+
+    def __init__(self, server: bytes = b"", date: bytes = b"", extra: bytes = b"") -> None:
         self.server = server
         self.date = date
-        self.both = server + date
+        self.extra = extra
+        self.both = server + extra + date
 
     def set_date(self, date: bytes) -> None:
         self.date = date
-        self.both = self.server + date
+        self.both = self.server + self.extra + date
 
     def error_response(self, status: int) -> bytes:
         """A complete ``Connection: close`` plain-text response for ``status``."""
@@ -194,7 +198,11 @@ class ResponseFramer:
         # else: UNDECIDED (also for HEAD: a computed body gives a Content-Length)
         defaults = self._defaults
         if has_server or has_date:
-            prefix = (b"" if has_server else defaults.server) + (b"" if has_date else defaults.date)
+            prefix = (
+                (b"" if has_server else defaults.server)
+                + defaults.extra
+                + (b"" if has_date else defaults.date)
+            )
         else:
             prefix = defaults.both
         self._held = line + prefix + block

@@ -54,7 +54,7 @@ from urllib.parse import unquote_to_bytes
 import httptools
 
 from ..connections import ManagedConnection
-from .cycle import GONE, RECEIVED, RECEIVING, RequestCycle, format_client
+from .cycle import GONE, RECEIVED, RECEIVING, RequestCycle
 from .flow import FlowControl
 from .framing import COMPLETE, WAITING, ResponseFramer
 from .proxy import forwarded_client, forwarded_scheme
@@ -65,7 +65,6 @@ if TYPE_CHECKING:
 __all__ = ["HttpProtocol", "ParseState"]
 
 logger = logging.getLogger("reuseport.http")
-access_logger = logging.getLogger("reuseport.access")
 
 _METHODS = {
     m.encode("ascii"): m
@@ -107,7 +106,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         self.stats = server.stats
         self.parser = httptools.HttpRequestParser(self)
         self.client: tuple[str, int] | None = None
-        self.sockname: tuple[str, int] | None = None
+        self.sockname: tuple[str, int | None] | None = None
         self.trusted = False
         self.served = 0  # responses completed on this connection
         self.cycle: RequestCycle | None = None  # the request the app is answering
@@ -145,9 +144,13 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         if isinstance(peer, tuple):
             self.client = (str(peer[0]), int(peer[1]))
             self.trusted = self.client[0] in server.trust
+        else:  # a Unix socket: the peer is local, trusted as loopback is
+            self.trusted = server.trust_local
         sock = transport.get_extra_info("sockname")
         if isinstance(sock, tuple):
             self.sockname = (str(sock[0]), int(sock[1]))
+        elif isinstance(sock, str) and sock:
+            self.sockname = (sock, None)  # ASGI: [path, None] for a Unix socket
         if server.header_timeout > 0:
             self.deadline = self.loop.time() + server.header_timeout
 
@@ -336,7 +339,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         method = _METHODS.get(method_b) or method_b.decode("ascii", "replace")
         version = parser.get_http_version()
         client = self.client
-        scheme = "http"
+        scheme = server.scheme
         if self.trusted:
             if self._xfp is not None:
                 scheme = forwarded_scheme(self._xfp, scheme)
@@ -482,8 +485,9 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         self._pending_error = 0
         if self.closed:
             return
-        if self.server.access_log:
-            access_logger.info('%s - "-" %d -', format_client(self.client), status)
+        access_log = self.server.access_log
+        if access_log is not None:
+            access_log.error(self.client, status, self.loop.time())
         self.transport.write(self.server.defaults.error_response(status))
         self._linger()
 

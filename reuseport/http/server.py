@@ -8,6 +8,12 @@ One timer per worker, the tick, refreshes the Date header (it must change
 every second) and checks every connection's deadline, so no request arms a
 timer of its own.  ``start()`` before serving, ``stop()`` after draining.
 
+The URL scheme of every scope comes from here, one place: ``scheme``
+(``http``/``https``) and ``ws_scheme`` (``ws``/``wss``), by whether the
+worker serves TLS (``secure``).  A trusted proxy's X-Forwarded-Proto may
+still override it per request.  ``access_log`` is an ``AccessLog`` while the
+access log is on, else None.
+
 ``draining`` is the drain signal apps can use: an ``asyncio.Event`` set when
 the worker begins its graceful stop, offered in every HTTP and WebSocket
 scope as ``scope["extensions"]["reuseport.drain"]["event"]``.  ``upgrades``
@@ -23,16 +29,27 @@ from typing import Any
 from ..config import Config
 from ..connections import Connections, WorkerStats
 from ._wire import DateCache
+from .access import AccessLog
 from .cycle import ASGIApp
 from .framing import DefaultHeaders
 from .protocol import HttpProtocol
 from .proxy import TrustedProxies
 from .websocket_upgrade import Upgrades
 
-__all__ = ["HttpServer"]
+__all__ = ["HttpServer", "schemes"]
 
 _MAX_TICK = 1.0  # the Date header must change every second
 _MIN_TICK = 0.02
+
+
+def schemes(secure: bool) -> tuple[str, str]:
+    """The (HTTP, WebSocket) URL schemes of a connection, by whether it is TLS."""
+    return ("https", "wss") if secure else ("http", "ws")
+
+
+def extra_header_lines(headers: tuple[tuple[str, str], ...]) -> bytes:
+    """``--header`` pairs as header lines (Config checked the names and values)."""
+    return b"".join(f"{name.lower()}: {value}\r\n".encode("latin-1") for name, value in headers)
 
 
 class HttpServer:
@@ -44,8 +61,12 @@ class HttpServer:
         config: Config,
         stats: WorkerStats,
         state: dict[str, Any] | None = None,
+        *,
+        secure: bool = False,
     ) -> None:
         self.app = app
+        self.secure = secure
+        self.scheme, self.ws_scheme = schemes(secure)
         self.config = config
         self.stats = stats
         self.state: dict[str, Any] = state if state is not None else {}
@@ -60,7 +81,8 @@ class HttpServer:
         self.root_path = config.root_path
         self.root_path_bytes = config.root_path.encode("utf-8")
         self.trust = TrustedProxies(config.forwarded_allow_ips)
-        self.access_log = config.access_log
+        self.trust_local = "127.0.0.1" in self.trust  # for Unix socket peers
+        self.access_log = AccessLog(config.access_log_format) if config.access_log else None
         self.limit_request_line = config.limit_request_line
         self.limit_request_fields = config.limit_request_fields
         self.limit_request_field_size = config.limit_request_field_size
@@ -68,7 +90,12 @@ class HttpServer:
             config.limit_request_field_size + 4
         )
         self._date = DateCache()
-        self.defaults = DefaultHeaders(b"server: reuseport\r\n" if config.server_header else b"")
+        # A --header named server replaces ours, as with uvicorn.
+        own_server = any(name.lower() == "server" for name, _ in config.headers)
+        self.defaults = DefaultHeaders(
+            b"server: reuseport\r\n" if config.server_header and not own_server else b"",
+            extra=extra_header_lines(config.headers),
+        )
         positive = [t for t in (self.keep_alive_timeout, self.header_timeout) if t > 0]
         self._tick_interval = max(_MIN_TICK, min([_MAX_TICK, *(t / 4 for t in positive)]))
         self._tick_handle: asyncio.TimerHandle | None = None
