@@ -43,13 +43,12 @@ import setproctitle
 
 from . import logs, reloader
 from . import worker as worker_mod
-from .config import Config, Mode, ProcessManager, SteeringKind
+from .config import Config, Mode, ProcessManager
 from .connections import StopReason
 from .control import ControlServer, default_control_path
 from .errors import ExitCode, errno_name
 from .lifecycle import ExitCause, SpawnCause, WorkerHandle, WorkerState
 from .listeners import Listeners
-from .loadboard import PENALTY_STALE, KernelSteering, LoadBoard
 from .pidfile import PidFile
 from .policy import CrashBackoff, PoolPolicy, PoolView, Replacements, Resize
 from .scoreboard import Scoreboard
@@ -57,13 +56,11 @@ from .status import (
     MasterEvents,
     MasterStatus,
     PoolStatus,
-    SlotLoadStatus,
     Status,
-    SteeringStatus,
     Totals,
     WorkerStatus,
 )
-from .steering import Steering
+from .traffic import TICK, Traffic
 
 __all__ = ["Arbiter"]
 
@@ -74,16 +71,10 @@ _STOP_REASONS = {
     ExitCause.SCALE: StopReason.SCALE_DOWN,
 }
 
-_STEERING_SHOWN = {
-    SteeringKind.P2C: "p2c (eBPF: each new connection goes to the less loaded of two workers)",
-    SteeringKind.LOAD: "load (cBPF: workers whose queue backs up are skipped)",
-    SteeringKind.HASH: "hash (the kernel's choice)",
-}
 
 log = logging.getLogger("reuseport.master")
 
 _TICK = 0.5
-_STEER_TICK = 0.02  # --steering load/p2c: queues sampled, the load board re-anchored
 _KILL_AFTER_ABORT = 2.0
 _STOP_GRACE = 5.0  # on top of --graceful-timeout before a stopping worker is killed
 _SIGNALS = (
@@ -120,12 +111,7 @@ class Arbiter:
         self.backoff = CrashBackoff()
         self.generation = 0
         self.replacements = Replacements()
-        # The steering that runs: AUTO and P2C become P2C or LOAD once the
-        # kernel has said whether it loads eBPF (``_setup_steering``).
-        self.steering_kind = config.steering if mode is Mode.REUSEPORT else SteeringKind.HASH
-        self.steering = Steering(load_aware=self.steering_kind is SteeringKind.LOAD)
-        self.rescue = config.rescue and mode is Mode.REUSEPORT
-        self._steer_warned = False
+        self.traffic = Traffic(config, mode, self.listeners)
         self.events = MasterEvents(initial=config.initial_workers)
         self.signals: collections.deque[int] = collections.deque()  # filled by handlers
         self.stopping = False
@@ -158,7 +144,8 @@ class Arbiter:
             self.control = ControlServer(path, lambda: self.status().to_dict())
             log.info("Control socket at %s (reuseport status --control %s)", path, path)
             self.scoreboard = Scoreboard(self.config.pool_limit)
-            self._setup_steering()
+            if self.mode is Mode.REUSEPORT:
+                self.traffic.setup(self.scoreboard.size)
             if self.config.pm is ProcessManager.ONDEMAND:
                 log.info(
                     "Ready: 0 workers (ondemand pool: the first connection starts one, "
@@ -205,7 +192,7 @@ class Arbiter:
             poller.register(self.watcher.fd, select.POLLIN)
         registered: dict[int, WorkerHandle] = {}
         watched_listeners: set[int] = set()
-        load_steering = self.steering_kind in (SteeringKind.LOAD, SteeringKind.P2C)
+        load_steering = self.traffic.ticking  # steering and rescue sample the queues
         while True:
             self._dispatch_signals()
             self._reap()
@@ -217,7 +204,7 @@ class Arbiter:
                 self._check_workers()
                 self._maintain_pool()
                 if load_steering:
-                    self._steer_quietly()
+                    self._traffic_tick()
             # Keep the poll set in step with the live channels.
             live = {h.channel.fileno(): h for h in self.workers.values() if h.channel.fileno() >= 0}
             for fd in set(registered) - set(live):
@@ -241,7 +228,7 @@ class Arbiter:
             for fd in wanted - watched_listeners:
                 poller.register(fd, select.POLLIN)
             watched_listeners = wanted
-            tick = _STEER_TICK if load_steering and self.workers else _TICK
+            tick = TICK if load_steering and self.workers else _TICK
             try:
                 events = poller.poll(tick * 1000)
             except InterruptedError:
@@ -518,7 +505,8 @@ class Arbiter:
             if not self.listeners.may_drain():
                 return False  # the pool asks again
             try:
-                self.listeners.begin_drain(slot, self._allowed_slots())
+                serving = {h.slot for h in self.workers.values() if h.serving}
+                self.listeners.begin_drain(slot, self.traffic.allowed(serving, time.monotonic()))
             except OSError as exc:
                 log.warning(
                     "could not steer connections away from worker %d (%s); its queued "
@@ -558,138 +546,32 @@ class Arbiter:
             self._kill(handle, signal.SIGTERM)
 
     # ------------------------------------------------------------------ steering
-    def _allowed_slots(self) -> set[int]:
-        """Ask the steering which slots may get new connections (measuring if load-aware)."""
+    def _traffic_tick(self) -> None:
+        """Steering and sibling rescue, every ``traffic.TICK`` (see ``traffic.py``)."""
         now = time.monotonic()
-        order = self.listeners.order
-        serving = {h.slot: h for h in self.workers.values() if h.serving}
-        queues: dict[int, int] = {}
-        beat_ages: dict[int, float] = {}
-        if self.steering.load_aware:
-            for slot in order:
-                depth = self.listeners.queue_depth(slot)
-                queues[slot] = depth[0] if depth else 0
-            if self.scoreboard is not None:
-                for slot, handle in serving.items():
-                    beat_ages[slot] = now - self.scoreboard.read(handle.row).heartbeat
-        return self.steering.decide(
-            order,
-            serving=serving.keys(),
-            draining=self.listeners.draining,
-            queues=queues,
-            beat_ages=beat_ages,
-            now=now,
-        )
+        beats: dict[int, float] = {}
+        if self.scoreboard is not None:
+            for handle in self.workers.values():
+                if handle.serving:
+                    beats[handle.slot] = now - self.scoreboard.read(handle.row).heartbeat
+        changes = self.traffic.tick(beats.keys(), beats, now)
+        self.events.rescues += len(changes.started)
+        for slot in changes.started:
+            self._tell_rescuers(slot, on=True)
+        for slot in changes.ended:
+            self._tell_rescuers(slot, on=False)
 
-    def _steer_quietly(self) -> None:
-        try:
-            self.listeners.apply_steering(self._allowed_slots())
-        except OSError as exc:
-            if not self._steer_warned:
-                self._steer_warned = True
-                log.warning(
-                    "--steering load: attaching the steering program failed (%s); new "
-                    "connections follow the kernel's hash",
-                    errno_name(exc),
-                )
-        if self.listeners.kernel is not None:
-            self._tend_board()
-        elif self.steering_kind is SteeringKind.P2C:
-            # The kernel refused the program after start: cBPF from here on.
-            self.steering_kind = SteeringKind.LOAD
-            self.steering = Steering(load_aware=True)
-
-    def _loads(self) -> tuple[SlotLoadStatus, ...]:
-        board = self.listeners.board
-        if self.listeners.kernel is None or board is None:
-            return ()
-        now_ns = time.monotonic_ns()
-        return tuple(
-            SlotLoadStatus(
-                slot=slot,
-                load=board.load(slot, now_ns),
-                queued=board.queued(slot),
-                open=board.open(slot),
-                stalled=board.stalled(slot, now_ns),
-            )
-            for slot in sorted(self.listeners.order)
-            if slot < board.capacity
-        )
-
-    def _tend_board(self) -> None:
-        """p2c: re-anchor each slot's queue count on the real queue; penalise stalled slots.
-
-        The program compares loads, so a worker that stopped accepting keeps
-        winning comparisons whenever a burst makes the others' queues as long
-        as its own.  A slot whose queue stands still (or whose loop misses
-        heartbeats) is therefore penalised until it moves again, the same
-        judgement ``--steering load`` makes (``Steering.behind``).
-        """
-        board = self.listeners.board
-        if board is None or self.scoreboard is None:
-            return
-        now = time.monotonic()
-        beats = {
-            h.slot: now - self.scoreboard.read(h.row).heartbeat
-            for h in self.workers.values()
-            if h.serving
-        }
-        stalled = []
-        for slot in self.listeners.order:
-            if slot >= board.capacity:
+    def _tell_rescuers(self, slot: int, *, on: bool, only: WorkerHandle | None = None) -> None:
+        message = {"type": "rescue", "slot": slot, "on": on}
+        for handle in [only] if only is not None else list(self.workers.values()):
+            if handle.slot == slot or (on and not handle.serving):
                 continue
-            depth = self.listeners.queue_depth(slot)
-            queue = depth[0] if depth else 0
-            board.rebase(slot, queue)
-            behind = self.steering.behind(slot, queue, beats.get(slot), now)
-            board.set_penalty(slot, PENALTY_STALE if behind else 0)
-            if behind:
-                stalled.append(slot)
-        self.steering.stalled = stalled
-
-    def _setup_steering(self) -> None:
-        """Reuseport mode: load the p2c program where asked and allowed; make the load board.
-
-        ``auto`` takes p2c when the kernel loads it and says why not when it
-        does not; an explicit ``p2c`` that cannot load is a warning.  Either
-        way the fallback is ``load`` (cBPF, sampled by this process).
-        """
-        if self.mode is not Mode.REUSEPORT:
-            return
-        assert self.scoreboard is not None
-        capacity = self.scoreboard.size
-        kind = self.steering_kind
-        if kind in (SteeringKind.AUTO, SteeringKind.P2C):
-            board: LoadBoard | None = None
-            try:
-                board = LoadBoard(capacity, ebpf=True)
-                self.listeners.use_kernel_steering(
-                    KernelSteering(board, len(self.listeners.slot_binds))
-                )
-            except OSError as exc:
-                if board is not None:
-                    board.close()
-                why = f"the kernel refused the eBPF program ({errno_name(exc)}"
-                why += ": it needs CAP_BPF or CAP_SYS_ADMIN)" if exc.errno in (1, 13) else ")"
-                if kind is SteeringKind.P2C:
-                    log.warning("--steering p2c: %s; steering with load (cBPF) instead", why)
-                else:
-                    log.info("Steering: %s; using load (cBPF, sampled every 20 ms)", why)
-                self.steering_kind = SteeringKind.LOAD
-                self.steering = Steering(load_aware=True)
-            else:
-                self.steering_kind = SteeringKind.P2C
-        if self.rescue and self.listeners.board is None:
-            self.listeners.use_board(LoadBoard(capacity, ebpf=False))
-        log.info(
-            "Steering: %s; sibling rescue %s",
-            _STEERING_SHOWN[self.steering_kind],
-            "on" if self.rescue else "off",
-        )
+            with contextlib.suppress(OSError):  # gone: reaping finds out
+                worker_mod.send_message(handle.channel, message)
 
     def _tell_siblings(self, slot: int, *, gone: bool = False) -> None:
         """Sibling rescue: hand every other worker ``slot``'s sockets, or take them back."""
-        if not self.rescue:
+        if not self.traffic.rescue:
             return
         socks = [] if gone else self.listeners.for_slot(slot)
         message = {"type": "sibling_gone" if gone else "sibling", "slot": slot}
@@ -740,7 +622,7 @@ class Arbiter:
                 (other, tuple(sock.fileno() for sock in socks))
                 for other, socks in self.listeners.siblings_of(slot).items()
             )
-            if self.rescue
+            if self.traffic.rescue
             else (),
         )
         pid = os.fork()
@@ -811,7 +693,7 @@ class Arbiter:
             handle.channel.close()
         if self.control is not None:
             self.control.close_in_child()
-        self.listeners.close_in_child(slot, siblings=self.rescue)
+        self.listeners.close_in_child(slot, siblings=self.traffic.rescue)
 
     # ------------------------------------------------------------------ messages
     def _read_channel(self, handle: WorkerHandle) -> None:
@@ -852,6 +734,8 @@ class Arbiter:
         if handle.state is not WorkerState.STARTING:
             return  # told to go meanwhile: it stays on its way out
         handle.to(WorkerState.READY)
+        for slot in sorted(self.traffic.rescuing):  # join the rescues under way
+            self._tell_rescuers(slot, on=True, only=handle)
         if handle.replaces is not None:
             old = self.workers.get(handle.replaces)
             handle.replaces = None
@@ -1072,13 +956,6 @@ class Arbiter:
             ),
             workers=tuple(workers),
             totals=Totals.of(workers, queue=self.listeners.queued()),
-            steering=SteeringStatus(
-                kind=config.steering,
-                steered_away=tuple(self.listeners.steered_away()),
-                stalled=tuple(self.steering.stalled),
-                active=self.steering_kind,
-                rescue=self.rescue,
-                loads=self._loads(),
-            ),
+            steering=self.traffic.status(),
             events=self.events.snapshot(),
         )

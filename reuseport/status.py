@@ -19,7 +19,8 @@ log lines (rewording a log line must not zero a benchmark's counts)::
       "reloads": 0,         rolling reloads completed (every slot replaced)
       "reloads_failed": 0,  reloads abandoned because a new worker failed
       "recycles": 0,        workers replaced for --max-requests
-      "drains": 0           reuseport slots drained, then closed
+      "drains": 0,          reuseport slots drained, then closed
+      "rescues": 0          stalled slots whose queue siblings were told to serve
     }
 
 The causes are ``lifecycle.SpawnCause`` and ``lifecycle.ExitCause``.
@@ -181,6 +182,7 @@ class SteeringStatus:
     stalled: tuple[int, ...]  # slots whose loop or accept queue stands still
     active: SteeringKind = SteeringKind.HASH  # what runs: p2c, load or hash
     rescue: bool = False  # sibling rescue on
+    rescuing: tuple[int, ...] = ()  # slots whose queue siblings serve now
     loads: tuple[SlotLoadStatus, ...] = ()  # p2c: each slot as the kernel program sees it
 
 
@@ -192,6 +194,7 @@ class EventCounts:
     reloads_failed: int
     recycles: int
     drains: int
+    rescues: int = 0  # times siblings were told to serve a stalled slot's queue
 
 
 class MasterEvents:
@@ -210,6 +213,7 @@ class MasterEvents:
         self.reloads_failed = 0
         self.recycles = 0
         self.drains = 0
+        self.rescues = 0
         self._initial = initial
         self._orphaned: set[int] = set()  # slots whose worker died unasked, none since
 
@@ -239,6 +243,7 @@ class MasterEvents:
             reloads_failed=self.reloads_failed,
             recycles=self.recycles,
             drains=self.drains,
+            rescues=self.rescues,
         )
 
 

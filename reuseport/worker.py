@@ -323,12 +323,11 @@ class _Worker:
             await hosted.serve(socks)
         except OSError as exc:
             raise BootError(f"could not start serving: {exc}") from None
-        if board is not None and spec.config.rescue and spec.mode is Mode.REUSEPORT:
-            self.rescuer = Rescuer(hosted, board)
+        if spec.config.rescue and spec.mode is Mode.REUSEPORT:
+            self.rescuer = Rescuer(hosted)
             for slot, sibling_socks in self.siblings.items():
                 self.rescuer.add(slot, sibling_socks)
             self.siblings.clear()
-            self.rescuer.start()
         self.state = SlotState.READY
         self.beat()
         send_message(
@@ -386,8 +385,6 @@ class _Worker:
         loop.remove_reader(self.spec.channel.fileno())
         self.state = SlotState.STOPPING
         self.beat()
-        if self.rescuer is not None:
-            self.rescuer.stop()
         self._on_channel()  # the master says why before it signals: read it now
         await hosted.shutdown(self.spec.config.graceful_timeout, self.stop_reason)
         if self.rescuer is not None:
@@ -428,7 +425,14 @@ class _Worker:
             return
         for fd in fds:
             os.close(fd)
-        if kind == "stop":
+        if kind == "rescue" and isinstance(slot, int):
+            running = self.stop is not None and not self.stop.is_set()
+            if self.rescuer is not None and self.drain_task is None and running:
+                if message.get("on"):
+                    self.rescuer.begin(slot)
+                else:
+                    self.rescuer.end(slot)
+        elif kind == "stop":
             with contextlib.suppress(ValueError):
                 self.stop_reason = StopReason(message.get("reason"))
         elif kind == "sibling_gone" and isinstance(slot, int):

@@ -16,11 +16,9 @@ from typing import cast
 import pytest
 from support import wait_until
 
-from reuseport.apps.base import HostedApp, WorkerContext
+from reuseport.apps.base import HostedApp, StopReason, WorkerContext
 from reuseport.config import Config, Mode
-from reuseport.loadboard import LoadBoard
 from reuseport.rescue import Rescuer
-from reuseport.steering import Rescue
 
 _SIBLING = 1
 _TIMEOUT = 5.0
@@ -46,28 +44,8 @@ class _App(HostedApp):
     async def serve(self, sockets: Sequence[socket.socket]) -> None:
         pass
 
-    async def shutdown(self, timeout: float) -> None:
+    async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         await self.stop_accepting()
-
-
-class _CountingRescuer(Rescuer):
-    """A rescuer the test can wait on: ``await looked(n)`` returns after n more looks."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._looks = 0
-        self._looked = asyncio.Event()
-
-    def _look(self) -> None:
-        super()._look()
-        self._looks += 1
-        self._looked.set()
-
-    async def looked(self, more: int) -> None:
-        target = self._looks + more
-        while self._looks < target:
-            self._looked.clear()
-            await asyncio.wait_for(self._looked.wait(), _TIMEOUT)
 
 
 def _listener() -> socket.socket:
@@ -87,58 +65,74 @@ async def _answered(clients: list[socket.socket]) -> int:
     return got
 
 
-def test_a_stalled_siblings_queue_is_served_once_then_left_when_it_accepts_again() -> None:
+def test_a_rescue_serves_the_siblings_queue_until_it_ends() -> None:
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         ctx = WorkerContext(
             pid=os.getpid(), slot=0, generation=1, mode=Mode.REUSEPORT, config=Config()
         )
         app = _App(ctx)
-        board = LoadBoard(4, ebpf=False)
         sibling = _listener()
         port = sibling.getsockname()[1]
-        rescuer = _CountingRescuer(app, board, interval=0.002, decision=Rescue(stall_after=0.01))
+        rescuer = Rescuer(app)
         clients: list[socket.socket] = []
         try:
             rescuer.add(_SIBLING, [sibling.dup()])
-            rescuer.start()
-            for _ in range(20):
+            for _ in range(20):  # queued for the sibling, which never accepts
                 client = socket.create_connection(("127.0.0.1", port), timeout=_TIMEOUT)
                 client.setblocking(False)
                 clients.append(client)
+            rescuer.begin(_SIBLING)
             assert await _answered(clients) == 20
             assert ctx.stats.rescued == 20
             assert ctx.stats.accepted == 20  # each exactly once (the kernel's accept)
             assert rescuer.servers.keys() == {_SIBLING}
-            # The sibling accepts one of its own: it is back, the rescue ends.
-            board.lane(_SIBLING, 0).publish(accepted=1, open_=0)
-            await rescuer.looked(2)
+            rescuer.end(_SIBLING)
             assert not rescuer.servers
             late = socket.create_connection(("127.0.0.1", port), timeout=_TIMEOUT)
-            late.setblocking(False)
             clients.append(late)
+            # Left in the sibling's queue: the rescue server is closed, the
+            # sibling's socket is not.
             wait_until(lambda: _queued(sibling) == 1, timeout=_TIMEOUT)
-            # A sibling that keeps accepting (its count moves at every look)
-            # is not robbed, however long its queue stays non-empty.
-            for count in range(2, 12):
-                board.lane(_SIBLING, 0).publish(accepted=count, open_=0)
-                await rescuer.looked(1)
-            assert not rescuer.servers
-            assert ctx.stats.rescued == 20
+            await _loop_turns(5)
             assert _queued(sibling) == 1
-            # It stops accepting again: after stall_after, the rescue is back.
-            assert await _answered([late]) == 1
-            assert ctx.stats.rescued == 21
+            assert ctx.stats.rescued == 20
+            conn, _ = sibling.accept()
+            conn.close()
         finally:
             rescuer.close()
             await app.shutdown(1.0)
             for client in clients:
                 client.close()
             sibling.close()
-            board.close()
-        assert not loop.is_closed()
 
     asyncio.run(main())
+
+
+def test_a_rescue_ended_while_it_starts_leaves_no_server() -> None:
+    async def main() -> None:
+        ctx = WorkerContext(
+            pid=os.getpid(), slot=0, generation=1, mode=Mode.REUSEPORT, config=Config()
+        )
+        app = _App(ctx)
+        sibling = _listener()
+        rescuer = Rescuer(app)
+        try:
+            rescuer.add(_SIBLING, [sibling.dup()])
+            rescuer.begin(_SIBLING)
+            rescuer.end(_SIBLING)  # before its server started
+            await _loop_turns(5)
+            assert not rescuer.servers
+            assert not app.rescue_servers
+        finally:
+            rescuer.close()
+            sibling.close()
+
+    asyncio.run(main())
+
+
+async def _loop_turns(count: int) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
 
 
 def _queued(sock: socket.socket) -> int:
@@ -153,21 +147,23 @@ def test_an_app_that_accepts_by_itself_is_never_rescued_into() -> None:
         async def serve(self, sockets: Sequence[socket.socket]) -> None:
             pass
 
-        async def shutdown(self, timeout: float) -> None:
+        async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
             pass
 
     async def main() -> None:
         ctx = WorkerContext(
             pid=os.getpid(), slot=0, generation=1, mode=Mode.REUSEPORT, config=Config()
         )
-        board = LoadBoard(2, ebpf=False)
+        sibling = _listener()
+        rescuer = Rescuer(_SocketApp(ctx))
         try:
-            rescuer = Rescuer(_SocketApp(ctx), board)
             assert not rescuer.enabled
-            rescuer.start()  # nothing to run
-            assert rescuer._timer is None
+            rescuer.add(_SIBLING, [sibling.dup()])
+            rescuer.begin(_SIBLING)  # the master's word is ignored
+            assert not rescuer.wanted
         finally:
-            board.close()
+            rescuer.close()
+            sibling.close()
 
     asyncio.run(main())
 
@@ -178,10 +174,9 @@ def test_removing_a_sibling_closes_only_our_copy(slot: int) -> None:
         ctx = WorkerContext(
             pid=os.getpid(), slot=0, generation=1, mode=Mode.REUSEPORT, config=Config()
         )
-        board = LoadBoard(2, ebpf=False)
         sibling = _listener()
         try:
-            rescuer = Rescuer(_App(ctx), board)
+            rescuer = Rescuer(_App(ctx))
             copy = sibling.dup()
             rescuer.add(slot, [copy])
             rescuer.remove(slot)
@@ -192,6 +187,5 @@ def test_removing_a_sibling_closes_only_our_copy(slot: int) -> None:
             client.close()
         finally:
             sibling.close()
-            board.close()
 
     asyncio.run(main())

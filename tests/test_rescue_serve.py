@@ -73,6 +73,9 @@ def test_a_stopped_workers_new_connections_are_all_answered_by_its_siblings(
             if steering == "hash":
                 # About a quarter were hashed to the stopped worker: rescued.
                 wait_until(lambda: _rescued(control) >= 20, timeout=5)
+                slot = next(w["slot"] for w in _snapshot(control)["workers"] if w["pid"] == stopped)
+                assert _snapshot(control)["steering"]["rescuing"] == [slot]
+                assert _snapshot(control)["events"]["rescues"] >= 1
 
             def taken() -> int:
                 now = _accepted_by(control)

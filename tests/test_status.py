@@ -58,7 +58,7 @@ WORKER_KEYS = [
     "heartbeat_age",
 ]
 TOTALS_KEYS = ["requests", "in_flight", "connections", "accepted", "rescued", "queue"]
-STEERING_KEYS = ["kind", "steered_away", "stalled", "active", "rescue", "loads"]
+STEERING_KEYS = ["kind", "steered_away", "stalled", "active", "rescue", "rescuing", "loads"]
 SPAWNS = {"start": 0, "respawn": 0, "reload": 0, "recycle": 0, "scale": 0}
 EXITS = {"crash": 0, "heartbeat": 0, "recycle": 0, "reload": 0, "scale": 0, "stop": 0, "boot": 0}
 EVENTS = {
@@ -68,6 +68,7 @@ EVENTS = {
     "reloads_failed": 0,
     "recycles": 0,
     "drains": 0,
+    "rescues": 0,
 }
 
 
@@ -138,6 +139,7 @@ def test_values_are_plain_strings_and_numbers(channel: socket.socket) -> None:
         "stalled": [],
         "active": "hash",
         "rescue": False,
+        "rescuing": [],
         "loads": [],
     }
     assert snapshot["workers"][0] == {

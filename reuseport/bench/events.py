@@ -45,6 +45,7 @@ EVENT_WORDS: tuple[tuple[str, str], ...] = (
     ("drains", "drains"),
     ("exits.crash", "crashes"),
     ("reloads_failed", "failed reloads"),
+    ("rescues", "rescues"),
     ("rescued", "rescued"),
 )
 

@@ -115,6 +115,7 @@ def _events_line(events: Mapping[str, Any]) -> str:
         reloads,
         _counted(events.get("recycles"), "recycle"),
         _counted(events.get("drains"), "drain"),
+        *([_counted(events.get("rescues"), "rescue")] if "rescues" in events else []),
         _by_cause("spawns", events.get("spawns"), _SPAWN_CAUSES),
         _by_cause("exits", events.get("exits"), _EXIT_CAUSES),
     ]
@@ -135,7 +136,11 @@ def _steering_line(steering: Mapping[str, Any]) -> str:
         f"steering: {_STEERING_SHOWN.get(active, active)}",
         f"sibling rescue {'on' if steering.get('rescue') else 'off'}",
     ]
-    for key, words in (("steered_away", "kept from new connections"), ("stalled", "stalled")):
+    for key, words in (
+        ("steered_away", "kept from new connections"),
+        ("stalled", "stalled"),
+        ("rescuing", "queue served by siblings"),
+    ):
         slots = steering.get(key)
         if isinstance(slots, list) and slots:
             parts.append(f"{words}: slot {', '.join(map(str, slots))}")
