@@ -43,7 +43,8 @@ import setproctitle
 
 from . import logs, reloader
 from . import worker as worker_mod
-from .config import Config, Mode, ProcessManager, SteeringKind
+from .config import Config, Mode, ProcessManager
+from .connections import StopReason
 from .control import ControlServer, default_control_path
 from .errors import ExitCode, errno_name
 from .lifecycle import ExitCause, SpawnCause, WorkerHandle, WorkerState
@@ -56,18 +57,24 @@ from .status import (
     MasterStatus,
     PoolStatus,
     Status,
-    SteeringStatus,
     Totals,
     WorkerStatus,
 )
-from .steering import Steering
+from .traffic import TICK, Traffic
 
 __all__ = ["Arbiter"]
+
+# What a worker stopped for a cause tells its clients (WebSocket close codes).
+_STOP_REASONS = {
+    ExitCause.RELOAD: StopReason.RELOAD,
+    ExitCause.RECYCLE: StopReason.RECYCLE,
+    ExitCause.SCALE: StopReason.SCALE_DOWN,
+}
+
 
 log = logging.getLogger("reuseport.master")
 
 _TICK = 0.5
-_STEER_TICK = 0.02  # --steering load samples the accept queues this often
 _KILL_AFTER_ABORT = 2.0
 _STOP_GRACE = 5.0  # on top of --graceful-timeout before a stopping worker is killed
 _SIGNALS = (
@@ -104,8 +111,7 @@ class Arbiter:
         self.backoff = CrashBackoff()
         self.generation = 0
         self.replacements = Replacements()
-        self.steering = Steering(load_aware=config.steering is SteeringKind.LOAD)
-        self._steer_warned = False
+        self.traffic = Traffic(config, mode, self.listeners)
         self.events = MasterEvents(initial=config.initial_workers)
         self.signals: collections.deque[int] = collections.deque()  # filled by handlers
         self.stopping = False
@@ -138,6 +144,8 @@ class Arbiter:
             self.control = ControlServer(path, lambda: self.status().to_dict())
             log.info("Control socket at %s (reuseport status --control %s)", path, path)
             self.scoreboard = Scoreboard(self.config.pool_limit)
+            if self.mode is Mode.REUSEPORT:
+                self.traffic.setup(self.scoreboard.size)
             if self.config.pm is ProcessManager.ONDEMAND:
                 log.info(
                     "Ready: 0 workers (ondemand pool: the first connection starts one, "
@@ -184,7 +192,7 @@ class Arbiter:
             poller.register(self.watcher.fd, select.POLLIN)
         registered: dict[int, WorkerHandle] = {}
         watched_listeners: set[int] = set()
-        load_steering = self.steering.load_aware and self.mode is Mode.REUSEPORT
+        load_steering = self.traffic.ticking  # steering and rescue sample the queues
         while True:
             self._dispatch_signals()
             self._reap()
@@ -196,7 +204,7 @@ class Arbiter:
                 self._check_workers()
                 self._maintain_pool()
                 if load_steering:
-                    self._steer_quietly()
+                    self._traffic_tick()
             # Keep the poll set in step with the live channels.
             live = {h.channel.fileno(): h for h in self.workers.values() if h.channel.fileno() >= 0}
             for fd in set(registered) - set(live):
@@ -220,7 +228,7 @@ class Arbiter:
             for fd in wanted - watched_listeners:
                 poller.register(fd, select.POLLIN)
             watched_listeners = wanted
-            tick = _STEER_TICK if load_steering and self.workers else _TICK
+            tick = TICK if load_steering and self.workers else _TICK
             try:
                 events = poller.poll(tick * 1000)
             except InterruptedError:
@@ -388,9 +396,17 @@ class Arbiter:
                 self._kill(handle, sig)
 
     def _stop(self, handle: WorkerHandle, cause: ExitCause) -> None:
-        """SIGTERM: finish in-flight requests, then exit (killed after the graceful timeout)."""
+        """SIGTERM: finish in-flight requests, then exit (killed after the graceful timeout).
+
+        The worker first learns why (a WebSocket closes with 1012 on a reload
+        or recycle, 1001 otherwise); the message is in its channel before the
+        signal arrives.
+        """
         deadline = time.monotonic() + self.config.graceful_timeout + _STOP_GRACE
         handle.leave(WorkerState.STOPPING, cause, deadline=deadline)
+        reason = _STOP_REASONS.get(cause, StopReason.STOP)
+        with contextlib.suppress(OSError):  # gone already: the signal finds out
+            worker_mod.send_message(handle.channel, {"type": "stop", "reason": reason.value})
         self._kill(handle, signal.SIGTERM)
 
     def _abort(self, handle: WorkerHandle, sig: int, cause: ExitCause) -> None:
@@ -489,7 +505,8 @@ class Arbiter:
             if not self.listeners.may_drain():
                 return False  # the pool asks again
             try:
-                self.listeners.begin_drain(slot, self._allowed_slots())
+                serving = {h.slot for h in self.workers.values() if h.serving}
+                self.listeners.begin_drain(slot, self.traffic.allowed(serving, time.monotonic()))
             except OSError as exc:
                 log.warning(
                     "could not steer connections away from worker %d (%s); its queued "
@@ -507,6 +524,7 @@ class Arbiter:
                     why,
                 )
                 self._send_drain(handle)
+                self._tell_siblings(slot, gone=True)
                 return True
         log.info("Retiring worker %d (pid %d, %s)", slot, handle.pid, why)
         self._stop(handle, ExitCause.SCALE)
@@ -528,40 +546,42 @@ class Arbiter:
             self._kill(handle, signal.SIGTERM)
 
     # ------------------------------------------------------------------ steering
-    def _allowed_slots(self) -> set[int]:
-        """Ask the steering which slots may get new connections (measuring if load-aware)."""
+    def _traffic_tick(self) -> None:
+        """Steering and sibling rescue, every ``traffic.TICK`` (see ``traffic.py``)."""
         now = time.monotonic()
-        order = self.listeners.order
-        serving = {h.slot: h for h in self.workers.values() if h.serving}
-        queues: dict[int, int] = {}
-        beat_ages: dict[int, float] = {}
-        if self.steering.load_aware:
-            for slot in order:
-                depth = self.listeners.queue_depth(slot)
-                queues[slot] = depth[0] if depth else 0
-            if self.scoreboard is not None:
-                for slot, handle in serving.items():
-                    beat_ages[slot] = now - self.scoreboard.read(handle.row).heartbeat
-        return self.steering.decide(
-            order,
-            serving=serving.keys(),
-            draining=self.listeners.draining,
-            queues=queues,
-            beat_ages=beat_ages,
-            now=now,
-        )
+        beats: dict[int, float] = {}
+        if self.scoreboard is not None:
+            for handle in self.workers.values():
+                if handle.serving:
+                    beats[handle.slot] = now - self.scoreboard.read(handle.row).heartbeat
+        changes = self.traffic.tick(beats.keys(), beats, now)
+        self.events.rescues += len(changes.started)
+        for slot in changes.started:
+            self._tell_rescuers(slot, on=True)
+        for slot in changes.ended:
+            self._tell_rescuers(slot, on=False)
 
-    def _steer_quietly(self) -> None:
-        try:
-            self.listeners.apply_steering(self._allowed_slots())
-        except OSError as exc:
-            if not self._steer_warned:
-                self._steer_warned = True
-                log.warning(
-                    "--steering load: attaching the steering program failed (%s); new "
-                    "connections follow the kernel's hash",
-                    errno_name(exc),
-                )
+    def _tell_rescuers(self, slot: int, *, on: bool, only: WorkerHandle | None = None) -> None:
+        message = {"type": "rescue", "slot": slot, "on": on}
+        for handle in [only] if only is not None else list(self.workers.values()):
+            if handle.slot == slot or (on and not handle.serving):
+                continue
+            with contextlib.suppress(OSError):  # gone: reaping finds out
+                worker_mod.send_message(handle.channel, message)
+
+    def _tell_siblings(self, slot: int, *, gone: bool = False) -> None:
+        """Sibling rescue: hand every other worker ``slot``'s sockets, or take them back."""
+        if not self.traffic.rescue:
+            return
+        socks = [] if gone else self.listeners.for_slot(slot)
+        message = {"type": "sibling_gone" if gone else "sibling", "slot": slot}
+        for handle in list(self.workers.values()):
+            if handle.slot == slot or handle.leaving:
+                continue
+            try:
+                worker_mod.send_message(handle.channel, message, [s.fileno() for s in socks])
+            except OSError as exc:
+                log.debug("could not tell worker %d about slot %d (%s)", handle.slot, slot, exc)
 
     # ------------------------------------------------------------------ spawning
     def _spawn(self, slot: int, cause: SpawnCause, *, replaces: int | None = None) -> bool:
@@ -581,6 +601,7 @@ class Arbiter:
         self.generation += 1
         parent_ch, child_ch = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         inherited = self.listeners.for_slot(slot)
+        lane = self._free_lane(slot)
         spec = worker_mod.WorkerSpec(
             slot=slot,
             generation=self.generation,
@@ -595,6 +616,14 @@ class Arbiter:
             max_requests=self._request_limit(),
             uid=self.uid,
             gid=self.gid,
+            board=self.listeners.board,
+            lane=lane,
+            siblings=tuple(
+                (other, tuple(sock.fileno() for sock in socks))
+                for other, socks in self.listeners.siblings_of(slot).items()
+            )
+            if self.traffic.rescue
+            else (),
         )
         pid = os.fork()
         if pid == 0:  # child
@@ -620,12 +649,27 @@ class Arbiter:
             started=now,
             cause=cause,
             opens_socket=opens_socket,
+            lane=lane,
             replaces=replaces,
             last_busy=now,
         )
         self.events.spawned(cause, slot)
         log.debug("spawned worker %d (pid %d, %s)", slot, pid, cause.value)
         return True
+
+    def _free_lane(self, slot: int) -> int:
+        """A load-board lane no other worker of ``slot`` writes.
+
+        A slot has two: its serving worker and a replacement.  If a third
+        worker overlaps (a replaced one still finishing), it shares the lane
+        of the one on its way out, whose counts then matter least.
+        """
+        used = {h.lane: h for h in self.workers.values() if h.slot == slot}
+        for lane in (0, 1):
+            if lane not in used:
+                return lane
+        leaving = [lane for lane, h in used.items() if h.leaving]
+        return leaving[0] if leaving else 0
 
     def _request_limit(self) -> int:
         limit = self.config.max_requests
@@ -649,7 +693,7 @@ class Arbiter:
             handle.channel.close()
         if self.control is not None:
             self.control.close_in_child()
-        self.listeners.close_in_child(slot)
+        self.listeners.close_in_child(slot, siblings=self.traffic.rescue)
 
     # ------------------------------------------------------------------ messages
     def _read_channel(self, handle: WorkerHandle) -> None:
@@ -660,8 +704,8 @@ class Arbiter:
         kind = message.get("type")
         if kind == "listening":
             # Whatever its state: its sockets joined the groups.
-            if fds:
-                self.listeners.slot_opened(handle.slot, fds)
+            if fds and self.listeners.slot_opened(handle.slot, fds):
+                self._tell_siblings(handle.slot)
             if handle.state is WorkerState.BOOTING:
                 handle.to(WorkerState.STARTING)
             return
@@ -690,6 +734,8 @@ class Arbiter:
         if handle.state is not WorkerState.STARTING:
             return  # told to go meanwhile: it stays on its way out
         handle.to(WorkerState.READY)
+        for slot in sorted(self.traffic.rescuing):  # join the rescues under way
+            self._tell_rescuers(slot, on=True, only=handle)
         if handle.replaces is not None:
             old = self.workers.get(handle.replaces)
             handle.replaces = None
@@ -747,6 +793,8 @@ class Arbiter:
             handle.channel.close()
             if self.scoreboard is not None:
                 self.scoreboard.clear(handle.row)
+            if self.listeners.board is not None and handle.slot < self.listeners.board.capacity:
+                self.listeners.board.lane_gone(handle.slot, handle.lane)
             self._on_exit(handle, status)
 
     def _reap_blocking(self) -> None:
@@ -908,10 +956,6 @@ class Arbiter:
             ),
             workers=tuple(workers),
             totals=Totals.of(workers, queue=self.listeners.queued()),
-            steering=SteeringStatus(
-                kind=config.steering,
-                steered_away=tuple(self.listeners.steered_away()),
-                stalled=tuple(self.steering.stalled),
-            ),
+            steering=self.traffic.status(),
             events=self.events.snapshot(),
         )

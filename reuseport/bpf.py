@@ -54,14 +54,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "BPF_F_MMAPABLE",
     "SK_PASS",
     "SO_ATTACH_REUSEPORT_CBPF",
     "SO_ATTACH_REUSEPORT_EBPF",
     "SO_DETACH_REUSEPORT_BPF",
+    "Asm",
     "AttachType",
     "BpfCmd",
     "EbpfInsn",
     "Group",
+    "MapType",
     "attach_cbpf",
     "attach_ebpf",
     "bpf",
@@ -69,6 +72,9 @@ __all__ = [
     "detach",
     "exit_insn",
     "load_sk_reuseport",
+    "map_create",
+    "map_delete",
+    "map_update",
     "mov64_imm",
     "steering_program",
 ]
@@ -184,12 +190,26 @@ _BPF_MOV = 0xB0
 _BPF_K = 0x00
 _BPF_EXIT = 0x90
 _INSN = struct.Struct("=BBhi")  # struct bpf_insn: code, dst_reg:4 + src_reg:4, off, imm
+_VERIFIER_LOG = 64 * 1024  # bytes of the verifier's explanation kept when a load fails
 
 
 class BpfCmd(enum.IntEnum):
     """``bpf(2)`` commands (``enum bpf_cmd``) this module issues."""
 
+    MAP_CREATE = 0
+    MAP_UPDATE_ELEM = 2
+    MAP_DELETE_ELEM = 3
     PROG_LOAD = 5
+
+
+class MapType(enum.IntEnum):
+    """``enum bpf_map_type`` values this project uses."""
+
+    ARRAY = 2
+    REUSEPORT_SOCKARRAY = 20  # Linux >= 4.19: the sockets bpf_sk_select_reuseport picks from
+
+
+BPF_F_MMAPABLE = 1 << 10  # an ARRAY map user space can mmap (Linux >= 5.5)
 
 
 class AttachType(enum.IntEnum):
@@ -301,9 +321,183 @@ def load_sk_reuseport(
     )
     # `buffer` and `license_` live in this frame until bpf() returns; the
     # kernel copies both during the call.
-    return bpf(BpfCmd.PROG_LOAD, attr)
+    try:
+        return bpf(BpfCmd.PROG_LOAD, attr)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EINVAL):
+            raise
+        # The verifier refused it (or the kernel lacks a feature): load again
+        # with its log on, so the error says why.
+        log = ctypes.create_string_buffer(_VERIFIER_LOG)
+        attr.log_level, attr.log_size, attr.log_buf = 1, _VERIFIER_LOG, ctypes.addressof(log)
+        try:
+            return bpf(BpfCmd.PROG_LOAD, attr)
+        except OSError as again:
+            lines = log.value.decode("ascii", "replace").strip().splitlines()
+            why = " / ".join(lines[-3:]) if lines else "no verifier log"
+            raise OSError(again.errno, f"{again.strerror} (verifier: {why})") from None
 
 
 def attach_ebpf(sock: socket.socket, prog_fd: int) -> None:
     """setsockopt(SO_ATTACH_REUSEPORT_EBPF): the loaded program then serves the whole group."""
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, prog_fd)
+
+
+# ---------------------------------------------------------------- maps
+
+
+class _MapCreateAttr(ctypes.Structure):
+    # The BPF_MAP_CREATE member of `union bpf_attr`, up to map_name.
+    _fields_ = [
+        ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("numa_node", ctypes.c_uint32),
+        ("map_name", ctypes.c_char * 16),
+    ]
+
+
+class _MapElemAttr(ctypes.Structure):
+    # The BPF_MAP_*_ELEM member: map_fd, key, value (or next_key), flags.
+    _fields_ = [
+        ("map_fd", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("key", ctypes.c_uint64),
+        ("value", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+def map_create(
+    map_type: MapType,
+    *,
+    key_size: int,
+    value_size: int,
+    max_entries: int,
+    flags: int = 0,
+    name: bytes = b"reuseport",
+) -> int:
+    """``BPF_MAP_CREATE``; returns the map's fd (the caller closes it).
+
+    Raises ``OSError`` (EPERM without CAP_BPF, EINVAL for a map type or flag
+    this kernel lacks).
+    """
+    attr = _MapCreateAttr(
+        map_type=int(map_type),
+        key_size=key_size,
+        value_size=value_size,
+        max_entries=max_entries,
+        map_flags=flags,
+        map_name=name[:15],
+    )
+    return bpf(BpfCmd.MAP_CREATE, attr)
+
+
+def map_update(map_fd: int, key: bytes, value: bytes) -> None:
+    """``BPF_MAP_UPDATE_ELEM`` (create or replace)."""
+    key_buf = ctypes.create_string_buffer(key, len(key))
+    value_buf = ctypes.create_string_buffer(value, len(value))
+    attr = _MapElemAttr(
+        map_fd=map_fd, key=ctypes.addressof(key_buf), value=ctypes.addressof(value_buf)
+    )
+    bpf(BpfCmd.MAP_UPDATE_ELEM, attr)
+
+
+def map_delete(map_fd: int, key: bytes) -> None:
+    """``BPF_MAP_DELETE_ELEM``; raises ``OSError(ENOENT)`` if the key holds nothing."""
+    key_buf = ctypes.create_string_buffer(key, len(key))
+    attr = _MapElemAttr(map_fd=map_fd, key=ctypes.addressof(key_buf))
+    bpf(BpfCmd.MAP_DELETE_ELEM, attr)
+
+
+# ---------------------------------------------------------------- a small assembler
+
+# Instruction classes, sizes, modes and operations (linux/bpf_common.h, bpf.h).
+_LD, _LDX, _ST, _STX, _JMP_CLASS = 0x00, 0x01, 0x02, 0x03, 0x05
+_W, _DW = 0x00, 0x18
+_IMM, _MEM, _ATOMIC = 0x00, 0x60, 0xC0
+_X = 0x08
+_PSEUDO_MAP_FD = 1  # src_reg of a 64-bit immediate load that names a map by fd
+
+
+class Asm:
+    """Builds an eBPF program with named jump targets; ``program()`` resolves them.
+
+    Registers are plain ints (r0 return value and helper result, r1-r5
+    helper arguments, clobbered by calls, r6-r9 kept across calls, r10 the
+    read-only frame pointer).  Only what the steering program needs is here.
+    """
+
+    W, DW = _W, _DW  # access sizes: u32, u64
+    ADD, SUB, LSH, RSH, MOD, MOV = 0x00, 0x10, 0x60, 0x70, 0x90, 0xB0
+    JA, JEQ, JGT, JGE, JNE, JSGT, JLT, JLE = 0x00, 0x10, 0x20, 0x30, 0x50, 0x60, 0xA0, 0xB0
+
+    def __init__(self) -> None:
+        self._insns: list[tuple[int, int, int, int | str, int]] = []
+        self._labels: dict[str, int] = {}
+
+    def label(self, name: str) -> None:
+        if name in self._labels:
+            raise ValueError(f"label {name!r} defined twice")
+        self._labels[name] = len(self._insns)
+
+    def _emit(
+        self, code: int, dst: int = 0, src: int = 0, off: int | str = 0, imm: int = 0
+    ) -> None:
+        self._insns.append((code, dst, src, off, imm))
+
+    def alu_imm(self, op: int, dst: int, imm: int) -> None:
+        """``dst op= imm`` (64-bit)."""
+        self._emit(_BPF_ALU64 | op | _BPF_K, dst, 0, 0, imm)
+
+    def alu_reg(self, op: int, dst: int, src: int) -> None:
+        """``dst op= src`` (64-bit)."""
+        self._emit(_BPF_ALU64 | op | _X, dst, src)
+
+    def load(self, dst: int, base: int, off: int, *, size: int = _DW) -> None:
+        """``dst = *(u64 *)(base + off)`` (``size=Asm.W`` for u32)."""
+        self._emit(_LDX | size | _MEM, dst, base, off)
+
+    def store(self, base: int, off: int, src: int, *, size: int = _DW) -> None:
+        """``*(u64 *)(base + off) = src``."""
+        self._emit(_STX | size | _MEM, base, src, off)
+
+    def store_imm(self, base: int, off: int, imm: int, *, size: int = _DW) -> None:
+        self._emit(_ST | size | _MEM, base, 0, off, imm)
+
+    def atomic_add(self, base: int, off: int, src: int) -> None:
+        """``lock *(u64 *)(base + off) += src``."""
+        self._emit(_STX | _DW | _ATOMIC, base, src, off, self.ADD)
+
+    def load_map(self, dst: int, map_fd: int) -> None:
+        """``dst = the map named by map_fd`` (two instruction slots)."""
+        self._emit(_LD | _DW | _IMM, dst, _PSEUDO_MAP_FD, 0, map_fd)
+        self._emit(0)
+
+    def jump_imm(self, op: int, dst: int, imm: int, target: str) -> None:
+        self._emit(_JMP_CLASS | op | _BPF_K, dst, 0, target, imm)
+
+    def jump_reg(self, op: int, dst: int, src: int, target: str) -> None:
+        self._emit(_JMP_CLASS | op | _X, dst, src, target)
+
+    def jump(self, target: str) -> None:
+        self._emit(_JMP_CLASS | self.JA, 0, 0, target)
+
+    def call(self, helper: int) -> None:
+        self._emit(_JMP_CLASS | 0x80, 0, 0, 0, helper)
+
+    def exit(self) -> None:
+        self._emit(_JMP_CLASS | _BPF_EXIT)
+
+    def program(self) -> list[EbpfInsn]:
+        out = []
+        for index, (code, dst, src, off, imm) in enumerate(self._insns):
+            if isinstance(off, str):
+                if off not in self._labels:
+                    raise ValueError(f"jump to undefined label {off!r}")
+                off = self._labels[off] - index - 1
+            out.append(EbpfInsn(code=code, dst=dst, src=src, off=off, imm=imm))
+        return out

@@ -153,9 +153,17 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--steering",
         default=S,
         choices=_choices(SteeringKind),
-        help="reuseport mode: hash (default) leaves new connections to the kernel's "
-        "hash; load steers them away from workers whose accept queue backs up "
-        "or that are not ready (a cBPF program, no privilege needed)",
+        help="reuseport mode, how new connections are spread: p2c (eBPF, needs "
+        "CAP_BPF) gives each one to the less loaded of two workers; load (cBPF, no "
+        "privilege) keeps them from workers whose queue backs up; hash leaves them to "
+        "the kernel's hash; auto (default): p2c if the kernel allows, else load",
+    )
+    g.add_argument(
+        "--rescue",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help="reuseport mode: a worker serves the connections queued for a sibling "
+        "that stopped accepting (default on)",
     )
     g = p.add_argument_group("TLS (uvicorn's flags)")
     g.add_argument(

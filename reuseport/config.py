@@ -99,10 +99,12 @@ class ProcessManager(enum.Enum):
 
 
 class SteeringKind(enum.Enum):
-    """How a reuseport group's new connections are spread (see steering.py)."""
+    """How a reuseport group's new connections are spread (see steering.py, loadboard.py)."""
 
+    AUTO = "auto"  # p2c where the kernel lets us load eBPF, else load
+    P2C = "p2c"  # eBPF: per connection, the less loaded of two hashed workers
+    LOAD = "load"  # cBPF: the master samples the queues and skips workers that fall behind
     HASH = "hash"  # the kernel's hash; only a draining slot is steered away from
-    LOAD = "load"  # also skip workers that fall behind or are not ready
 
 
 class WebSocketKind(enum.Enum):
@@ -343,7 +345,8 @@ class Config:
     interface: Interface = Interface.AUTO
     loop: LoopKind = LoopKind.AUTO
     backlog: int = 2048
-    steering: SteeringKind = SteeringKind.HASH
+    steering: SteeringKind = SteeringKind.AUTO
+    rescue: bool = True  # reuseport mode: siblings serve a stalled worker's queue
     uds_mode: int = 0o666  # permissions of a unix: socket file (uvicorn's)
 
     # Process manager (php-fpm names in comments).

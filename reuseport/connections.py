@@ -30,8 +30,16 @@ import asyncio
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
-__all__ = ["Connections", "ManagedConnection", "StopReason", "WorkerStats", "going_away_grace"]
+__all__ = [
+    "Connections",
+    "LoadPublisher",
+    "ManagedConnection",
+    "StopReason",
+    "WorkerStats",
+    "going_away_grace",
+]
 
 # Longest time a closing handshake gets before the graceful deadline.
 GOING_AWAY_GRACE = 1.0
@@ -56,14 +64,42 @@ class StopReason(enum.Enum):
         return self is StopReason.RELOAD or self is StopReason.RECYCLE
 
 
+class LoadPublisher(Protocol):
+    """Where a worker's connection counts go as they change (``loadboard.Lane``)."""
+
+    def publish(self, accepted: int, open_: int) -> None: ...
+
+
 @dataclass(slots=True)
 class WorkerStats:
-    """Counters of one worker, bumped on the hot path by the adapters."""
+    """Counters of one worker, bumped on the hot path by the adapters.
+
+    Adapters call ``opened()``/``closed()`` for each connection rather than
+    touching ``connections``/``accepted``: with a load board, those two also
+    go to shared memory at once (the kernel's p2c steering and sibling rescue
+    read them per connection, not per heartbeat).
+    """
 
     requests: int = 0  # completed requests (responses finished)
     in_flight: int = 0  # requests read but not yet answered
     connections: int = 0  # open client connections
     accepted: int = 0  # connections accepted since start
+    rescued: int = 0  # of those, taken from a stalled sibling's queue (sibling rescue)
+    lane: LoadPublisher | None = None
+
+    def opened(self) -> None:
+        self.connections += 1
+        self.accepted += 1
+        lane = self.lane
+        if lane is not None:
+            # Only what came from our own queue counts as accepted from it.
+            lane.publish(self.accepted - self.rescued, self.connections)
+
+    def closed(self) -> None:
+        self.connections -= 1
+        lane = self.lane
+        if lane is not None:
+            lane.publish(self.accepted - self.rescued, self.connections)
 
 
 class ManagedConnection(abc.ABC):

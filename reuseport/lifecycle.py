@@ -128,6 +128,7 @@ class WorkerHandle:
     started: float
     cause: SpawnCause
     opens_socket: bool = False  # a new reuseport slot: the worker opens its sockets
+    lane: int = 0  # its cells in the slot's row of the load board (0 or 1)
     replaces: int | None = None  # pid of the worker it replaces, until it is ready
     state: WorkerState = WorkerState.BOOTING
     exit_cause: ExitCause | None = None  # why the master asked it to go; None: unasked

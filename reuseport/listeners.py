@@ -63,6 +63,7 @@ The master removes the socket files of its Unix binds when it closes them
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -73,6 +74,7 @@ from collections.abc import Collection, Sequence
 from .bpf import Group, attach_cbpf, detach, steering_program
 from .config import Bind, BindAddress, FdBind, Mode, UnixBind
 from .errors import errno_name
+from .loadboard import KernelSteering, LoadBoard
 from .sockets import (
     UnixFile,
     adopt_bind,
@@ -123,6 +125,8 @@ class Listeners:
         self._excluded: frozenset[int] = frozenset()  # slots steering keeps connections from
         self._attached: list[_Program] = []  # per group, what the attached program allows
         self._stale = False  # a program may name old indices: re-attach at the next chance
+        self.kernel: KernelSteering | None = None  # eBPF p2c instead of cBPF programs
+        self.board: LoadBoard | None = None  # per-slot load (kernel steering, sibling rescue)
 
     # ------------------------------------------------------------------ open, close
     def bind(self, *, anchor: bool = False) -> None:
@@ -219,17 +223,28 @@ class Listeners:
         for unix_file in self._unix_files:
             unix_file.remove()
         self._unix_files.clear()
+        if self.kernel is not None:
+            self.kernel.close()
+            self.kernel = None
 
-    def close_in_child(self, slot: int) -> None:
+    def close_in_child(self, slot: int, *, siblings: bool = False) -> None:
         """In a freshly forked worker: close every socket but the slot's own.
 
-        A worker then holds only its own listeners, so /proc and ``ss`` show
-        exactly which worker owns which socket.
+        With ``siblings`` (sibling rescue) the other slots' sockets stay open
+        too: the worker may accept from them when their worker stalls.
+        Without, a worker holds only its own listeners, so /proc and ``ss``
+        show exactly which worker owns which socket.
         """
-        kept = {id(sock) for sock in self.for_slot(slot)}
+        keep = list(self.for_slot(slot))
+        if siblings:
+            for socks in self.siblings_of(slot).values():
+                keep.extend(socks)
+        kept = {id(sock) for sock in keep}
         for sock in self._all():
             if id(sock) not in kept:
                 sock.close()
+        if self.kernel is not None:
+            self.kernel.close_in_child()
 
     def _all(self) -> list[socket.socket]:
         socks = [*self._shared, *self._reservations]
@@ -249,6 +264,14 @@ class Listeners:
         if self.mode is Mode.SHARED:
             return list(self._shared)
         return [*self._slots.get(slot, ()), *self._shared]
+
+    def siblings_of(self, slot: int) -> dict[int, list[socket.socket]]:
+        """Every other slot's sockets, but the draining one's (reuseport mode)."""
+        return {
+            other: list(socks)
+            for other, socks in self._slots.items()
+            if other != slot and other != self.draining
+        }
 
     def holds(self, slot: int) -> bool:
         return slot in self._slots
@@ -339,6 +362,45 @@ class Listeners:
         self._slots[slot] = socks
         for group in self._groups:
             group.joined(slot)
+        if self.kernel is not None:
+            try:
+                self.kernel.add(slot, socks)
+                for index, sock in enumerate(socks):
+                    self.kernel.attach(index, sock)
+            except OSError as exc:
+                self._kernel_failed(exc)
+
+    def use_board(self, board: LoadBoard) -> None:
+        """Share per-slot load with the workers (sibling rescue) without kernel steering."""
+        self.board = board
+
+    def use_kernel_steering(self, kernel: KernelSteering) -> None:
+        """Steer with the eBPF p2c program from now on (before any slot opens)."""
+        if self._slots and self.anchor is None:
+            raise RuntimeError("kernel steering must be set up before workers open sockets")
+        self.kernel = kernel
+        self.board = kernel.board
+        for slot, socks in self._slots.items():  # the ondemand anchor
+            self.kernel.add(slot, socks)
+            for index, sock in enumerate(socks):
+                self.kernel.attach(index, sock)
+
+    def _kernel_failed(self, exc: OSError) -> None:
+        """A map update or attach failed: fall back to cBPF programs for good."""
+        log.warning(
+            "--steering p2c: the kernel refused a socket map update or the program (%s); "
+            "falling back to cBPF steering (the master samples the queues)",
+            errno_name(exc),
+        )
+        kernel, self.kernel = self.kernel, None
+        if kernel is not None:
+            for index, group in enumerate(self._groups):
+                if group.order:
+                    with contextlib.suppress(OSError):
+                        detach(self._slots[group.order[0]][index])
+            kernel.close()
+        self._attached = [None for _ in self._groups]
+        self._stale = True
 
     def drainable(self, slot: int) -> bool:
         """Retiring ``slot`` goes through a drain (else its worker just stops).
@@ -379,12 +441,28 @@ class Listeners:
             raise
 
     def release(self, slot: int) -> None:
-        """The drained slot has no worker left: close its sockets, re-steer the rest."""
+        """The drained slot has no worker left: close its sockets, re-steer the rest.
+
+        ``shutdown()`` first: it takes the socket out of its group at once,
+        even while a sibling still holds a copy (sibling rescue), so the group
+        order changes exactly here.
+        """
+        if self.kernel is not None:
+            try:
+                self.kernel.remove(slot)
+            except OSError as exc:
+                self._kernel_failed(exc)
         for sock in self._slots.pop(slot, ()):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             sock.close()
-        for group in self._groups:
+        for index, group in enumerate(self._groups):
             if slot in group.order:
                 group.left(slot)
+            if not group.order and self.kernel is not None:
+                self.kernel.group_closed(index)
+        if self.board is not None and 0 <= slot < self.board.capacity:
+            self.board.clear_slot(slot)
         if self.draining == slot:
             self.draining = None
         self._excluded -= {slot}
@@ -408,6 +486,8 @@ class Listeners:
 
     def steered_away(self) -> list[int]:
         """Slots the attached programs keep new connections from."""
+        if self.kernel is not None and self.board is not None:
+            return sorted(set(self.order) - set(self.board.active()))
         away: set[int] = set()
         for group, program in zip(self._groups, self._attached, strict=True):
             if program is not None:
@@ -418,6 +498,14 @@ class Listeners:
         excluded = set(self._excluded)
         if self.draining is not None:
             excluded.add(self.draining)
+        if self.kernel is not None and self.board is not None:
+            # The program reads the active slots from the board, per connection.
+            active = [slot for slot in self.order if slot not in excluded]
+            if not active and self.draining is not None:
+                active = [slot for slot in self.order if slot != self.draining]
+            self.board.set_active(active)
+            self._stale = False
+            return
         wanted = [self._program(group, excluded) for group in self._groups]
         if wanted == self._attached and not force:
             return

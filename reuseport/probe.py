@@ -542,6 +542,62 @@ def _probe_ebpf() -> Feature:
         os.close(fd)
 
 
+def _probe_p2c() -> Feature:
+    """The steering ``--steering auto`` prefers: load the real p2c program and watch it choose."""
+    name = "p2c_steering"
+    if not _is_linux() or bpf_syscall_number() is None:
+        return Feature(name=name, supported=False, detail="needs Linux eBPF (bpf(2))")
+    from .loadboard import KernelSteering, LoadBoard
+
+    try:
+        board = LoadBoard(2, ebpf=True)
+    except OSError as exc:
+        supported = None if exc.errno in (errno.EPERM, errno.EACCES) else False
+        prefix = f"{NEEDS_PRIVILEGE}: " if supported is None else ""
+        return Feature(
+            name=name,
+            supported=supported,
+            detail=f"{prefix}an mmapable BPF array map could not be created ({errno_name(exc)}); "
+            "--steering auto uses load (cBPF) instead",
+        )
+    try:
+        try:
+            kernel = KernelSteering(board, binds=1)
+        except OSError as exc:
+            return Feature(
+                name=name,
+                supported=None if exc.errno in (errno.EPERM, errno.EACCES) else False,
+                detail=f"the p2c program did not load ({exc}); --steering auto uses load (cBPF)",
+            )
+        try:
+            with _reuseport_group(2, backlog=16) as group:
+                for slot, sock in enumerate(group):
+                    kernel.add(slot, [sock])
+                kernel.attach(0, group[0])
+                board.set_active([1])  # only slot 1 may receive: the program must obey
+                counts, made, error = _connect_and_count(
+                    group, 8, deadline=time.monotonic() + _STEER_DEADLINE
+                )
+        finally:
+            kernel.close()
+    except OSError as exc:
+        return Feature(name=name, supported=False, detail=f"p2c test failed ({errno_name(exc)})")
+    finally:
+        board.close()
+    if error or counts[1] != made or not made:
+        return Feature(
+            name=name,
+            supported=False,
+            detail=f"the p2c program loaded but did not steer ({made} connections went {counts})",
+        )
+    return Feature(
+        name=name,
+        supported=True,
+        detail=f"program loaded and attached; {made}/{made} connections went to the one "
+        "active slot; --steering auto uses it",
+    )
+
+
 def _probe_tcp_migrate_req() -> Feature:
     name = "tcp_migrate_req"
     value = _read_sysctl("net.ipv4.tcp_migrate_req")
@@ -747,6 +803,7 @@ def run_probe(
     balance = _balance_test(listeners, connections, deadline=time.monotonic() + _BALANCE_DEADLINE)
     cbpf_attach, cbpf_detach = _probe_cbpf()
     migrate = _probe_tcp_migrate_req()
+    p2c = _probe_p2c()
     features = [
         tcp4,
         _probe_reuseport_bind("so_reuseport_tcp6", socket.AF_INET6, socket.SOCK_STREAM),
@@ -755,6 +812,7 @@ def run_probe(
         cbpf_attach,
         cbpf_detach,
         _probe_ebpf(),
+        p2c,
         migrate,
         _probe_int_sysctl(
             "somaxconn",
@@ -781,6 +839,17 @@ def run_probe(
                 if cbpf_attach.supported
                 else "cBPF steering is unavailable too, so scale-down may reset a few connections"
             )
+        )
+    if mode is Mode.REUSEPORT:
+        reasons.append(
+            "note: new connections are steered "
+            + (
+                "by load in the kernel (p2c, eBPF)"
+                if p2c.supported
+                else "away from workers that fall behind (load, cBPF, sampled every 20 ms)"
+            )
+            + ", and a worker that stops accepting has its queue served by its siblings "
+            "(sibling rescue): `--steering auto`, the default"
         )
     for feature in features:
         if feature.name.startswith("listeners_on_") and feature.supported is False:

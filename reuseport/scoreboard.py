@@ -30,8 +30,9 @@ class SlotState(enum.IntEnum):
     STOPPING = 4
 
 
-# pid, slot, generation, state, started, heartbeat, requests, in_flight, connections, accepted
-_ROW = struct.Struct("<iiIB3xddQIIQ")
+# pid, slot, generation, state, started, heartbeat, requests, in_flight, connections,
+# accepted, rescued
+_ROW = struct.Struct("<iiIB3xddQIIQQ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class Row:
     in_flight: int
     connections: int
     accepted: int
+    rescued: int = 0  # of accepted, from a stalled sibling's queue
 
 
 class Scoreboard:
@@ -68,6 +70,7 @@ class Scoreboard:
         in_flight: int = 0,
         connections: int = 0,
         accepted: int = 0,
+        rescued: int = 0,
     ) -> None:
         # Pack first, then copy the row in one go: ``pack_into`` would zero
         # the whole row before writing each field, and a reader catching that
@@ -85,14 +88,15 @@ class Scoreboard:
             max(0, in_flight),
             max(0, connections),
             accepted,
+            rescued,
         )
 
     def read(self, index: int) -> Row:
-        pid, slot, gen, state, started, beat, req, inflight, conns, acc = _ROW.unpack_from(
+        pid, slot, gen, state, started, beat, req, inflight, conns, acc, res = _ROW.unpack_from(
             self._mem, index * _ROW.size
         )
         return Row(
-            index, pid, slot, gen, SlotState(state), started, beat, req, inflight, conns, acc
+            index, pid, slot, gen, SlotState(state), started, beat, req, inflight, conns, acc, res
         )
 
     def rows(self) -> list[Row]:

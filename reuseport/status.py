@@ -19,7 +19,8 @@ log lines (rewording a log line must not zero a benchmark's counts)::
       "reloads": 0,         rolling reloads completed (every slot replaced)
       "reloads_failed": 0,  reloads abandoned because a new worker failed
       "recycles": 0,        workers replaced for --max-requests
-      "drains": 0           reuseport slots drained, then closed
+      "drains": 0,          reuseport slots drained, then closed
+      "rescues": 0          stalled slots whose queue siblings were told to serve
     }
 
 The causes are ``lifecycle.SpawnCause`` and ``lifecycle.ExitCause``.
@@ -42,6 +43,7 @@ __all__ = [
     "MasterEvents",
     "MasterStatus",
     "PoolStatus",
+    "SlotLoadStatus",
     "Status",
     "SteeringStatus",
     "Totals",
@@ -110,6 +112,7 @@ class WorkerStatus:
     in_flight: int
     connections: int
     accepted: int
+    rescued: int  # of accepted, taken from a stalled sibling's queue
     queue: int | None  # its own accept queue (reuseport); None: shared or unknown
     queue_max: int | None
     heartbeat_age: float | None  # None until its scoreboard row is its own
@@ -133,6 +136,7 @@ class WorkerStatus:
             in_flight=row.in_flight if row else 0,
             connections=row.connections if row else 0,
             accepted=row.accepted if row else 0,
+            rescued=row.rescued if row else 0,
             queue=queue[0] if queue else None,
             queue_max=queue[1] if queue else None,
             heartbeat_age=(now - row.heartbeat) if row else None,
@@ -145,6 +149,7 @@ class Totals:
     in_flight: int
     connections: int
     accepted: int
+    rescued: int
     queue: int  # every queue the master holds (in shared mode, the one shared queue)
 
     @classmethod
@@ -154,15 +159,31 @@ class Totals:
             in_flight=sum(w.in_flight for w in workers),
             connections=sum(w.connections for w in workers),
             accepted=sum(w.accepted for w in workers),
+            rescued=sum(w.rescued for w in workers),
             queue=queue,
         )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SlotLoadStatus:
+    """One slot's row of the load board (see ``loadboard.py``)."""
+
+    slot: int
+    load: int  # what the p2c program compares (stall penalties included)
+    queued: int  # connections it sent there that no worker of the slot accepted yet
+    open: int  # connections the slot's workers have open
+    stalled: bool = False  # queued, and nothing accepted for loadboard.STALL_NS
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SteeringStatus:
-    kind: SteeringKind
+    kind: SteeringKind  # as configured (--steering)
     steered_away: tuple[int, ...]  # slots new connections are kept from
     stalled: tuple[int, ...]  # slots whose loop or accept queue stands still
+    active: SteeringKind = SteeringKind.HASH  # what runs: p2c, load or hash
+    rescue: bool = False  # sibling rescue on
+    rescuing: tuple[int, ...] = ()  # slots whose queue siblings serve now
+    loads: tuple[SlotLoadStatus, ...] = ()  # p2c: each slot as the kernel program sees it
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -173,6 +194,7 @@ class EventCounts:
     reloads_failed: int
     recycles: int
     drains: int
+    rescues: int = 0  # times siblings were told to serve a stalled slot's queue
 
 
 class MasterEvents:
@@ -191,6 +213,7 @@ class MasterEvents:
         self.reloads_failed = 0
         self.recycles = 0
         self.drains = 0
+        self.rescues = 0
         self._initial = initial
         self._orphaned: set[int] = set()  # slots whose worker died unasked, none since
 
@@ -220,6 +243,7 @@ class MasterEvents:
             reloads_failed=self.reloads_failed,
             recycles=self.recycles,
             drains=self.drains,
+            rescues=self.rescues,
         )
 
 

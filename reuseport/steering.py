@@ -19,6 +19,15 @@ A slot whose worker is not ready yet (booting, or respawning after a crash)
 is left out too when others can serve, so connections do not wait behind an
 import.  If no worker serves at all, every member that is not draining is
 allowed: queueing somewhere beats refusing.
+
+Sibling rescue (``Rescue``) is the other half of work conservation, decided
+in each worker: connections the kernel already queued for a worker that has
+stopped accepting are taken by a healthy sibling, which holds a copy of every
+slot's socket.  "Stopped" must not mean "busy": a sibling whose loop keeps
+accepting, however loaded, is never robbed (that would turn reuseport's even
+spread into shared mode's skew); only one whose queue holds connections while
+its accept count has not moved for ``stall_after`` is rescued, and only until
+it accepts again.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["SlotLoad", "Steering"]
+__all__ = ["Rescue", "SiblingSample", "SlotLoad", "Steering"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -131,3 +140,45 @@ class Steering:
         self._held_back &= {s.slot for s in loads}
         allowed = {s.slot for s in live if s.slot not in self._held_back}
         return allowed or {s.slot for s in live if s.queue == shortest}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SiblingSample:
+    """What a worker sees of a sibling slot at one look."""
+
+    slot: int
+    queue: int  # connections waiting in the sibling's accept queue (TCP_INFO)
+    accepted: int  # connections the sibling's workers took from that queue, ever
+
+
+class Rescue:
+    """Which siblings' queues a worker should accept from now (sibling rescue).
+
+    Feed it a sample of every sibling at each look; it answers the slots to
+    rescue.  A sibling is rescued once its queue has held connections for
+    ``stall_after`` seconds without its accept count moving, and until that
+    count moves again (it is back) or it is no longer sampled (it left).  An
+    empty queue alone does not end a rescue: while we rescue, we are the ones
+    keeping it empty.
+    """
+
+    def __init__(self, *, stall_after: float = 0.01) -> None:
+        self.stall_after = stall_after
+        self._seen: dict[int, tuple[int, float]] = {}  # slot: (accepted, last seen accepting)
+        self.rescuing: set[int] = set()
+
+    def decide(self, samples: Iterable[SiblingSample], now: float) -> set[int]:
+        seen: dict[int, tuple[int, float]] = {}
+        for sample in samples:
+            accepted, since = self._seen.get(sample.slot, (sample.accepted, now))
+            moved = sample.accepted != accepted
+            if moved:
+                self.rescuing.discard(sample.slot)
+            if moved or (sample.queue == 0 and sample.slot not in self.rescuing):
+                since = now
+            elif sample.queue > 0 and now - since >= self.stall_after:
+                self.rescuing.add(sample.slot)
+            seen[sample.slot] = (sample.accepted, since)
+        self._seen = seen
+        self.rescuing &= set(seen)
+        return set(self.rescuing)

@@ -62,6 +62,8 @@ from . import apps, envfile, logs, tls
 from .apps.base import HostedApp, StopReason, WorkerContext, WorkerStats
 from .config import BindAddress, Config, Interface, LoopKind, Mode
 from .errors import BootError, ConfigError, ExitCode, ReuseportError
+from .loadboard import LoadBoard
+from .rescue import Rescuer
 from .scoreboard import Scoreboard, SlotState
 from .sockets import adopt, bind_reuseport, listen_queue_depth
 
@@ -104,6 +106,10 @@ class WorkerSpec:
     max_requests: int = 0  # this worker's recycle limit (jitter applied); 0 = never
     uid: int | None = None  # drop to this user after opening the sockets
     gid: int | None = None
+    board: LoadBoard | None = None  # per-slot load shared with the kernel and siblings
+    lane: int = 0  # this worker's cells in its slot's row of the board
+    # Sibling rescue: every other slot's inherited listeners, (slot, fds per bind).
+    siblings: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
 
 def send_message(
@@ -234,6 +240,12 @@ class _Worker:
         self.stop: asyncio.Event | None = None
         self.sockets: list[socket.socket] = []
         self.drain_task: asyncio.Task[None] | None = None
+        # Sibling rescue: other slots' sockets, until the rescuer takes them.
+        self.siblings: dict[int, list[socket.socket]] = {}
+        for slot, fds in spec.siblings:
+            self.siblings[slot] = [socket.socket(fileno=fd) for fd in fds]
+        self.rescuer: Rescuer | None = None
+        self.stop_reason = StopReason.STOP  # the master says otherwise before it signals
 
     def beat(self) -> None:
         s = self.stats
@@ -249,6 +261,7 @@ class _Worker:
             in_flight=s.in_flight,
             connections=s.connections,
             accepted=s.accepted,
+            rescued=s.rescued,
         )
 
     def _open_sockets(self) -> tuple[list[socket.socket], list[int]]:
@@ -303,10 +316,18 @@ class _Worker:
             interface, reason = config.interface, "from --interface"
         hosted = apps.build(obj, interface, ctx)
         await hosted.startup()
+        board = spec.board
+        if board is not None and spec.slot < board.capacity:
+            self.stats.lane = board.lane(spec.slot, spec.lane)
         try:
             await hosted.serve(socks)
         except OSError as exc:
             raise BootError(f"could not start serving: {exc}") from None
+        if spec.config.rescue and spec.mode is Mode.REUSEPORT:
+            self.rescuer = Rescuer(hosted)
+            for slot, sibling_socks in self.siblings.items():
+                self.rescuer.add(slot, sibling_socks)
+            self.siblings.clear()
         self.state = SlotState.READY
         self.beat()
         send_message(
@@ -364,7 +385,10 @@ class _Worker:
         loop.remove_reader(self.spec.channel.fileno())
         self.state = SlotState.STOPPING
         self.beat()
-        await hosted.shutdown(self.spec.config.graceful_timeout, StopReason.STOP)
+        self._on_channel()  # the master says why before it signals: read it now
+        await hosted.shutdown(self.spec.config.graceful_timeout, self.stop_reason)
+        if self.rescuer is not None:
+            self.rescuer.close()
         self.beat()
         return ExitCode.OK
 
@@ -372,11 +396,11 @@ class _Worker:
         assert self.stop is not None
         while True:
             try:
-                data = self.spec.channel.recv(65536)
+                data, fds, _flags, _addr = socket.recv_fds(self.spec.channel, 65536, 16)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                data = b""
+                data, fds = b"", []
             if not data:  # the master is gone
                 asyncio.get_running_loop().remove_reader(self.spec.channel.fileno())
                 self.stop.set()
@@ -384,9 +408,44 @@ class _Worker:
             try:
                 message = json.loads(data)
             except ValueError:
-                continue
-            if message.get("type") == "drain" and self.drain_task is None:
-                self.drain_task = asyncio.ensure_future(self._drain())
+                message = {}
+            self._on_message(message if isinstance(message, dict) else {}, fds)
+
+    def _on_message(self, message: dict[str, Any], fds: list[int]) -> None:
+        kind = message.get("type")
+        slot = message.get("slot")
+        if kind == "sibling" and isinstance(slot, int) and fds:
+            socks = [socket.socket(fileno=fd) for fd in fds]
+            if self.rescuer is not None:
+                self.rescuer.add(slot, socks)
+            else:  # still booting: the rescuer takes them when it starts
+                for sock in self.siblings.pop(slot, ()):
+                    sock.close()
+                self.siblings[slot] = socks
+            return
+        for fd in fds:
+            os.close(fd)
+        if kind == "rescue" and isinstance(slot, int):
+            running = self.stop is not None and not self.stop.is_set()
+            if self.rescuer is not None and self.drain_task is None and running:
+                if message.get("on"):
+                    self.rescuer.begin(slot)
+                else:
+                    self.rescuer.end(slot)
+        elif kind == "stop":
+            with contextlib.suppress(ValueError):
+                self.stop_reason = StopReason(message.get("reason"))
+        elif kind == "sibling_gone" and isinstance(slot, int):
+            if self.rescuer is not None:
+                self.rescuer.remove(slot)
+            for sock in self.siblings.pop(slot, ()):
+                sock.close()
+        elif kind == "drain" and self.drain_task is None:
+            # Our own slot leaves: serve what is queued for it, and rescue no one.
+            if self.rescuer is not None:
+                self.rescuer.close()
+            self.stop_reason = StopReason.SCALE_DOWN
+            self.drain_task = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
         """Accept what is still queued on our (steered-away) sockets, then stop."""

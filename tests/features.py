@@ -52,6 +52,7 @@ requires_ipv6 = _requires("ipv6")
 requires_cbpf = _requires("cbpf_attach")
 requires_cbpf_detach = _requires("cbpf_detach")
 requires_ebpf = _requires("ebpf_sk_reuseport")
+requires_p2c = _requires("p2c_steering")
 
 __all__ = [
     "probe_report",
@@ -60,6 +61,7 @@ __all__ = [
     "requires_ebpf",
     "requires_ipv6",
     "requires_linux",
+    "requires_p2c",
     "requires_reuseport",
     "requires_reuseport_balancing",
     "requires_reuseport_ipv6",

@@ -152,7 +152,7 @@ def test_the_report_shows_what_the_master_counted() -> None:
     text = render(_churn_result(counted), MACHINE)
     assert (
         "  churn reuseport: sent hup 1.0; master counted 1.0 reloads, 4.0 recycles, "
-        "0.0 drains, 0.0 crashes, 0.0 failed reloads"
+        "0.0 drains, 0.0 crashes, 0.0 failed reloads, 0.0 rescues, 0.0 rescued"
     ) in text.splitlines()
 
 

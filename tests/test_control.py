@@ -79,6 +79,7 @@ SNAPSHOT: dict[str, Any] = {
             "in_flight": 1,
             "connections": 3,
             "accepted": 40,
+            "rescued": 6,
             "queue": 0,
             "queue_max": 2048,
             "heartbeat_age": 0.3,
@@ -113,7 +114,22 @@ SNAPSHOT: dict[str, Any] = {
             "some_future_key": {"nested": True},
         },
     ],
-    "totals": {"requests": 10000, "in_flight": 1, "connections": 5, "accepted": 80, "queue": 0},
+    "totals": {
+        "requests": 10000,
+        "in_flight": 1,
+        "connections": 5,
+        "accepted": 80,
+        "rescued": 6,
+        "queue": 0,
+    },
+    "steering": {
+        "kind": "auto",
+        "steered_away": [2],
+        "stalled": [],
+        "active": "p2c",
+        "rescue": True,
+        "loads": [],
+    },
     "another_future_section": [1, 2, 3],
 }
 
@@ -514,18 +530,22 @@ def test_status_human_output(xdg: str, capsys: pytest.CaptureFixture[str]) -> No
         "pool: dynamic, 3 running (target 3, max 8, spare 1..3), max-requests off, "
         "heartbeat timeout 30s"
     )
-    header = lines[2].split()
+    assert lines[2] == (
+        "steering: p2c (eBPF, per connection), sibling rescue on, kept from new connections: slot 2"
+    )
+    header = lines[3].split()
     assert header == [
-        "SLOT", "PID", "GEN", "STATE", "UPTIME", "REQUESTS", "IN-FLIGHT", "CONNS", "QUEUE", "BEAT"
+        "SLOT", "PID", "GEN", "STATE", "UPTIME", "REQUESTS", "IN-FLIGHT", "CONNS", "RESCUED",
+        "QUEUE", "BEAT",
     ]  # fmt: skip
-    rows = [line.split() for line in lines[3:6]]
-    assert rows[0] == ["0", "130", "1", "ready", "12.1s", "5012", "1", "3", "0", "0.3s"]
-    assert rows[1] == ["1", "131", "4", "busy", "1h02m", "4988", "0", "2", "-", "0.1s"]
+    rows = [line.split() for line in lines[4:7]]
+    assert rows[0] == ["0", "130", "1", "ready", "12.1s", "5012", "1", "3", "6", "0", "0.3s"]
+    assert rows[1] == ["1", "131", "4", "busy", "1h02m", "4988", "0", "2", "-", "-", "0.1s"]
     assert rows[2][:4] == ["2", "132", "4", "starting"]
-    assert lines[6].split() == ["total", "10000", "1", "5", "0"]
+    assert lines[7].split() == ["total", "10000", "1", "5", "6", "0"]
     # Aligned: every row's REQUESTS value ends where the header's REQUESTS does.
-    end = lines[2].index("REQUESTS") + len("REQUESTS")
-    for line in lines[3:7]:
+    end = lines[3].index("REQUESTS") + len("REQUESTS")
+    for line in lines[4:8]:
         assert line[end - 1].isdigit()
         assert line[end] == " "
 
@@ -637,7 +657,8 @@ def test_render_events_line() -> None:
         "spawns 33 (start 2, respawn 1, reload 6, recycle 24), "
         "exits 31 (crash 1, recycle 24, reload 6)"
     )
-    assert lines[3].split()[0] == "SLOT"  # the table follows
+    assert lines[3].startswith("steering: ")  # then the steering line, then the table
+    assert lines[4].split()[0] == "SLOT"
 
 
 def test_render_events_line_counts_one_in_the_singular() -> None:
@@ -661,7 +682,14 @@ def test_render_events_line_shows_failed_reloads_and_unknown_causes() -> None:
 def test_render_without_events_has_no_events_line() -> None:
     text = render_status(SNAPSHOT)
     assert "events:" not in text
-    assert text.splitlines()[2].split()[0] == "SLOT"
+    assert text.splitlines()[3].split()[0] == "SLOT"
+
+
+def test_render_has_no_steering_line_in_shared_mode_or_from_an_older_master() -> None:
+    shared = {**SNAPSHOT, "master": {**SNAPSHOT["master"], "mode": "shared"}}
+    assert "steering:" not in render_status(shared)
+    older = {**SNAPSHOT, "steering": {"kind": "hash", "steered_away": [], "stalled": []}}
+    assert "steering:" not in render_status(older)
 
 
 def test_render_empty_snapshot() -> None:

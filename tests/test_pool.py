@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 from apps_pool import BROKEN, RELOADABLE
-from features import requires_cbpf, requires_reuseport
+from features import requires_cbpf, requires_p2c, requires_reuseport
 from support import (
     REPO_ROOT,
     Server,
@@ -227,7 +227,10 @@ def test_sigkilled_worker_loses_none_of_its_queued_connections(control: str) -> 
     inherits the queue the dead worker never accepted.
     """
     count = 200
-    with Server("-w", "2", "--mode", "reuseport", "--control", control) as server:
+    # Hash steering and no rescue: the queue behind the stopped worker must fill.
+    with Server(
+        "-w", "2", "--mode", "reuseport", "--steering", "hash", "--no-rescue", "--control", control
+    ) as server:
         server.wait_ready()
         stopped, other = server.wait_workers(2)
         os.kill(stopped, signal.SIGSTOP)
@@ -259,21 +262,41 @@ def test_sigkilled_worker_loses_none_of_its_queued_connections(control: str) -> 
 # ------------------------------------------------------------------ scale-down drains
 @requires_reuseport
 @requires_cbpf
-def test_scale_down_drains_a_full_queue_without_loss(control: str) -> None:
-    """SIGTTOU retires the highest slot while ~1/3 of 150 connections wait in its queue.
+@pytest.mark.parametrize(
+    ("steering", "least_queued"),
+    [
+        ("hash", 20),  # binomial(150, 1/3): the drain has real work to do
+        pytest.param("p2c", 1, marks=requires_p2c),  # p2c sends a stopped worker few
+    ],
+)
+def test_scale_down_drains_a_full_queue_without_loss(
+    control: str, steering: str, least_queued: int
+) -> None:
+    """SIGTTOU retires the highest slot while connections wait in its queue.
 
     The retiring worker is SIGSTOPped, so its kernel accept queue fills and
-    stays full.  Then SIGTTOU: the master must steer new connections away
-    with a cBPF program (checked: 60 connections made after the "draining"
-    log line all go to the other workers, though the retiring one still
-    listens) and let the worker, once continued, accept and answer its whole
-    queue before its socket closes.  Without the drain, closing that socket
-    would reset every queued connection (or, with the master's duplicate left
-    open, leave them unanswered): this test would fail either way.
+    stays full (no sibling rescue here).  Then SIGTTOU: the master must steer
+    new connections away (a cBPF program, or the p2c program's active slots;
+    checked: 60 connections made after the "draining" log line all go to the
+    other workers, though the retiring one still listens) and let the worker,
+    once continued, accept and answer its whole queue before its socket
+    closes.  Without the drain, closing that socket would reset every queued
+    connection (or, with the master's duplicate left open, leave them
+    unanswered): this test would fail either way.
     """
     first, later = 150, 60
     with Server(
-        "-w", "3", "--mode", "reuseport", "--control", control, "--graceful-timeout", "10"
+        "-w",
+        "3",
+        "--mode",
+        "reuseport",
+        "--steering",
+        steering,
+        "--no-rescue",
+        "--control",
+        control,
+        "--graceful-timeout",
+        "10",
     ) as server:
         server.wait_ready()
         workers = wait_ready_count(control, 3, 10, server)
@@ -307,7 +330,7 @@ def test_scale_down_drains_a_full_queue_without_loss(control: str) -> None:
         assert len(by_pid) == first + later
         drained = by_pid[:first].count(pid)
         print(f"queued at SIGTTOU: {queued}; answered by the retiring worker: {drained}")
-        assert queued >= 20  # binomial(150, 1/3): the drain had real work to do
+        assert queued >= least_queued
         assert drained >= queued
         assert pid not in by_pid[first:], "a connection reached the retiring worker's queue"
         wait_until(lambda: not alive(pid), timeout=15, message=server._tail)

@@ -55,6 +55,7 @@ FIXED_FEATURES = (
     "cbpf_attach",
     "cbpf_detach",
     "ebpf_sk_reuseport",
+    "p2c_steering",
     "tcp_migrate_req",
     "somaxconn",
     "tcp_max_syn_backlog",
@@ -494,3 +495,14 @@ def test_jain_fairness_is_between_one_over_n_and_one(counts: list[int]) -> None:
         return
     assert value is not None
     assert 1 / len(counts) - 1e-9 <= value <= 1 + 1e-9
+
+
+def test_p2c_steering_follows_ebpf() -> None:
+    """Where SK_REUSEPORT programs load, the real p2c program loads and steers too."""
+    report = run_probe(listeners=2, connections=32)
+    ebpf, p2c = report.feature("ebpf_sk_reuseport"), report.feature("p2c_steering")
+    if ebpf.supported is True:
+        assert p2c.supported is True, p2c.detail
+        assert "8/8 connections went to the one active slot" in p2c.detail
+    else:
+        assert p2c.supported is not True

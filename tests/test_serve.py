@@ -115,7 +115,7 @@ def test_two_binds_at_once(mode: str) -> None:
 # ------------------------------------------------------------------ sockets
 @requires_reuseport
 def test_reuseport_mode_gives_each_worker_its_own_listener() -> None:
-    with Server("-w", "3", "--mode", "reuseport") as server:
+    with Server("-w", "3", "--mode", "reuseport", "--no-rescue") as server:
         server.wait_ready()
         workers = server.wait_workers(3)
         listeners = listening_inodes(server.port)
@@ -126,6 +126,19 @@ def test_reuseport_mode_gives_each_worker_its_own_listener() -> None:
         assert set().union(*held.values()) == listeners  # no two workers share one
         # The master keeps a duplicate of every worker's socket (for respawns).
         assert listeners <= socket_inodes_of(server.pid)
+        assert server.stop() == 0
+
+
+@requires_reuseport
+def test_with_sibling_rescue_every_worker_also_holds_its_siblings_listeners() -> None:
+    """Still one listener per worker, but each worker holds a copy of every other."""
+    with Server("-w", "3", "--mode", "reuseport") as server:
+        server.wait_ready()
+        workers = server.wait_workers(3)
+        listeners = listening_inodes(server.port)
+        assert len(listeners) == 3, listeners
+        for pid in workers:
+            assert socket_inodes_of(pid) & listeners == listeners
         assert server.stop() == 0
 
 
@@ -192,7 +205,8 @@ def test_killed_worker_is_replaced() -> None:
 @pytest.mark.parametrize("count", [60])
 def test_queued_connections_of_a_killed_worker_are_served_by_its_replacement(count: int) -> None:
     """The master's duplicate keeps a dead worker's accept queue for its successor."""
-    with Server("-w", "2", "--mode", "reuseport") as server:
+    # Hash steering and no rescue: the queue behind the stopped worker must fill.
+    with Server("-w", "2", "--mode", "reuseport", "--steering", "hash", "--no-rescue") as server:
         server.wait_ready()
         stopped, other = server.wait_workers(2)
         os.kill(stopped, signal.SIGSTOP)

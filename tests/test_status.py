@@ -52,12 +52,13 @@ WORKER_KEYS = [
     "in_flight",
     "connections",
     "accepted",
+    "rescued",
     "queue",
     "queue_max",
     "heartbeat_age",
 ]
-TOTALS_KEYS = ["requests", "in_flight", "connections", "accepted", "queue"]
-STEERING_KEYS = ["kind", "steered_away", "stalled"]
+TOTALS_KEYS = ["requests", "in_flight", "connections", "accepted", "rescued", "queue"]
+STEERING_KEYS = ["kind", "steered_away", "stalled", "active", "rescue", "rescuing", "loads"]
 SPAWNS = {"start": 0, "respawn": 0, "reload": 0, "recycle": 0, "scale": 0}
 EXITS = {"crash": 0, "heartbeat": 0, "recycle": 0, "reload": 0, "scale": 0, "stop": 0, "boot": 0}
 EVENTS = {
@@ -67,6 +68,7 @@ EVENTS = {
     "reloads_failed": 0,
     "recycles": 0,
     "drains": 0,
+    "rescues": 0,
 }
 
 
@@ -131,7 +133,15 @@ def test_values_are_plain_strings_and_numbers(channel: socket.socket) -> None:
     assert snapshot["master"]["mode"] == "reuseport"
     assert snapshot["master"]["binds"] == ["127.0.0.1:1"]
     assert snapshot["pool"]["pm"] == "static"
-    assert snapshot["steering"] == {"kind": "load", "steered_away": [1], "stalled": []}
+    assert snapshot["steering"] == {
+        "kind": "load",
+        "steered_away": [1],
+        "stalled": [],
+        "active": "hash",
+        "rescue": False,
+        "rescuing": [],
+        "loads": [],
+    }
     assert snapshot["workers"][0] == {
         "slot": 0,
         "pid": 100,
@@ -142,6 +152,7 @@ def test_values_are_plain_strings_and_numbers(channel: socket.socket) -> None:
         "in_flight": 2,
         "connections": 3,
         "accepted": 7,
+        "rescued": 0,
         "queue": 1,
         "queue_max": 128,
         "heartbeat_age": 0.5,
@@ -151,6 +162,7 @@ def test_values_are_plain_strings_and_numbers(channel: socket.socket) -> None:
         "in_flight": 2,
         "connections": 3,
         "accepted": 7,
+        "rescued": 0,
         "queue": 4,
     }
 

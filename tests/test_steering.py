@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reuseport.steering import SlotLoad, Steering
+from reuseport.steering import Rescue, SiblingSample, SlotLoad, Steering
 
 
 def load(
@@ -119,3 +119,54 @@ def test_decide_load_aware_holds_back_the_stalled_slot_and_reports_it() -> None:
     assert steering.stalled == [2]
     assert decide({1: 20}, now=1.01) == {0}  # slot 1 fell behind the shortest queue
     assert steering.stalled == [2]
+
+
+# ------------------------------------------------------------------ sibling rescue
+
+
+def sibling(slot: int, *, queue: int = 0, accepted: int = 0) -> SiblingSample:
+    return SiblingSample(slot=slot, queue=queue, accepted=accepted)
+
+
+def test_rescue_starts_once_a_queue_stands_still_for_stall_after() -> None:
+    rescue = Rescue(stall_after=0.01)
+    assert rescue.decide([sibling(1, queue=3, accepted=10)], now=0.0) == set()
+    assert rescue.decide([sibling(1, queue=3, accepted=10)], now=0.005) == set()
+    assert rescue.decide([sibling(1, queue=4, accepted=10)], now=0.011) == {1}
+
+
+def test_a_busy_sibling_that_keeps_accepting_is_never_robbed() -> None:
+    """A queue that never empties is no reason while the accept count moves."""
+    rescue = Rescue(stall_after=0.01)
+    for step in range(100):
+        now = step * 0.005
+        assert rescue.decide([sibling(1, queue=8, accepted=step)], now) == set()
+
+
+def test_an_idle_sibling_with_an_empty_queue_is_left_alone() -> None:
+    rescue = Rescue(stall_after=0.01)
+    for step in range(10):
+        assert rescue.decide([sibling(1, queue=0, accepted=5)], now=step * 1.0) == set()
+
+
+def test_rescue_goes_on_while_we_keep_the_queue_empty_and_ends_when_it_accepts() -> None:
+    rescue = Rescue(stall_after=0.01)
+    rescue.decide([sibling(1, queue=2, accepted=7)], now=0.0)
+    assert rescue.decide([sibling(1, queue=2, accepted=7)], now=0.02) == {1}
+    # We took its queue: empty, but it has not accepted anything itself.
+    assert rescue.decide([sibling(1, queue=0, accepted=7)], now=0.03) == {1}
+    assert rescue.decide([sibling(1, queue=0, accepted=7)], now=5.0) == {1}
+    # It accepted one of its own: it is back.
+    assert rescue.decide([sibling(1, queue=1, accepted=8)], now=5.01) == set()
+    # And it needs a fresh stall of stall_after to be rescued again.
+    assert rescue.decide([sibling(1, queue=1, accepted=8)], now=5.015) == set()
+    assert rescue.decide([sibling(1, queue=1, accepted=8)], now=5.021) == {1}
+
+
+def test_each_sibling_is_judged_on_its_own_and_a_gone_one_is_dropped() -> None:
+    rescue = Rescue(stall_after=0.01)
+    rescue.decide([sibling(1, queue=1, accepted=0), sibling(2, queue=1, accepted=0)], now=0.0)
+    both = [sibling(1, queue=1, accepted=0), sibling(2, queue=1, accepted=1)]
+    assert rescue.decide(both, now=0.02) == {1}
+    assert rescue.decide([sibling(2, queue=1, accepted=1)], now=0.03) == set()
+    assert rescue.rescuing == set()

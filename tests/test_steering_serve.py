@@ -39,7 +39,15 @@ def test_stalled_worker_is_skipped_only_with_load_steering(
 ) -> None:
     control = os.path.join(str(tmp_path), "ctl.sock")
     with Server(
-        "-w", "2", "--mode", "reuseport", "--steering", steering, "--control", control
+        "-w",
+        "2",
+        "--mode",
+        "reuseport",
+        "--steering",
+        steering,
+        "--no-rescue",
+        "--control",
+        control,
     ) as server:
         server.wait_ready()
         pids = _slot_pids(control)

@@ -78,6 +78,26 @@ def test_graceful_stop_closes_an_open_websocket_with_1001_at_the_timeout() -> No
     assert "Traceback" not in server.stderr
 
 
+def test_a_reload_closes_an_open_websocket_with_1012_at_the_timeout() -> None:
+    """HUP: the old worker's WebSocket is told the service restarts (1012), not 1001."""
+    timeout = 2.0
+    with _serve("ignores_drain", "-w", "1", "--graceful-timeout", str(timeout)) as server:
+        server.wait_ready()
+        with connect(_url(server, "/ws"), open_timeout=10) as ws:
+            ws.send("hi")
+            assert ws.recv(timeout=10) == "hi"
+            server.send_signal(signal.SIGHUP)
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=timeout + 10)
+            assert ws.close_code == 1012
+        server.wait_for_line(r"Reload complete: 1 worker\(s\)", timeout=20)
+        with connect(_url(server, "/ws"), open_timeout=10) as ws:  # the new worker serves
+            ws.send("again")
+            assert ws.recv(timeout=10) == "again"
+        assert server.stop() == 0
+    assert "Traceback" not in server.stderr
+
+
 def test_reload_with_an_sse_stream_open_ends_it_through_the_drain_signal() -> None:
     """HUP while a stream is open: the stream ends at once, not at --graceful-timeout."""
     with _serve("sse_app", "-w", "1", "--graceful-timeout", "30") as server:

@@ -22,7 +22,8 @@ import contextlib
 import inspect
 import logging
 import socket
-from collections.abc import Sequence
+import ssl
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import tls
@@ -207,16 +208,15 @@ class AsgiApp(HostedApp):
             )
         return self.http
 
+    def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
+        return self.http_server()
+
+    def serving_ssl(self) -> ssl.SSLContext | None:
+        return tls.offer_http11(self.ctx.tls) if self.ctx.tls is not None else None
+
     async def serve(self, sockets: Sequence[socket.socket]) -> None:
-        loop = asyncio.get_running_loop()
-        http = self.http_server()
-        http.start()
-        context = tls.offer_http11(self.ctx.tls) if self.ctx.tls is not None else None
-        for sock in sockets:
-            server = await loop.create_server(
-                http, sock=sock, backlog=self.ctx.config.backlog, start_serving=True, ssl=context
-            )
-            self.servers.append(server)
+        self.http_server().start()
+        await super().serve(sockets)
 
     async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         loop = asyncio.get_running_loop()

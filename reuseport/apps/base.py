@@ -14,6 +14,12 @@ worker drives every adapter through the same three steps:
    ``timeout``.  ``reason`` (``StopReason``: stop, scale-down, reload,
    recycle) is what a protocol may tell its peer (a WebSocket's close code).
 
+Sibling rescue: an adapter whose connections come from a protocol factory
+says so in ``protocol_factory()``; the worker may then ``rescue(sock)``: serve
+a stalled sibling's listening socket for a while with the same factory, each
+connection counted in ``stats.rescued``.  An app that accepts by itself (the
+``socket`` interface) returns None and is never asked.
+
 Counters go to ``WorkerContext.stats`` (plain attributes, no locks: the worker
 copies them into the shared scoreboard on its heartbeat).  ``WorkerStats``,
 ``ManagedConnection``, ``Connections`` and ``StopReason`` live in
@@ -27,7 +33,7 @@ import abc
 import asyncio
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..config import Config, Mode
@@ -62,17 +68,67 @@ class HostedApp(abc.ABC):
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self.servers: list[asyncio.Server] = []
+        self.rescue_servers: set[asyncio.Server] = set()
 
     async def startup(self) -> None:  # noqa: B027 - optional hook
         """Prepare the app before serving (default: nothing to do)."""
 
-    @abc.abstractmethod
     async def serve(self, sockets: Sequence[socket.socket]) -> None:
-        """Start accepting on every listening socket; return once accepting."""
+        """Start accepting on every listening socket; return once accepting.
+
+        The default serves each with ``listen`` (the app's protocol factory);
+        an app that accepts by itself overrides this.
+        """
+        for sock in sockets:
+            self.servers.append(await self.listen(sock))
 
     @abc.abstractmethod
     async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         """Stop accepting, drain, and clean up within about ``timeout`` seconds."""
+
+    def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol] | None:
+        """What ``serve`` hands the loop for each socket; None: the app accepts by itself."""
+        return None
+
+    async def rescue(self, sock: socket.socket) -> asyncio.Server | None:
+        """Serve a sibling's listening socket too, until the returned server is closed.
+
+        ``sock`` is this worker's own copy (the server closes it); the
+        sibling's socket stays in its group.  None if the app cannot be
+        rescued into (no protocol factory).
+        """
+        factory = self.protocol_factory()
+        if factory is None:
+            return None
+        stats = self.ctx.stats
+
+        def rescued() -> asyncio.BaseProtocol:
+            stats.rescued += 1
+            return factory()
+
+        server = await self.listen(sock, rescued)
+        self.rescue_servers.add(server)
+        return server
+
+    def serving_ssl(self) -> ssl.SSLContext | None:
+        """The TLS context the app's sockets are served with; None: plain TCP."""
+        return self.ctx.tls
+
+    async def listen(
+        self, sock: socket.socket, factory: Callable[[], asyncio.BaseProtocol] | None = None
+    ) -> asyncio.Server:
+        """Serve ``sock`` with ``factory`` (default: the app's own), TLS as configured."""
+        factory = factory or self.protocol_factory()
+        if factory is None:
+            raise TypeError(f"{type(self).__name__} accepts by itself: it has no protocol factory")
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(
+            factory, sock=sock, backlog=self.ctx.config.backlog, ssl=self.serving_ssl()
+        )
+
+    def end_rescue(self, server: asyncio.Server) -> None:
+        self.rescue_servers.discard(server)
+        server.close()
 
     async def stop_accepting(self) -> None:
         """Accept no more connections; return once every accepted one is known.
@@ -87,11 +143,13 @@ class HostedApp(abc.ABC):
         close the servers, and let their ``connection_made`` calls run.
         """
         loop = asyncio.get_running_loop()
-        for server in self.servers:
+        servers = [*self.servers, *self.rescue_servers]
+        self.rescue_servers.clear()
+        for server in servers:
             for sock in server.sockets:
                 loop.remove_reader(sock.fileno())
         await _settle()
-        for server in self.servers:
+        for server in servers:
             server.close()
         await _settle()
 

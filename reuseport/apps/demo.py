@@ -6,18 +6,21 @@ keep-alive, pipelining, HEAD, ``Connection: close`` and HTTP/1.0 are honoured)
 rather than an ASGI app.  The whole response is prebuilt and rebuilt only when
 the ``Date`` second changes.
 
-One extra, for the benchmark's ``skewed`` scenario: ``/work?slot=K&ms=M`` makes
-the worker in slot K burn M milliseconds of CPU before answering (the others
-answer at once), i.e. one slow worker.
+Two extras, for the benchmark: ``/work?slot=K&ms=M`` makes the worker in
+slot K burn M milliseconds of CPU before answering (the others answer at
+once), i.e. one slow worker (the ``skewed`` scenario); ``/stall?slot=K&ms=M&
+every=E`` makes the worker in slot K block its event loop for M milliseconds
+at most once every E milliseconds (``stall``: a worker that now and then
+makes a blocking call).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import socket
+import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import cast
 from urllib.parse import parse_qs
@@ -34,6 +37,11 @@ __all__ = ["DemoApp", "app"]
 _MAX_WORK_MS = 1000.0
 
 
+def _query(url: bytes) -> dict[str, list[str]]:
+    parsed = httptools.parse_url(url)
+    return parse_qs((parsed.query or b"").decode("latin-1"))
+
+
 class DemoApp(HostedApp):
     def __init__(self, ctx: WorkerContext) -> None:
         super().__init__(ctx)
@@ -47,6 +55,7 @@ class DemoApp(HostedApp):
         self._close: bytes = b""
         self._head_keep: bytes = b""
         self._head_close: bytes = b""
+        self._last_stall = float("-inf")
         self._bad_request = (
             b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
             b"Content-Length: 12\r\nConnection: close\r\n\r\nbad request\n"
@@ -73,8 +82,7 @@ class DemoApp(HostedApp):
 
     def burn(self, url: bytes) -> None:
         """``/work?slot=K&ms=M``: burn CPU if we are slot K."""
-        parsed = httptools.parse_url(url)
-        query = parse_qs((parsed.query or b"").decode("latin-1"))
+        query = _query(url)
         try:
             slot = int(query.get("slot", ["-1"])[0])
             ms = min(float(query.get("ms", ["0"])[0]), _MAX_WORK_MS)
@@ -86,14 +94,26 @@ class DemoApp(HostedApp):
         while time.perf_counter() < deadline:
             pass
 
-    async def serve(self, sockets: Sequence[socket.socket]) -> None:
-        loop = asyncio.get_running_loop()
-        context = tls.offer_http11(self.ctx.tls) if self.ctx.tls is not None else None
-        for sock in sockets:
-            server = await loop.create_server(
-                lambda: DemoProtocol(self), sock=sock, backlog=self.ctx.config.backlog, ssl=context
-            )
-            self.servers.append(server)
+    def stall(self, url: bytes) -> None:
+        """``/stall?slot=K&ms=M&every=E``: block the loop M ms, at most every E ms, if slot K."""
+        query = _query(url)
+        try:
+            slot = int(query.get("slot", ["-1"])[0])
+            ms = min(float(query.get("ms", ["0"])[0]), _MAX_WORK_MS)
+            every = float(query.get("every", ["1000"])[0])
+        except ValueError:
+            return
+        now = time.monotonic()
+        if slot != self.ctx.slot or ms <= 0 or now - self._last_stall < every / 1000.0:
+            return
+        self._last_stall = now
+        time.sleep(ms / 1000.0)  # a blocking call, as an app might make by mistake
+
+    def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
+        return lambda: DemoProtocol(self)
+
+    def serving_ssl(self) -> ssl.SSLContext | None:
+        return tls.offer_http11(self.ctx.tls) if self.ctx.tls is not None else None
 
     async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         await self.stop_accepting()
@@ -116,13 +136,11 @@ class DemoProtocol(asyncio.Protocol, ManagedConnection):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        stats = self.app.ctx.stats
-        stats.connections += 1
-        stats.accepted += 1
+        self.app.ctx.stats.opened()
         self.app.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.app.ctx.stats.connections -= 1
+        self.app.ctx.stats.closed()
         self.app.connections.discard(self)
         self.transport = None
 
@@ -164,6 +182,8 @@ class DemoProtocol(asyncio.Protocol, ManagedConnection):
         app = self.app
         if self.url.startswith(b"/work"):
             app.burn(self.url)
+        elif self.url.startswith(b"/stall"):
+            app.stall(self.url)
         keep = self.parser.should_keep_alive() and not app.connections.shutting_down
         self.out.append(app.response(keep, self.parser.get_method() == b"HEAD"))
         app.ctx.stats.requests += 1

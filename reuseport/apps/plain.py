@@ -56,8 +56,7 @@ class StreamApp(HostedApp):
 
     async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         stats = self.ctx.stats
-        stats.connections += 1
-        stats.accepted += 1
+        stats.opened()
         stats.in_flight += 1
         task = asyncio.current_task()
         assert task is not None
@@ -69,15 +68,15 @@ class StreamApp(HostedApp):
         except Exception:
             log.exception("stream handler raised")
         finally:
-            stats.connections -= 1
+            stats.closed()
             stats.in_flight -= 1
             stats.requests += 1
             self.tasks.discard(cast("asyncio.Task[None]", task))
             writer.close()
 
-    async def serve(self, sockets: Sequence[socket.socket]) -> None:
-        for sock in sockets:
-            self.servers.append(await asyncio.start_server(self._run, sock=sock, ssl=self.ctx.tls))
+    def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
+        # What asyncio.start_server builds for each connection.
+        return lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._run)
 
     async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         await self.stop_accepting()
@@ -99,8 +98,7 @@ class _Tracked(asyncio.Protocol):
         self.owner.live.add(self)
         self.owner.drained.clear()
         stats = self.owner.ctx.stats
-        stats.connections += 1
-        stats.accepted += 1
+        stats.opened()
         stats.in_flight += 1
         try:
             self.inner.connection_made(transport)
@@ -121,7 +119,7 @@ class _Tracked(asyncio.Protocol):
             return False
         self.owner.live.discard(self)
         stats = self.owner.ctx.stats
-        stats.connections -= 1
+        stats.closed()
         stats.in_flight -= 1
         stats.requests += 1
         if not self.owner.live:
@@ -159,10 +157,8 @@ class PlainProtocolApp(HostedApp):
             return inner
         return _Tracked(inner, self)
 
-    async def serve(self, sockets: Sequence[socket.socket]) -> None:
-        loop = asyncio.get_running_loop()
-        for sock in sockets:
-            self.servers.append(await loop.create_server(self._make, sock=sock, ssl=self.ctx.tls))
+    def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
+        return self._make
 
     async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         await self.stop_accepting()

@@ -30,10 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--modes",
-        default="reuseport,shared",
+        default="reuseport,shared,reuseport+hash",
         help=(
-            "comma-separated modes to compare: reuseport, shared, auto, and reuseport+load "
-            "(reuseport mode with --steering load) (default: %(default)s)"
+            "comma-separated modes to compare: reuseport (its defaults: load-aware "
+            "steering and sibling rescue), shared, auto, reuseport+hash (the kernel's "
+            "hash alone), reuseport+load, reuseport+p2c (default: %(default)s)"
         ),
     )
     parser.add_argument(

@@ -45,6 +45,8 @@ EVENT_WORDS: tuple[tuple[str, str], ...] = (
     ("drains", "drains"),
     ("exits.crash", "crashes"),
     ("reloads_failed", "failed reloads"),
+    ("rescues", "rescues"),
+    ("rescued", "rescued"),
 )
 
 
@@ -106,11 +108,14 @@ class PoolState:
                 for w in workers_list
                 if isinstance(w, Mapping) and w.get("state") in TRANSITIONAL_STATES
             )
-        return cls(
-            workers=workers,
-            events=flatten_events(events) if isinstance(events, Mapping) else None,
-            changing=changing,
-        )
+        flat = flatten_events(events) if isinstance(events, Mapping) else None
+        totals = snapshot.get("totals")
+        rescued = totals.get("rescued") if isinstance(totals, Mapping) else None
+        if flat is not None and isinstance(rescued, int) and _is_count(rescued):
+            # Connections served by a sibling of the worker they were queued
+            # for (sibling rescue); summed over the live workers.
+            flat["rescued"] = rescued
+        return cls(workers=workers, events=flat, changing=changing)
 
     def events_since(self, earlier: PoolState) -> dict[str, int] | None:
         """The events between ``earlier`` and this state; None if either was not counted."""

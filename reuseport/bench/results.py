@@ -115,8 +115,15 @@ class RunResult:
 
     @property
     def effective_mode(self) -> str:
+        """The mode the workers reported (``auto``'s choice), with this run's options.
+
+        The demo app reports only the listen mode, so ``reuseport+hash`` seen
+        as ``reuseport`` is ``reuseport+hash``.
+        """
         seen = self.measurement.modes_seen
-        return seen[0] if len(seen) == 1 else self.mode
+        if len(seen) != 1:
+            return self.mode
+        return self.mode if seen[0] == self.mode.partition("+")[0] else seen[0]
 
     @property
     def per_slot(self) -> dict[int, int]:

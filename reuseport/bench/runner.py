@@ -299,14 +299,33 @@ def run_bench(
 
 
 STEERED_MODE = "reuseport+load"  # reuseport mode with --steering load
+# reuseport+hash: the kernel's hash alone (no steering, no rescue), the
+# behaviour every reuseport server had before load-aware steering.
+MODES = ("reuseport", "shared", "auto", "reuseport+hash", STEERED_MODE, "reuseport+p2c")
+_OPTIONS = ("hash", "load", "p2c", "norescue")  # what may follow "reuseport+"
+
+
+def _valid_mode(mode: str) -> bool:
+    base, *options = mode.split("+")
+    if not options:
+        return base in ("reuseport", "shared", "auto")
+    steerings = [o for o in options if o != "norescue"]
+    return (
+        base == "reuseport"
+        and all(o in _OPTIONS for o in options)
+        and len(steerings) <= 1
+        and len(set(options)) == len(options)
+    )
 
 
 def modes_from_text(text: str) -> tuple[str, ...]:
-    allowed = ("reuseport", "shared", "auto", STEERED_MODE)
     modes = tuple(m.strip().lower() for m in text.split(",") if m.strip())
     for mode in modes:
-        if mode not in allowed:
-            raise ConfigError(f"invalid mode {mode!r} in --modes: choose from {', '.join(allowed)}")
+        if not _valid_mode(mode):
+            raise ConfigError(
+                f"invalid mode {mode!r} in --modes: choose from {', '.join(MODES)}, or "
+                "reuseport+STEERING with STEERING one of hash, load, p2c, and +norescue"
+            )
     if len(set(modes)) != len(modes):
         raise ConfigError(f"--modes {text!r} names a mode twice")
     if not modes:

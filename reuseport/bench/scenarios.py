@@ -20,6 +20,12 @@ Why each one exists:
   per request, reuseport keeps hashing about 1/n of *new* connections into
   the busy worker's private queue (head-of-line blocking) while in shared
   mode the idle worker simply accepts more.
+* ``stall`` - ``connect`` against ``/stall?slot=0&ms=200&every=1000``: the
+  worker in slot 0 blocks its event loop for 200 ms once a second (a
+  blocking call an app makes by mistake), and is fine in between.  With
+  plain hashing, every connection hashed to it in those 200 ms waits; with
+  sibling rescue or p2c steering they are served elsewhere.  p99 shows it,
+  and the report counts the connections siblings rescued.
 * ``churn`` - ``connect`` while the pool keeps changing the graceful ways:
   the runner sends HUP (rolling reload), TTIN (one worker more) and TTOU (one
   worker less: in reuseport mode its queue is steered away and drained
@@ -91,6 +97,12 @@ SCENARIOS: tuple[Scenario, ...] = (
         name="skewed",
         summary="connection per request; slot 0 burns 2 ms of CPU per request",
         path="/work?slot=0&ms=2",
+        keepalive=False,
+    ),
+    Scenario(
+        name="stall",
+        summary="connection per request; slot 0 blocks its loop for 200 ms once a second",
+        path="/stall?slot=0&ms=200&every=1000",
         keepalive=False,
     ),
     Scenario(

@@ -74,14 +74,28 @@ def fetch_worker(port: int, *, timeout: float = 1.0) -> tuple[int, int] | None:
 
 
 def _mode_args(mode: str) -> list[str]:
-    base, _, steering = mode.partition("+")
-    return ["--mode", base, *(["--steering", steering] if steering else [])]
+    """``reuseport+p2c+norescue`` -> ``--mode reuseport --steering p2c --no-rescue``.
+
+    ``+hash`` is the kernel's plain hash: it turns sibling rescue off too.
+    """
+    base, *options = mode.split("+")
+    args = ["--mode", base]
+    for option in options:
+        if option == "norescue":
+            args.append("--no-rescue")
+        elif option == "hash":
+            args += ["--steering", "hash", "--no-rescue"]
+        else:
+            args += ["--steering", option]
+    return args
 
 
 class ServerProcess:
     """``python -m reuseport serve`` on 127.0.0.1:0 in one mode.
 
-    The mode ``reuseport+load`` is reuseport mode with ``--steering load``.
+    ``reuseport+STEERING`` is reuseport mode with ``--steering STEERING``
+    and ``+norescue`` adds ``--no-rescue``; ``reuseport+hash`` turns sibling
+    rescue off too (the kernel alone).
     """
 
     def __init__(

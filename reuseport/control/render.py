@@ -115,10 +115,36 @@ def _events_line(events: Mapping[str, Any]) -> str:
         reloads,
         _counted(events.get("recycles"), "recycle"),
         _counted(events.get("drains"), "drain"),
+        *([_counted(events.get("rescues"), "rescue")] if "rescues" in events else []),
         _by_cause("spawns", events.get("spawns"), _SPAWN_CAUSES),
         _by_cause("exits", events.get("exits"), _EXIT_CAUSES),
     ]
     return "events: " + ", ".join(parts) + "\n"
+
+
+_STEERING_SHOWN = {
+    "p2c": "p2c (eBPF, per connection)",
+    "load": "load (cBPF, sampled)",
+    "hash": "hash (the kernel's)",
+}
+
+
+def _steering_line(steering: Mapping[str, Any]) -> str:
+    """Which steering runs, whether siblings rescue, and who is kept from new connections."""
+    active = str(steering.get("active"))
+    parts = [
+        f"steering: {_STEERING_SHOWN.get(active, active)}",
+        f"sibling rescue {'on' if steering.get('rescue') else 'off'}",
+    ]
+    for key, words in (
+        ("steered_away", "kept from new connections"),
+        ("stalled", "stalled"),
+        ("rescuing", "queue served by siblings"),
+    ):
+        slots = steering.get(key)
+        if isinstance(slots, list) and slots:
+            parts.append(f"{words}: slot {', '.join(map(str, slots))}")
+    return ", ".join(parts) + "\n"
 
 
 # (header, snapshot key, formatter, right-aligned)
@@ -131,10 +157,11 @@ _COLUMNS: tuple[tuple[str, str, Callable[[object], str], bool], ...] = (
     ("REQUESTS", "requests", _cell, True),
     ("IN-FLIGHT", "in_flight", _cell, True),
     ("CONNS", "connections", _cell, True),
+    ("RESCUED", "rescued", _cell, True),
     ("QUEUE", "queue", _cell, True),
     ("BEAT", "heartbeat_age", _duration, True),
 )
-_TOTAL_KEYS = {"requests", "in_flight", "connections", "queue"}
+_TOTAL_KEYS = {"requests", "in_flight", "connections", "rescued", "queue"}
 
 
 def _table(rows: list[list[str]]) -> Iterator[str]:
@@ -167,6 +194,9 @@ def render_status(snapshot: Mapping[str, Any]) -> str:
     events = snapshot.get("events")
     if isinstance(events, Mapping):  # masters before the event counters send none
         out.append(_events_line(events))
+    steering = snapshot.get("steering")
+    if isinstance(steering, Mapping) and "active" in steering and master.get("mode") != "shared":
+        out.append(_steering_line(steering))
 
     rows = [[name for name, _k, _f, _r in _COLUMNS]]
     rows += [[fmt(worker.get(key)) for _n, key, fmt, _r in _COLUMNS] for worker in workers]

@@ -139,8 +139,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         server.live.add(self)
         server.connections.add(self)
         stats = self.stats
-        stats.connections += 1
-        stats.accepted += 1
+        stats.opened()
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.client = (str(peer[0]), int(peer[1]))
@@ -161,7 +160,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         server.live.discard(self)
         server.connections.discard(self)
         stats = self.stats
-        stats.connections -= 1
+        stats.closed()
         cycle = self.cycle
         if cycle is not None:
             if cycle.response.state is not COMPLETE:

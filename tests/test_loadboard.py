@@ -1,0 +1,261 @@
+"""The load board and the p2c steering program, without processes.
+
+The arithmetic is checked on an anonymous board; the program is loaded into
+the kernel and given a real SO_REUSEPORT group on loopback (skipped where the
+probe found eBPF unavailable, with its reason).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from features import requires_p2c, requires_reuseport
+
+from reuseport import loadboard
+from reuseport.loadboard import (
+    PENALTY_STALE,
+    STALL_NS,
+    KernelSteering,
+    LoadBoard,
+    p2c_program,
+)
+
+
+@pytest.fixture
+def board() -> Iterator[LoadBoard]:
+    b = LoadBoard(8, ebpf=False)
+    yield b
+    b.close()
+
+
+def test_a_fresh_board_is_all_zero(board: LoadBoard) -> None:
+    assert board.active() == []
+    assert [board.load(slot) for slot in range(8)] == [0] * 8
+
+
+def test_active_slots_grow_and_shrink(board: LoadBoard) -> None:
+    board.set_active([3, 1, 5])
+    assert board.active() == [3, 1, 5]
+    board.set_active([1])
+    assert board.active() == [1]
+    board.set_active([9, 2])  # 9 is past the capacity: never offered to the program
+    assert board.active() == [2]
+
+
+def test_lanes_count_accepted_and_open_and_the_queue_term_never_goes_negative(
+    board: LoadBoard,
+) -> None:
+    board.cells[board._cell(2, 0)] = 5  # the kernel sent five connections to slot 2
+    lane = board.lane(2, 0)
+    lane.publish(accepted=3, open_=3)
+    assert board.queued(2) == 2
+    assert board.open(2) == 3
+    assert board.load(2) == 5
+    lane.publish(accepted=7, open_=1)  # more accepted than counted (rescued, rebased)
+    assert board.queued(2) == 0
+    assert board.load(2) == 1
+
+
+def test_a_new_worker_continues_its_lane_count(board: LoadBoard) -> None:
+    first = board.lane(1, 0)
+    first.publish(accepted=10, open_=0)
+    board.lane_gone(1, 0)
+    second = board.lane(1, 0)  # a replacement in the same lane
+    second.publish(accepted=1, open_=1)
+    assert board.accepted(1) == 11
+    other = board.lane(1, 1)  # its overlapping sibling in the other lane
+    other.publish(accepted=4, open_=2)
+    assert board.accepted(1) == 15
+    assert board.open(1) == 3
+
+
+def test_a_dead_lane_leaves_no_open_connections(board: LoadBoard) -> None:
+    board.lane(4, 1).publish(accepted=6, open_=6)
+    board.lane_gone(4, 1)
+    assert board.open(4) == 0
+    assert board.accepted(4) == 6  # accepted is history: it stays
+
+
+def test_rebase_anchors_the_queue_on_the_real_queue(board: LoadBoard) -> None:
+    board.cells[board._cell(0, 0)] = 100  # assigned, 20 of which never arrived
+    board.lane(0, 0).publish(accepted=70, open_=0)
+    assert board.queued(0) == 30
+    board.rebase(0, queue=10)
+    assert board.queued(0) == 10
+    board.lane(0, 1).publish(accepted=4, open_=0)
+    assert board.queued(0) == 6
+
+
+def test_penalty_and_clear(board: LoadBoard) -> None:
+    board.set_penalty(6, PENALTY_STALE)
+    assert board.load(6) == PENALTY_STALE
+    board.clear_slot(6)
+    assert board.load(6) == 0
+
+
+def test_slots_outside_the_board_are_refused(board: LoadBoard) -> None:
+    with pytest.raises(IndexError):
+        board.load(8)
+    with pytest.raises(ValueError, match="lane 2"):
+        board.lane(0, 2)
+
+
+def test_the_program_checks_every_index_against_the_capacity() -> None:
+    program = p2c_program(board_fd=7, socks_fd=8, capacity=16)
+    jumps_to_16 = [i for i in program if i.imm == 16 and i.code & 0x07 == 0x05]
+    assert len(jumps_to_16) >= 8  # n, both indices, both slots, the reloads, the choice
+
+
+# ---------------------------------------------------------------- in the kernel
+
+
+def _group(size: int) -> list[socket.socket]:
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(size):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            port = socks[0].getsockname()[1] if len(socks) > 1 else 0
+            sock.bind(("127.0.0.1", port))
+            sock.listen(256)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def _connect(port: int, count: int) -> list[socket.socket]:
+    return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
+
+
+def _accept_all(sock: socket.socket) -> int:
+    taken = 0
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except BlockingIOError:
+            return taken
+        conn.close()
+        taken += 1
+
+
+@pytest.fixture
+def steered() -> Iterator[tuple[LoadBoard, KernelSteering, dict[int, socket.socket]]]:
+    """Three listeners in slots 2, 5 and 7, the p2c program attached."""
+    board = LoadBoard(8, ebpf=True)
+    kernel = KernelSteering(board, binds=1)
+    socks = _group(3)
+    by_slot = dict(zip((2, 5, 7), socks, strict=True))
+    try:
+        for slot, sock in by_slot.items():
+            kernel.add(slot, [sock])
+        kernel.attach(0, socks[0])
+        board.set_active(sorted(by_slot))
+        yield board, kernel, by_slot
+    finally:
+        for sock in socks:
+            sock.close()
+        kernel.close()
+        board.close()
+
+
+@requires_reuseport
+@requires_p2c
+def test_p2c_keeps_queues_level_when_nobody_accepts(
+    steered: tuple[LoadBoard, KernelSteering, dict[int, socket.socket]],
+) -> None:
+    """Every connection goes to the shorter of two queues: 30 spread about 10/10/10.
+
+    (Exactly 10 each unless connecting took longer than ``STALL_NS``: then
+    the slot that queued first looks stalled a moment before the others.)
+    """
+    board, _, by_slot = steered
+    port = by_slot[2].getsockname()[1]
+    clients = _connect(port, 30)
+    try:
+        assigned = [board.assigned(slot) for slot in by_slot]
+        assert sum(assigned) == 30
+        assert max(assigned) - min(assigned) <= 2, assigned
+        taken = [_accept_all(sock) for sock in by_slot.values()]
+        assert taken == assigned  # the program's count is the kernel's queue
+    finally:
+        for client in clients:
+            client.close()
+
+
+@requires_reuseport
+@requires_p2c
+def test_p2c_avoids_a_slot_whose_queue_stands_still_but_not_one_that_accepts(
+    steered: tuple[LoadBoard, KernelSteering, dict[int, socket.socket]],
+) -> None:
+    """Queued with no accept for STALL_NS: avoided at once, though its load is the lowest."""
+    board, _, by_slot = steered
+    port = by_slot[2].getsockname()[1]
+    board.set_active([2, 5])
+    board.lane(2, 0).publish(accepted=0, open_=3)  # busy: 3 open, accepting
+    queued = board._cell(5, 0)
+    board.cells[queued] = 1  # one connection waits in slot 5's queue ...
+    since = board._cell(5, loadboard._SINCE)
+    board.cells[since] = time.monotonic_ns() - 2 * STALL_NS  # ... for 2 x STALL_NS
+    assert board.stalled(5, time.monotonic_ns())
+    clients = _connect(port, 10)
+    try:
+        assert board.assigned(5) == 1  # (the one we wrote)
+        assert _accept_all(by_slot[2]) == 10
+        # The same queue, but it accepted a moment ago: the lighter slot wins again.
+        board.lane(5, 0).publish(accepted=1, open_=0)
+        board.cells[queued] = 2
+        clients += _connect(port, 1)
+        assert _accept_all(by_slot[5]) == 1
+    finally:
+        for client in clients:
+            client.close()
+
+
+@requires_reuseport
+@requires_p2c
+def test_p2c_avoids_a_penalised_slot_and_one_that_is_not_active(
+    steered: tuple[LoadBoard, KernelSteering, dict[int, socket.socket]],
+) -> None:
+    board, _, by_slot = steered
+    port = by_slot[2].getsockname()[1]
+    board.set_penalty(5, PENALTY_STALE)
+    clients = _connect(port, 20)
+    try:
+        counts = {slot: _accept_all(sock) for slot, sock in by_slot.items()}
+        assert counts[5] == 0
+        assert counts[2] + counts[7] == 20
+        for slot in by_slot:
+            board.rebase(slot, 0)
+        board.set_penalty(5, 0)
+        board.set_active([5])
+        clients += _connect(port, 10)
+        assert {slot: _accept_all(sock) for slot, sock in by_slot.items()} == {2: 0, 5: 10, 7: 0}
+    finally:
+        for client in clients:
+            client.close()
+
+
+@requires_reuseport
+@requires_p2c
+def test_a_slot_missing_from_the_socket_map_falls_back_to_the_hash(
+    steered: tuple[LoadBoard, KernelSteering, dict[int, socket.socket]],
+) -> None:
+    """No socket to select: SK_PASS without a choice, the kernel hashes; nothing is lost."""
+    board, kernel, by_slot = steered
+    port = by_slot[2].getsockname()[1]
+    kernel.remove(5)
+    board.set_active([5])
+    clients = _connect(port, 30)
+    try:
+        assert board.assigned(5) == 0  # counted only when the selection succeeded
+        assert sum(_accept_all(sock) for sock in by_slot.values()) == 30
+    finally:
+        for client in clients:
+            client.close()
