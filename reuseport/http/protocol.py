@@ -566,7 +566,15 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         data = self._unfed
         assert data is not None
         start = self._unfed_pos
-        end = min(len(data), start + self.server.piece_size)
+        end = min(len(data), start + self._piece)
+        carried = self._line
+        if carried:
+            # The line carried over may end in this piece: measure it whole.
+            first = data.find(b"\n", start, end)
+            limit, status = self._line_limit()
+            if carried + (first if first >= 0 else end) - start > limit:
+                self._fail(status)
+                return
         if end >= len(data):
             self._unfed = None
             self._unfed_pos = 0
@@ -672,19 +680,11 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
                 if self._header_bytes > server.max_header_bytes:
                     return 431
             self._line = line
-            in_request_line = self._in_request_line
-            if in_request_line:
+            if self._in_request_line:
                 tail = self._request_line_tail + data[max(start, end - 15) : end]
                 self._request_line_tail = tail[-15:]
-                if line > server.limit_request_line + _LINE_SLACK:
-                    return 414
-            elif in_request_line is None:  # request line or first field: the larger limit
-                limit = max(server.limit_request_line, server.limit_request_field_size)
-                if line > limit + _LINE_SLACK:
-                    return 431
-            elif line > server.limit_request_field_size + _LINE_SLACK:
-                return 431
-            return 0
+            limit, status = self._line_limit()
+            return status if line > limit else 0
         # In a body: only a chunked one has lines (size lines, trailers).
         chunk = self._chunk
         if self._te is None or chunk is _DATA:
@@ -705,9 +705,21 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
                     last = data[max(prev + 1, start) : nl]
                     if not _NONZERO_SIZE.match(last):
                         self._trailers_begin()
-        if line > server.limit_request_field_size + _LINE_SLACK:
-            return 400 if chunk is _SIZE else 431
-        return 0
+        limit, status = self._line_limit()
+        return status if line > limit else 0
+
+    def _line_limit(self) -> tuple[int, int]:
+        """The longest the unfinished line may be, and the status past it."""
+        server = self.server
+        if self._parse_state is _HEADERS:
+            if self._in_request_line:
+                return server.limit_request_line + _LINE_SLACK, 414
+            if self._in_request_line is None:  # request line or first field: the larger
+                limit = max(server.limit_request_line, server.limit_request_field_size)
+                return limit + _LINE_SLACK, 431
+            return server.limit_request_field_size + _LINE_SLACK, 431
+        # A chunk-size line (extensions included), or a trailer field.
+        return server.limit_request_field_size + _LINE_SLACK, 400 if self._chunk is _SIZE else 431
 
     # --- request flow --------------------------------------------------------
 
