@@ -192,6 +192,46 @@ def test_chunk_extensions_within_the_limit_are_accepted(harness: Harness) -> Non
     assert [r.body for r in conn.responses()] == [b"hello"]
 
 
+def chunked_body(sizes: list[int]) -> tuple[bytes, bytes]:
+    """A chunked encoding of a body with chunks of ``sizes``, and the body."""
+    body = bytes(i % 251 for i in range(sum(sizes)))
+    out, at = [], 0
+    for n, size in enumerate(sizes):
+        ext = b";n=%d" % n if n % 3 == 0 else b""
+        out.append(b"%x%s\r\n%s\r\n" % (size, ext, body[at : at + size]))
+        at += size
+    return b"".join(out), body
+
+
+@pytest.mark.parametrize("read", [1000, 65536, 262144])
+def test_large_chunked_body_arrives_whole_in_any_reads(harness: Harness, read: int) -> None:
+    # Reads longer than a piece go to the parser chunk by chunk (whole chunks
+    # at once when their size lines can be vouched for): the body must come
+    # out the same.
+    sizes = [1, 17, 8190, 8191, 20000, 3, 65536, 100000, *range(1, 4000, 397)]
+    encoded, body = chunked_body(sizes)
+    data = CHUNKED + encoded + b"0\r\nX-Sum: 1\r\n\r\n"
+    conn = harness.connect().feed(*[data[i : i + read] for i in range(0, len(data), read)])
+    (response,) = conn.responses()
+    assert response.body == body
+
+
+@pytest.mark.parametrize(
+    ("tail", "status"),
+    [
+        (b"5;e=" + b"v" * 9000 + b"\r\nhello\r\n0\r\n\r\n", 400),
+        (b"0" * 9000 + b"5\r\nhello\r\n0\r\n\r\n", 400),
+        (b"0\r\nX-T: " + b"t" * 9000 + b"\r\n\r\n", 431),
+    ],
+    ids=["extension", "zeros", "trailer"],
+)
+def test_over_long_line_after_good_chunks_in_the_same_read(
+    harness: Harness, tail: bytes, status: int
+) -> None:
+    encoded, _ = chunked_body([1000] * 20)
+    refused(harness.connect().feed(CHUNKED + encoded + tail), status)
+
+
 # --- pipelining: what waits is raw bytes, not parsed requests ---------------------
 
 

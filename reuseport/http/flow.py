@@ -45,7 +45,7 @@ class FlowControl:
     # --- reading -------------------------------------------------------------
 
     def update_reading(self, queued: bool, buffered: int) -> None:
-        """Pause while requests (or bytes) are ``queued`` or ``buffered`` body bytes pile up."""
+        """Pause while requests or unparsed bytes wait (``queued``) or body bytes pile up."""
         pause = queued or buffered > HIGH_WATER
         if pause != self.read_paused:
             self.read_paused = pause

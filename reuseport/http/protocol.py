@@ -19,14 +19,15 @@ Rules of this module:
 * Limits hold while bytes arrive, not only when httptools reports a whole
   field (it buffers an unfinished field itself, where we cannot see it).  A
   read longer than the smallest line limit is fed in pieces no longer than
-  that, so a line that fits in one piece is within its limit; after each
+  that, so a line that fits in one piece is within its limit (body data of
+  a known length goes whole into one piece: see ``_piece_end``); after each
   piece the unfinished line at its end (request line, header field,
   chunk-size line with its extensions, trailer field) is measured from the
   last LF and carried over to the next piece.  Whole fields are also checked
   by ``on_header`` (name + value), the URL by ``on_url``, the field count and
   the header total as they grow.  The one place the measure is a lower
-  bound: a head that begins in the middle of a piece, after a request whose
-  body ended there, is measured from the next piece on (at most one piece
+  bound: a head that begins in the middle of a piece, after another request
+  that ended there, is measured from the next piece on (at most one piece
   late).  The trailer section of a chunked body obeys the same field size,
   field count and header-read timeout as the head.
 * Framing the parser lets through but RFC 9112 forbids is refused here with
@@ -97,7 +98,14 @@ _METHODS = {
     for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
 }
 _REQUEST_SPECIAL = frozenset(
-    {b"host", b"expect", b"transfer-encoding", b"x-forwarded-for", b"x-forwarded-proto"}
+    {
+        b"host",
+        b"expect",
+        b"transfer-encoding",
+        b"content-length",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+    }
 )
 # What a Host value may hold (RFC 3986 reg-name, IP literal, port).
 _HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%:[]"
@@ -113,6 +121,7 @@ _EMPTY_LINES = re.compile(rb"[\r\n]*")
 _HASH = ord("#")
 _PERCENT = ord("%")
 _NONZERO_SIZE = re.compile(rb"0*[1-9a-fA-F]")
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]+")
 # Separators and whitespace a raw line may carry beyond the name + value (or
 # URL) its limit counts.
 _LINE_SLACK = 64
@@ -132,8 +141,9 @@ class ChunkState(IntEnum):
     """Where the parser is in a chunked body, for the line limits."""
 
     SIZE = 0  # in a chunk-size line (extensions included)
-    AFTER_SIZE = 1  # a size line ended: chunk data next, or trailers after the last chunk
-    DATA = 2  # in chunk data
+    # A size line ended: chunk data follows (in it once body bytes came after
+    # the line), or, after the last chunk, the trailer section.
+    AFTER_SIZE = 1
 
 
 # Module-level aliases: a global lookup is cheaper than an enum class attribute.
@@ -142,7 +152,6 @@ _HEADERS = ParseState.HEADERS
 _BODY = ParseState.BODY
 _SIZE = ChunkState.SIZE
 _AFTER_SIZE = ChunkState.AFTER_SIZE
-_DATA = ChunkState.DATA
 
 
 class _Reject(Exception):
@@ -173,7 +182,11 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
     # attributes: the ABC base gives instances a __dict__.
     __slots__ = (
         "_body_due",
+        "_body_seen",
         "_chunk",
+        "_chunk_mark",
+        "_chunk_size",
+        "_content_length",
         "_expect",
         "_header_bytes",
         "_headers",
@@ -259,6 +272,10 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         self._request_line_tail = b""
         self._header_bytes = 0
         self._chunk = _SIZE
+        self._chunk_mark = 0  # _body_seen when the last chunk-size line ended
+        self._chunk_size = -1  # that chunk's size, once read from a piece (-1: not known)
+        self._body_seen = 0  # body bytes of the current message parsed so far
+        self._content_length = b""  # of the current message, if it has one
         self._trailers = 0  # trailer fields of the current chunked body
         self._trailers_due: float | None = None  # header-read deadline of the trailers
         self._body_due: float | None = None  # body-read deadline while the app waits
@@ -452,6 +469,11 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
                 self._chunk = _SIZE  # the first chunk-size line follows the head
                 self._trailers = 0
                 self._trailers_due = None
+                self._body_seen = 0
+                self._chunk_size = -1
+            elif name == b"content-length":
+                self._content_length = value  # (llhttp checked it: digits, once)
+                self._body_seen = 0
             elif name == b"x-forwarded-for":
                 self._xff = value if self._xff is None else self._xff + b"," + value
             else:
@@ -512,7 +534,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
             raise _Reject(400)  # 3.2: HTTP/1.1 requires Host
 
     def on_body(self, body: bytes) -> None:
-        self._chunk = _DATA
+        self._body_seen += len(body)
         cycle = self.receiving
         if cycle is None or cycle.request is GONE or cycle.response.state is COMPLETE:
             return  # answered already: the rest of the body is read and dropped
@@ -523,6 +545,8 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
 
     def on_chunk_header(self) -> None:
         self._chunk = _AFTER_SIZE
+        self._chunk_mark = self._body_seen
+        self._chunk_size = -1
 
     def on_chunk_complete(self) -> None:
         self._chunk = _SIZE
@@ -566,7 +590,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         data = self._unfed
         assert data is not None
         start = self._unfed_pos
-        end = min(len(data), start + self._piece)
+        end = min(len(data), self._piece_end(data, start))
         carried = self._line
         if carried:
             # The line carried over may end in this piece: measure it whole.
@@ -618,6 +642,47 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
                 self._fail(status)
                 return
         self._whole = self._piece if self._unfed is None and not self._line else -1
+
+    def _piece_end(self, data: bytes, start: int) -> int:
+        """Where the piece of ``data`` from ``start`` ends (see the module docstring).
+
+        Body data of a known length goes whole into one piece, as no line
+        can hide in it: the rest of a Content-Length body (the next piece
+        starts where it ends), or whole chunks, walked from size line to
+        size line while each line ends within a piece's length (so within
+        its limit); where the walk cannot vouch for a line, the piece ends
+        and the next one is measured as usual.
+        """
+        piece = self._piece
+        if self._parse_state is not _BODY:
+            return start + piece
+        if self._te is None:
+            left = int(self._content_length or 0) - self._body_seen
+            return start + (left if left > 0 else piece)
+        if self._chunk is _AFTER_SIZE and self._chunk_size >= 0:
+            seen = self._body_seen - self._chunk_mark
+            at = start + max(self._chunk_size - seen, 0)  # the end of this chunk's data
+            crlf = True
+        elif self._chunk is _SIZE and not self._line:
+            at = start  # a size line begins here
+            crlf = False
+        else:
+            return start + piece
+        n = len(data)
+        while at < n:
+            line = at + 2 if crlf else at
+            if crlf and data[at:line] != b"\r\n":
+                break
+            nl = data.find(b"\n", line, line + piece - 2)
+            match = _CHUNK_SIZE.match(data, line, nl) if nl >= 0 else None
+            if match is None:
+                break
+            size = int(match.group(), 16)
+            if not size:
+                break  # the last chunk: the trailer section follows
+            at = nl + 1 + size
+            crlf = True
+        return at if at > start else start + piece
 
     def _parse_error(self, exc: Exception) -> None:
         if isinstance(exc, httptools.HttpParserUpgrade):
@@ -687,7 +752,21 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
             return status if line > limit else 0
         # In a body: only a chunked one has lines (size lines, trailers).
         chunk = self._chunk
-        if self._te is None or chunk is _DATA:
+        if self._te is None:
+            self._line = 0  # in body data
+            return 0
+        seen = self._body_seen - self._chunk_mark
+        if chunk is _AFTER_SIZE and seen:
+            # In chunk data.  Its size line ends right before it: if this
+            # piece holds that line, read the size, so the next piece can
+            # take the rest of the chunk at once.
+            if self._chunk_size < 0 and end - seen - 1 >= start:
+                size_end = end - seen - 1
+                line_start = data.rfind(b"\n", start, size_end) + 1
+                if line_start > start or not self._line:
+                    match = _CHUNK_SIZE.match(data, max(line_start, start), size_end)
+                    if match is not None:
+                        self._chunk_size = int(match.group(), 16)
             self._line = 0
             return 0
         carried = self._line
