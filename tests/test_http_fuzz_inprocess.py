@@ -48,7 +48,11 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-FUZZ = settings.get_profile(os.environ.get("REUSEPORT_HTTP_FUZZ", "http-fuzz"))
+PROFILE = os.environ.get("REUSEPORT_HTTP_FUZZ", "http-fuzz")
+FUZZ = settings.get_profile(PROFILE)
+# The long run outlasts the suite's 60 s per test (an alarm that fires inside
+# a parser callback would then look like a bug of ours).
+pytestmark = pytest.mark.timeout(60 if PROFILE == "http-fuzz" else 1800)
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -462,6 +462,9 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
                 if self._host is not None or value.strip(_HOST_CHARS):
                     raise _Reject(400)
                 self._host = value
+            elif name == b"content-length":
+                self._content_length = value  # (llhttp checked it: digits, once)
+                self._body_seen = 0
             elif name == b"expect":
                 self._expect = value.lower() == b"100-continue"
             elif name == b"transfer-encoding":
@@ -471,9 +474,6 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
                 self._trailers_due = None
                 self._body_seen = 0
                 self._chunk_size = -1
-            elif name == b"content-length":
-                self._content_length = value  # (llhttp checked it: digits, once)
-                self._body_seen = 0
             elif name == b"x-forwarded-for":
                 self._xff = value if self._xff is None else self._xff + b"," + value
             else:
