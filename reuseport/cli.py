@@ -302,6 +302,13 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="close connections that do not send complete headers in time (default 10)",
     )
     g.add_argument(
+        "--body-read-timeout",
+        type=float,
+        default=S,
+        help="answer 408 (or close) when a request body the app waits for stalls this long "
+        "(default 30, 0 = off)",
+    )
+    g.add_argument(
         "--forwarded-allow-ips",
         default=S,
         help="comma list of proxies whose X-Forwarded-* headers are trusted",

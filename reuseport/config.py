@@ -399,6 +399,7 @@ class Config:
     limit_concurrency: int | None = None
     timeout_keep_alive: float = 5 * SECONDS
     header_read_timeout: float = 10 * SECONDS
+    body_read_timeout: float = 30 * SECONDS  # 0 = off
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
     server_header: bool = True
     date_header: bool = True
@@ -465,6 +466,7 @@ class Config:
             "header_read_timeout",
             "ws_ping_interval",
             "ws_ping_timeout",
+            "body_read_timeout",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:

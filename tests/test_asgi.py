@@ -59,7 +59,9 @@ def test_lifespan_auto_tolerates_app_without_lifespan(caplog: pytest.LogCaptureF
     async def main() -> None:
         async with serving(Probe()) as srv:  # Probe raises on the lifespan scope
             (response,) = parse_responses(
-                await exchange(srv.port, b"GET /ok HTTP/1.1\r\nConnection: close\r\n\r\n")
+                await exchange(
+                    srv.port, b"GET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                )
             )
             assert response.body == b"/ok"
 
@@ -277,7 +279,10 @@ def test_contextvars_do_not_leak_between_requests() -> None:
 
     async def main() -> None:
         async with serving(app, lifespan="off") as srv:
-            data = b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\nConnection: close\r\n\r\n"
+            data = (
+                b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"GET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            )
             first, second = parse_responses(await exchange(srv.port, data))
             assert json.loads(first.body) == ["unset", "/a"]
             assert json.loads(second.body) == ["unset", "/b"]

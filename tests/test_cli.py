@@ -73,6 +73,7 @@ FLAG_CASES: list[tuple[tuple[str, ...], str, object]] = [
     (("--limit-concurrency", "50"), "limit_concurrency", 50),
     (("--timeout-keep-alive", "2"), "timeout_keep_alive", 2.0),
     (("--header-read-timeout", "3"), "header_read_timeout", 3.0),
+    (("--body-read-timeout", "0"), "body_read_timeout", 0.0),
     (
         ("--forwarded-allow-ips", "10.0.0.1,10.0.0.2"),
         "forwarded_allow_ips",
@@ -236,7 +237,7 @@ def test_file_then_env_then_flag(tmp_path: Path) -> None:
     toml = _write(
         tmp_path / "rp.toml",
         'workers = 2\ngraceful-timeout = 5\nbind = "127.0.0.1:7001"\nmode = "shared"\n'
-        "access_log = true\n",
+        "access_log = true\nbody-read-timeout = 4\n",
     )
     env = {"REUSEPORT_WORKERS": "3", "REUSEPORT_BIND": "127.0.0.1:7002, [::1]:7003"}
     file_only = _config("--config", toml)
@@ -245,6 +246,7 @@ def test_file_then_env_then_flag(tmp_path: Path) -> None:
     assert file_only.graceful_timeout == 5
     assert file_only.mode is Mode.SHARED
     assert file_only.access_log is True
+    assert file_only.body_read_timeout == 4
 
     with_env = _config("--config", toml, environ=env)
     assert with_env.workers == 3  # env beats the file
@@ -283,6 +285,7 @@ def test_config_file_from_env_and_serve_table(tmp_path: Path) -> None:
         ("REUSEPORT_WS_MAX_SIZE", "4096", "ws_max_size", 4096),
         ("REUSEPORT_WS_PING_INTERVAL", "1.5", "ws_ping_interval", 1.5),
         ("REUSEPORT_WS_PER_MESSAGE_DEFLATE", "no", "ws_per_message_deflate", False),
+        ("REUSEPORT_BODY_READ_TIMEOUT", "12.5", "body_read_timeout", 12.5),
     ],
 )
 def test_env_values_are_typed(name: str, text: str, field: str, expected: object) -> None:

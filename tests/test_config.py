@@ -173,6 +173,7 @@ def test_config_is_frozen() -> None:
         ({"timeout": "5"}, r"invalid --timeout '5'"),
         ({"idle_timeout": False}, r"invalid --idle-timeout False"),
         ({"header_read_timeout": -0.5}, r"invalid --header-read-timeout"),
+        ({"body_read_timeout": -1}, r"invalid --body-read-timeout -1: expected seconds >= 0"),
         ({"timeout_keep_alive": -1}, r"invalid --timeout-keep-alive"),
         ({"limit_concurrency": 0}, r"invalid --limit-concurrency 0"),
         ({"limit_request_line": 0}, r"invalid --limit-request-line 0"),

@@ -201,13 +201,21 @@ class RequestCycle:
                 if size > RECHECK_AFTER:
                     self.proto.update_reading()
                 return {"type": "http.request", "body": body, "more_body": more}
-            waiter = self.proto.loop.create_future()
+            proto = self.proto
+            waiter = proto.loop.create_future()
             self.waiter = waiter
-            self.proto.update_reading()
+            proto.update_reading()
+            # Waiting for body bytes still to come (not for a disconnect after
+            # the whole body): --body-read-timeout runs meanwhile.
+            stall = state is RECEIVING
+            if stall:
+                proto.body_wait(True)
             try:
                 await waiter
             finally:
                 self.waiter = None
+                if stall:
+                    proto.body_wait(False)
 
     def wake(self) -> None:
         waiter = self.waiter

@@ -2,10 +2,10 @@
 
 Rules: a slow peer or a slow app never makes us buffer without bound.
 
-* Reading pauses while parsed requests wait their turn (a pipelining client
-  gets at most one read's worth of requests ahead of us) or while more than
-  ``HIGH_WATER`` request body bytes wait for the app; it resumes when both
-  are no longer so.  The connection calls ``update_reading`` whenever either
+* Reading pauses while requests, or read bytes not parsed yet, wait their
+  turn (a pipelining client gets at most one read ahead of us) or while more
+  than ``HIGH_WATER`` request body bytes wait for the app; it resumes when
+  both are no longer so.  The connection calls ``update_reading`` whenever either
   may have changed; ``pause_reading``/``resume_reading`` force it (an error
   answer stops reading, a lingering close drains what is left).
 * Writing: the transport calls ``pause_writing``/``resume_writing`` (its
@@ -45,7 +45,7 @@ class FlowControl:
     # --- reading -------------------------------------------------------------
 
     def update_reading(self, queued: bool, buffered: int) -> None:
-        """Pause while requests are ``queued`` or ``buffered`` body bytes pile up."""
+        """Pause while requests or unparsed bytes wait (``queued``) or body bytes pile up."""
         pause = queued or buffered > HIGH_WATER
         if pause != self.read_paused:
             self.read_paused = pause

@@ -78,6 +78,7 @@ class HttpServer:
         self.limit_concurrency = config.limit_concurrency
         self.keep_alive_timeout = config.timeout_keep_alive
         self.header_timeout = config.header_read_timeout
+        self.body_timeout = config.body_read_timeout
         self.root_path = config.root_path
         self.root_path_bytes = config.root_path.encode("utf-8")
         self.trust = TrustedProxies(config.forwarded_allow_ips)
@@ -89,6 +90,9 @@ class HttpServer:
         self.max_header_bytes = config.limit_request_line + config.limit_request_fields * (
             config.limit_request_field_size + 4
         )
+        # A read longer than this is parsed in pieces this long, so a line
+        # inside one piece cannot break a line limit (see protocol.py).
+        self.piece_size = min(config.limit_request_line, config.limit_request_field_size)
         self._date = DateCache()
         # A --header named server replaces ours, as with uvicorn.
         own_server = any(name.lower() == "server" for name, _ in config.headers)
@@ -96,7 +100,8 @@ class HttpServer:
             b"server: reuseport\r\n" if config.server_header and not own_server else b"",
             extra=extra_header_lines(config.headers),
         )
-        positive = [t for t in (self.keep_alive_timeout, self.header_timeout) if t > 0]
+        timeouts = (self.keep_alive_timeout, self.header_timeout, self.body_timeout)
+        positive = [t for t in timeouts if t > 0]
         self._tick_interval = max(_MIN_TICK, min([_MAX_TICK, *(t / 4 for t in positive)]))
         self._tick_handle: asyncio.TimerHandle | None = None
         self.draining = asyncio.Event()
