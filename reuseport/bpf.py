@@ -423,6 +423,11 @@ _X = 0x08
 _PSEUDO_MAP_FD = 1  # src_reg of a 64-bit immediate load that names a map by fd
 
 
+def _s32(value: int) -> int:
+    """``value`` (0 .. 2**32-1) as the signed 32-bit immediate an instruction holds."""
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
 class Asm:
     """Builds an eBPF program with named jump targets; ``program()`` resolves them.
 
@@ -432,8 +437,18 @@ class Asm:
     """
 
     W, DW = _W, _DW  # access sizes: u32, u64
-    ADD, SUB, LSH, RSH, MOD, MOV = 0x00, 0x10, 0x60, 0x70, 0x90, 0xB0
-    JA, JEQ, JGT, JGE, JNE, JSGT, JLT, JLE = 0x00, 0x10, 0x20, 0x30, 0x50, 0x60, 0xA0, 0xB0
+    ADD, SUB, MUL, LSH, RSH, MOD, MOV = 0x00, 0x10, 0x20, 0x60, 0x70, 0x90, 0xB0
+    JA, JEQ, JGT, JGE, JNE, JSGT, JLT, JLE, JSLE = (
+        0x00,
+        0x10,
+        0x20,
+        0x30,
+        0x50,
+        0x60,
+        0xA0,
+        0xB0,
+        0xD0,
+    )
 
     def __init__(self) -> None:
         self._insns: list[tuple[int, int, int, int | str, int]] = []
@@ -471,6 +486,11 @@ class Asm:
     def atomic_add(self, base: int, off: int, src: int) -> None:
         """``lock *(u64 *)(base + off) += src``."""
         self._emit(_STX | _DW | _ATOMIC, base, src, off, self.ADD)
+
+    def load_imm64(self, dst: int, value: int) -> None:
+        """``dst = value`` (a full 64-bit immediate, two instruction slots)."""
+        self._emit(_LD | _DW | _IMM, dst, 0, 0, _s32(value & 0xFFFFFFFF))
+        self._emit(0, 0, 0, 0, _s32(value >> 32))
 
     def load_map(self, dst: int, map_fd: int) -> None:
         """``dst = the map named by map_fd`` (two instruction slots)."""

@@ -69,6 +69,8 @@ class LoadPublisher(Protocol):
 
     def publish(self, accepted: int, open_: int) -> None: ...
 
+    def publish_cost(self, cost_ns: int) -> None: ...
+
 
 @dataclass(slots=True)
 class WorkerStats:

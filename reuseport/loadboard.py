@@ -13,15 +13,25 @@ connection to a worker whatever that worker is doing.  With this table the
 choice can follow the load, per connection and inside the kernel: the
 ``SK_REUSEPORT`` eBPF program below takes two candidates by the connection's
 hash ("power of two choices") among the slots the master lets receive, and
-gives the connection to the one with the smaller load, where::
+gives the connection to the one where it would wait least, estimated as::
 
-    load(s) = max(0, ASSIGNED - BASE - ACCEPTED0 - ACCEPTED1) + OPEN0 + OPEN1 + PENALTY
+    queued(s) = max(0, ASSIGNED - BASE - ACCEPTED0 - ACCEPTED1)
+    delay(s)  = (queued(s) + OPEN0 + OPEN1 + 1) x COST(s) + PENALTY
+                (+ PENALTY_STALE while stalled)
 
-The first term is the slot's accept queue as the program itself counted it
+``queued`` is the slot's accept queue as the program itself counted it
 (connections it sent there, minus those the slot's workers accepted), so a
-worker that stops accepting (a CPU-bound request, SIGSTOP, a debugger) looks
-busier with every connection sent to it, at once, with no sampling.  ``OPEN``
-is the connections a worker has open.  ``BASE`` is the master's correction:
+worker that stops accepting looks busier with every connection sent to it, at
+once, with no sampling.  ``OPEN`` is the connections a worker has open.
+``COST`` is what a request costs that worker: the CPU time its process used
+per request completed, measured over each heartbeat (``max(COST0, COST1)``,
+at least ``COST_FLOOR``).  Comparing counts alone would send a slow worker (one
+that burns 2 ms per request where the others take 50 us) as many connections
+as the others hold, and they would wait behind each other (join the shortest
+queue); weighting them by cost compares expected delays instead (join the
+shortest expected delay), so a slow worker gets a connection only when it
+would still answer it first.  A slot is *stalled* when its queue has held
+connections with no accept for ``STALL_NS``.  ``BASE`` is the master's correction:
 a handshake that never completes, or a connection a sibling rescued from the
 queue, is counted as assigned but never accepted by the slot, so the master
 re-anchors the queue term on the real queue length (``TCP_INFO``) each tick.
@@ -36,8 +46,9 @@ Layout (cell = 8 bytes, native byte order)::
 
     0                 number of active slots
     1 .. capacity     the active slots (those new connections may go to)
-    BASE + 8*s + ...  slot s: ASSIGNED, BASE, ACCEPTED0, ACCEPTED1, OPEN0, OPEN1,
-                      PENALTY, (spare)
+    BASE + 16*s + ... slot s: ASSIGNED, BASE, ACCEPTED0, ACCEPTED1, OPEN0, OPEN1,
+                      PENALTY, LAST0, LAST1 (the last accept, ns), SINCE (when
+                      its queue last became non-empty, ns), COST0, COST1 (ns)
 """
 
 from __future__ import annotations
@@ -66,13 +77,14 @@ from .bpf import (
 __all__ = ["PENALTY_STALE", "KernelSteering", "Lane", "LoadBoard", "p2c_program"]
 
 # Cells of a slot's block (two-cell fields: one cell per lane).
-_ASSIGNED, _BASE, _ACCEPTED, _OPEN, _PENALTY, _LAST, _SINCE = 0, 1, 2, 4, 6, 7, 9
+_ASSIGNED, _BASE, _ACCEPTED, _OPEN, _PENALTY, _LAST, _SINCE, _COST = 0, 1, 2, 4, 6, 7, 9, 10
 _SLOT_CELLS = 16  # a power of two: the program finds a block with one shift
 _SLOT_SHIFT = 7  # log2(_SLOT_CELLS * _CELL)
 STALL_NS = 1_000_000  # a queue that holds connections this long with no accept: stalled
 _CELL = 8
 _MASK = (1 << 64) - 1  # cells wrap like the kernel's u64 arithmetic
-PENALTY_STALE = 1 << 20  # a stalled slot loses every comparison
+PENALTY_STALE = 1 << 50  # ns: a stalled slot loses every comparison
+COST_FLOOR = 1_000  # ns per request: a worker that has not measured yet (or idles)
 
 
 def _value_size(capacity: int) -> int:
@@ -162,10 +174,17 @@ class LoadBoard:
         ) & _MASK
         return 0 if queued >= 1 << 63 else int(queued)
 
+    def cost(self, slot: int) -> int:
+        """ns per request of the slot's workers, as the program uses it."""
+        cells = self.cells
+        index = self._cell(slot, _COST)
+        return int(max(cells[index], cells[index + 1], COST_FLOOR))
+
     def load(self, slot: int, now_ns: int | None = None) -> int:
-        """What the program compares (see the module docstring); with ``now_ns``,
-        as it would at that moment, the stall penalty included."""
-        load = self.queued(slot) + self.open(slot) + int(self.cells[self._cell(slot, _PENALTY)])
+        """The expected delay the program compares, in ns (see the module docstring);
+        with ``now_ns``, as it would at that moment, the stall penalty included."""
+        waiting = self.queued(slot) + self.open(slot) + 1
+        load = waiting * self.cost(slot) + int(self.cells[self._cell(slot, _PENALTY)])
         if now_ns is not None and self.stalled(slot, now_ns):
             load += PENALTY_STALE
         return load
@@ -195,6 +214,7 @@ class LoadBoard:
     def lane_gone(self, slot: int, lane: int) -> None:
         """The worker of ``lane`` exited: its open connections went with it."""
         self.cells[self._cell(slot, _OPEN + lane)] = 0
+        self.cells[self._cell(slot, _COST + lane)] = 0
 
     def clear_slot(self, slot: int) -> None:
         """The slot closed for good: a new socket in it starts from zero."""
@@ -210,6 +230,7 @@ class LoadBoard:
             self._cell(slot, _ACCEPTED + lane),
             self._cell(slot, _OPEN + lane),
             self._cell(slot, _LAST + lane),
+            self._cell(slot, _COST + lane),
         )
 
     def close_fd(self) -> None:
@@ -234,13 +255,14 @@ class Lane:
     clock), which is how the program tells a stalled worker from a busy one.
     """
 
-    __slots__ = ("_accepted", "_cells", "_last", "_last_value", "_offset", "_open")
+    __slots__ = ("_accepted", "_cells", "_cost", "_last", "_last_value", "_offset", "_open")
 
-    def __init__(self, cells: memoryview, accepted: int, open_: int, last: int) -> None:
+    def __init__(self, cells: memoryview, accepted: int, open_: int, last: int, cost: int) -> None:
         self._cells = cells
         self._accepted = accepted
         self._open = open_
         self._last = last
+        self._cost = cost
         self._offset = int(cells[accepted])
         self._last_value = self._offset
 
@@ -252,6 +274,10 @@ class Lane:
             cells[self._last] = time.monotonic_ns()
             cells[self._accepted] = total
         cells[self._open] = open_
+
+    def publish_cost(self, cost_ns: int) -> None:
+        """What a request costs this worker (ns of CPU), measured by its heartbeat."""
+        self._cells[self._cost] = max(0, cost_ns)
 
 
 # ---------------------------------------------------------------- the program
@@ -326,9 +352,10 @@ def p2c_program(board_fd: int, socks_fd: int, capacity: int) -> list[EbpfInsn]:
     emitted = [0]  # slot_load is emitted more than once: its labels need a suffix
 
     def slot_load(slot: int, out: int, queued_at: int) -> None:
-        # out = queued (+ PENALTY_STALE if stalled) + OPEN0 + OPEN1 + PENALTY;
-        # queued = max(0, ASSIGNED - BASE - ACCEPTED0 - ACCEPTED1), kept at queued_at.
-        block, tmp, since = r3, r5, r1
+        # queued = max(0, ASSIGNED - BASE - ACCEPTED0 - ACCEPTED1), kept at queued_at;
+        # out = (queued + OPEN0 + OPEN1 + 1) * max(COST0, COST1, COST_FLOOR) + PENALTY
+        #       (+ PENALTY_STALE if stalled).
+        block, tmp, since, cost = r3, r5, r1, r0
         emitted[0] += 1
         n = emitted[0]
         block_of(slot, block)
@@ -336,13 +363,26 @@ def p2c_program(board_fd: int, socks_fd: int, capacity: int) -> list[EbpfInsn]:
         for field in (_BASE, _ACCEPTED, _ACCEPTED + 1):
             a.load(tmp, block, _CELL * field)
             a.alu_reg(Asm.SUB, out, tmp)
-        a.jump_imm(Asm.JSGT, out, 0, f"queued{n}")
+        a.jump_imm(Asm.JSGT, out, 0, f"positive{n}")
         a.alu_imm(Asm.MOV, out, 0)
+        a.label(f"positive{n}")
         a.store(r10, queued_at, out)
-        a.jump(f"open{n}")
-        a.label(f"queued{n}")
-        a.store(r10, queued_at, out)
-        # Stalled?  since = max(SINCE, LAST0, LAST1); now - since > STALL_NS.
+        for field in (_OPEN, _OPEN + 1):
+            a.load(tmp, block, _CELL * field)
+            a.alu_reg(Asm.ADD, out, tmp)
+        a.alu_imm(Asm.ADD, out, 1)
+        a.alu_imm(Asm.MOV, cost, COST_FLOOR)
+        for field in (_COST, _COST + 1):
+            a.load(tmp, block, _CELL * field)
+            a.jump_reg(Asm.JGE, cost, tmp, f"cost{n}{field}")
+            a.alu_reg(Asm.MOV, cost, tmp)
+            a.label(f"cost{n}{field}")
+        a.alu_reg(Asm.MUL, out, cost)
+        a.load(tmp, block, _CELL * _PENALTY)
+        a.alu_reg(Asm.ADD, out, tmp)
+        # Stalled?  queued > 0 and now - max(SINCE, LAST0, LAST1) > STALL_NS.
+        a.load(tmp, r10, queued_at)
+        a.jump_imm(Asm.JEQ, tmp, 0, f"done{n}")
         a.load(since, block, _CELL * _SINCE)
         for field in (_LAST, _LAST + 1):
             a.load(tmp, block, _CELL * field)
@@ -351,15 +391,10 @@ def p2c_program(board_fd: int, socks_fd: int, capacity: int) -> list[EbpfInsn]:
             a.label(f"later{n}{field}")
         a.load(tmp, r10, _NOW)
         a.alu_reg(Asm.SUB, tmp, since)
-        a.jump_imm(Asm.JSGT, tmp, 0, f"age{n}")
-        a.jump(f"open{n}")  # a clock step back: not stalled
-        a.label(f"age{n}")
-        a.jump_imm(Asm.JLE, tmp, STALL_NS, f"open{n}")
-        a.alu_imm(Asm.ADD, out, PENALTY_STALE)
-        a.label(f"open{n}")
-        for field in (_OPEN, _OPEN + 1, _PENALTY):
-            a.load(tmp, block, _CELL * field)
-            a.alu_reg(Asm.ADD, out, tmp)
+        a.jump_imm(Asm.JSLE, tmp, STALL_NS, f"done{n}")  # (a clock step back: not stalled)
+        a.load_imm64(tmp, PENALTY_STALE)
+        a.alu_reg(Asm.ADD, out, tmp)
+        a.label(f"done{n}")
 
     a.jump_imm(Asm.JNE, r9, 1, "two")
     # One active slot: it is the choice; only its queue term is needed.

@@ -169,9 +169,10 @@ class SlotLoadStatus:
     """One slot's row of the load board (see ``loadboard.py``)."""
 
     slot: int
-    load: int  # what the p2c program compares (stall penalties included)
+    load: int  # what the p2c program compares: expected delay in ns (penalties included)
     queued: int  # connections it sent there that no worker of the slot accepted yet
     open: int  # connections the slot's workers have open
+    cost: int = 0  # ns of CPU per request, as its workers measured it
     stalled: bool = False  # queued, and nothing accepted for loadboard.STALL_NS
 
 

@@ -237,6 +237,7 @@ class Traffic:
                 load=board.load(slot, now_ns),
                 queued=board.queued(slot),
                 open=board.open(slot),
+                cost=board.cost(slot),
                 stalled=board.stalled(slot, now_ns),
             )
             for slot in sorted(self.listeners.order)

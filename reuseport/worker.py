@@ -61,6 +61,7 @@ import setproctitle
 from . import apps, envfile, logs, tls
 from .apps.base import HostedApp, StopReason, WorkerContext, WorkerStats
 from .config import BindAddress, Config, Interface, LoopKind, Mode
+from .connections import LoadPublisher
 from .errors import BootError, ConfigError, ExitCode, ReuseportError
 from .loadboard import LoadBoard
 from .rescue import Rescuer
@@ -87,6 +88,7 @@ _DRAIN_QUIET = 1.0  # the queue must stay empty this long: handshakes in flight 
 # (on a starved machine the final ACK of a handshake can sit in softirq for
 # well over 100 ms; a connection that lands after we close would be reset)
 _RECYCLE_POLL = 0.05
+_COST_REQUESTS = 8  # fewest requests a cost figure is measured over
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -246,6 +248,9 @@ class _Worker:
             self.siblings[slot] = [socket.socket(fileno=fd) for fd in fds]
         self.rescuer: Rescuer | None = None
         self.stop_reason = StopReason.STOP  # the master says otherwise before it signals
+        self._cost = 0  # ns of CPU per request, smoothed (see _measure_cost)
+        self._cost_cpu = time.process_time_ns()
+        self._cost_requests = 0
 
     def beat(self) -> None:
         s = self.stats
@@ -263,6 +268,24 @@ class _Worker:
             accepted=s.accepted,
             rescued=s.rescued,
         )
+        if s.lane is not None:
+            self._measure_cost(s.lane)
+
+    def _measure_cost(self, lane: LoadPublisher) -> None:
+        """Publish what a request costs this worker: CPU time per request since the last one.
+
+        Measured over at least ``_COST_REQUESTS`` requests (an idle worker
+        keeps its last figure) and smoothed, so p2c steering compares expected
+        delays, not bare counts (see ``loadboard.py``).
+        """
+        requests = self.stats.requests - self._cost_requests
+        if requests < _COST_REQUESTS:
+            return
+        cpu = time.process_time_ns()
+        cost = (cpu - self._cost_cpu) // requests
+        self._cost_cpu, self._cost_requests = cpu, self.stats.requests
+        self._cost = cost if not self._cost else (self._cost + cost) // 2
+        lane.publish_cost(self._cost)
 
     def _open_sockets(self) -> tuple[list[socket.socket], list[int]]:
         """Return (sockets to serve, fds to hand to the master)."""

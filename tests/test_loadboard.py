@@ -16,6 +16,7 @@ from features import requires_p2c, requires_reuseport
 
 from reuseport import loadboard
 from reuseport.loadboard import (
+    COST_FLOOR,
     PENALTY_STALE,
     STALL_NS,
     KernelSteering,
@@ -33,7 +34,9 @@ def board() -> Iterator[LoadBoard]:
 
 def test_a_fresh_board_is_all_zero(board: LoadBoard) -> None:
     assert board.active() == []
-    assert [board.load(slot) for slot in range(8)] == [0] * 8
+    assert [board.queued(slot) + board.open(slot) for slot in range(8)] == [0] * 8
+    # Nothing waits: a new connection would wait for itself, at the floor cost.
+    assert [board.load(slot) for slot in range(8)] == [COST_FLOOR] * 8
 
 
 def test_active_slots_grow_and_shrink(board: LoadBoard) -> None:
@@ -53,10 +56,21 @@ def test_lanes_count_accepted_and_open_and_the_queue_term_never_goes_negative(
     lane.publish(accepted=3, open_=3)
     assert board.queued(2) == 2
     assert board.open(2) == 3
-    assert board.load(2) == 5
+    lane.publish_cost(50_000)  # 50 us of CPU per request
+    assert board.load(2) == (2 + 3 + 1) * 50_000
     lane.publish(accepted=7, open_=1)  # more accepted than counted (rescued, rebased)
     assert board.queued(2) == 0
-    assert board.load(2) == 1
+    assert board.load(2) == (0 + 1 + 1) * 50_000
+
+
+def test_the_cost_is_the_dearer_lanes_and_never_below_the_floor(board: LoadBoard) -> None:
+    assert board.cost(3) == COST_FLOOR
+    board.lane(3, 0).publish_cost(10)
+    assert board.cost(3) == COST_FLOOR
+    board.lane(3, 1).publish_cost(2_000_000)  # a replacement that is slower
+    assert board.cost(3) == 2_000_000
+    board.lane_gone(3, 1)
+    assert board.cost(3) == COST_FLOOR
 
 
 def test_a_new_worker_continues_its_lane_count(board: LoadBoard) -> None:
@@ -91,9 +105,9 @@ def test_rebase_anchors_the_queue_on_the_real_queue(board: LoadBoard) -> None:
 
 def test_penalty_and_clear(board: LoadBoard) -> None:
     board.set_penalty(6, PENALTY_STALE)
-    assert board.load(6) == PENALTY_STALE
+    assert board.load(6) == PENALTY_STALE + COST_FLOOR
     board.clear_slot(6)
-    assert board.load(6) == 0
+    assert board.load(6) == COST_FLOOR
 
 
 def test_slots_outside_the_board_are_refused(board: LoadBoard) -> None:
@@ -237,6 +251,37 @@ def test_p2c_avoids_a_penalised_slot_and_one_that_is_not_active(
         board.set_active([5])
         clients += _connect(port, 10)
         assert {slot: _accept_all(sock) for slot, sock in by_slot.items()} == {2: 0, 5: 10, 7: 0}
+    finally:
+        for client in clients:
+            client.close()
+
+
+@requires_reuseport
+@requires_p2c
+def test_p2c_weighs_what_waits_by_what_a_request_costs(
+    steered: tuple[LoadBoard, KernelSteering, dict[int, socket.socket]],
+) -> None:
+    """Slot 2 holds 10 open but answers in 50 us; slot 5 holds none but burns 2 ms.
+
+    By counts, slot 5 would get every connection until it held 10; by
+    expected delay (11 x 50 us < 1 x 2 ms) slot 2 gets them while it is that
+    far ahead, and slot 5 only once slot 2's wait grows past slot 5's.
+    """
+    board, _, by_slot = steered
+    port = by_slot[2].getsockname()[1]
+    board.set_active([2, 5])
+    fast, slow = board.lane(2, 0), board.lane(5, 0)
+    fast.publish(accepted=0, open_=10)
+    fast.publish_cost(50_000)
+    slow.publish_cost(2_000_000)
+    # Nobody accepts here, so slot 2 would look stalled after STALL_NS; say it
+    # accepted "now" for the next minute, to test the weighing alone.
+    board.cells[board._cell(2, loadboard._LAST)] = time.monotonic_ns() + 60_000_000_000
+    clients = _connect(port, 20)
+    try:
+        # Slot 2 takes connections while (10 + queued + 1) x 50 us < 2 ms: 29 of them.
+        assert _accept_all(by_slot[5]) == 0
+        assert _accept_all(by_slot[2]) == 20
     finally:
         for client in clients:
             client.close()
