@@ -119,11 +119,14 @@ def test_rescue_stops_when_the_worker_runs_again(tmp_path: Path) -> None:
             status, body = server.request("/")
             assert status == 200
             answered[body["pid"]] += 1
-        # Hashing sends it about half: it answers them itself, and nobody
-        # races it for them any more.
+        # Hashing sends it about half: it answers most of them itself.  (On a
+        # starved machine a running worker can still miss 10 ms now and then
+        # with a connection waiting, and be rescued for a moment: that is the
+        # point of rescue, so a few rescued connections may still show up.)
         assert answered[stopped] >= 25, answered
         wait_until(lambda: _accepted(control) >= accepted + 150, timeout=5)
-        assert _rescued(control) == rescued
+        assert _rescued(control) - rescued < answered[stopped]
+        wait_until(lambda: _snapshot(control)["steering"]["rescuing"] == [], timeout=5)
         assert server.stop() == 0
 
 
