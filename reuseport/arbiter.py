@@ -229,10 +229,14 @@ class Arbiter:
                 poller.register(fd, select.POLLIN)
             watched_listeners = wanted
             tick = TICK if load_steering and self.workers else _TICK
+            due = time.monotonic() + tick
             try:
                 events = poller.poll(tick * 1000)
             except InterruptedError:
                 continue
+            if not events and tick == TICK:
+                # How late the kernel woke us: the machine's scheduling delay.
+                self.traffic.woke_late(max(0.0, time.monotonic() - due))
             for fd, _mask in events:
                 if fd == self._wake_r:
                     with contextlib.suppress(BlockingIOError):

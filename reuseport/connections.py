@@ -87,11 +87,17 @@ class WorkerStats:
     connections: int = 0  # open client connections
     accepted: int = 0  # connections accepted since start
     rescued: int = 0  # of those, taken from a stalled sibling's queue (sibling rescue)
+    rescue_pending: int = 0  # rescued connections whose protocol is not made yet
     lane: LoadPublisher | None = None
 
     def opened(self) -> None:
         self.connections += 1
         self.accepted += 1
+        if self.rescue_pending:
+            # A rescued connection (or an own one made first: the counts even
+            # out, and ours never goes down).
+            self.rescue_pending -= 1
+            self.rescued += 1
         lane = self.lane
         if lane is not None:
             # Only what came from our own queue counts as accepted from it.

@@ -16,13 +16,23 @@ whatever the number of workers, and it already reads the queues.
 
 How.  The master gives every worker a copy of every other slot's listening
 sockets (inherited at fork, sent over the channel when a slot opens, taken
-back when one drains).  To rescue, the worker serves a duplicate of the
-sibling's socket with the app's own protocol factory (``HostedApp.rescue``):
-the kernel hands each queued connection to exactly one ``accept()``, the
-sibling's or ours, so nothing is served twice; and closing our duplicate
-leaves the socket in its group, so nothing queued is lost when the rescue
-ends.  An app that accepts by itself (``--interface socket``) cannot be
-rescued into: the rescuer then ignores the master's word.
+back when one drains).  To rescue, the worker watches the sibling's socket
+for readiness and, when connections wait, gives the sibling ``YIELD``
+seconds to take them itself before it accepts them (by hand, non-blocking)
+and serves them with the app's own protocol factory
+(``HostedApp.serve_rescued``).  The kernel hands each queued connection to
+exactly one ``accept()``, the sibling's or ours, so nothing is served twice;
+we never close or shut down the sibling's socket, so nothing queued is lost
+when the rescue ends.  An app that accepts by itself (``--interface
+socket``) cannot be rescued into: the rescuer then ignores the master's word.
+
+Why yield.  When two processes wait on one listening socket, the kernel
+wakes the most recent waiter first, and the first one awake usually wins the
+accept.  A rescuer that simply served the socket (an ordinary server on a
+copy) won nearly every connection once the sibling ran again, so the
+sibling's accept count never moved and the master never ended the rescue.
+Waiting ``YIELD`` lets a running sibling take its own queue (which ends the
+rescue), and costs a connection waiting behind a stalled one only that much.
 """
 
 from __future__ import annotations
@@ -39,15 +49,62 @@ __all__ = ["Rescuer"]
 log = logging.getLogger("reuseport.worker")
 
 
+YIELD = 0.002  # seconds a sibling gets to accept its own queue before we do
+_BATCH = 64  # connections taken per turn, at most
+
+
+class _Watch:
+    """One sibling socket under rescue: wait for readiness, yield, accept, repeat."""
+
+    def __init__(self, hosted: HostedApp, sock: socket.socket) -> None:
+        self.hosted = hosted
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self.active = True
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self._timer = self.loop.call_later(YIELD, self._take)
+
+    def _take(self) -> None:
+        self._timer = None
+        if not self.active:
+            return
+        for _ in range(_BATCH):
+            try:
+                conn, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break  # its own worker took them: good
+            except OSError as exc:  # it was shut down (its slot left), or we ran out of fds
+                log.debug("rescue accept on slot socket failed: %s", exc)
+                self.stop()
+                return
+            conn.setblocking(False)
+            if not self.hosted.serve_rescued(conn):
+                conn.close()  # stopping: leave the rest in the sibling's queue
+                self.stop()
+                return
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+
+    def stop(self) -> None:
+        if not self.active:
+            return
+        self.active = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.loop.remove_reader(self.sock.fileno())
+
+
 class Rescuer:
     """A worker's copies of its siblings' sockets, and the rescues running on them."""
 
     def __init__(self, hosted: HostedApp) -> None:
         self.hosted = hosted
         self.siblings: dict[int, list[socket.socket]] = {}
-        self.servers: dict[int, list[asyncio.Server]] = {}  # slot: one rescue server per bind
-        self.wanted: set[int] = set()  # slots the master asked us to rescue
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.watches: dict[int, list[_Watch]] = {}  # slot: one per bind, while rescuing
         self.enabled = hosted.protocol_factory() is not None
 
     # ------------------------------------------------------------------ siblings
@@ -64,40 +121,15 @@ class Rescuer:
 
     # ------------------------------------------------------------------ rescues
     def begin(self, slot: int) -> None:
-        """Serve ``slot``'s sockets too, until ``end``."""
-        if not self.enabled or slot in self.wanted or slot not in self.siblings:
+        """Serve ``slot``'s queue too, until ``end``."""
+        if not self.enabled or slot in self.watches or slot not in self.siblings:
             return
-        self.wanted.add(slot)
-        task = asyncio.ensure_future(self._begin(slot))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _begin(self, slot: int) -> None:
-        servers: list[asyncio.Server] = []
-        try:
-            for sock in self.siblings.get(slot, ()):
-                server = await self.hosted.rescue(sock.dup())
-                if server is None:
-                    self.enabled = False
-                    break
-                servers.append(server)
-        except OSError as exc:
-            log.warning("could not serve slot %d's queue (%s)", slot, exc)
-            self.wanted.discard(slot)
-            for server in servers:
-                self.hosted.end_rescue(server)
-            return
-        if slot not in self.wanted:  # ended, or it left, while we started
-            for server in servers:
-                self.hosted.end_rescue(server)
-            return
-        self.servers[slot] = servers
+        self.watches[slot] = [_Watch(self.hosted, sock) for sock in self.siblings[slot]]
         log.debug("rescuing slot %d: its worker stopped accepting", slot)
 
     def end(self, slot: int) -> None:
-        self.wanted.discard(slot)
-        for server in self.servers.pop(slot, ()):
-            self.hosted.end_rescue(server)
+        for watch in self.watches.pop(slot, ()):
+            watch.stop()
 
     def close(self) -> None:
         """End every rescue and drop every copy (draining, or after the app's shutdown)."""

@@ -43,6 +43,7 @@ __all__ = ["RescueChanges", "Traffic"]
 log = logging.getLogger("reuseport.master")
 
 TICK = 0.02  # seconds between samples of the queues, when anything samples them
+RESCUE_STALL = 0.01  # a queue standing still this long (at least) is rescued
 
 SHOWN = {
     SteeringKind.P2C: "p2c (eBPF: each new connection goes to the less loaded of two workers)",
@@ -72,6 +73,7 @@ class Traffic:
         self.rescue = config.rescue and mode is Mode.REUSEPORT
         self.decision = Rescue()
         self._warned = False
+        self._lag = 0.0  # how late the master's timed waits end, smoothed (seconds)
 
     @property
     def ticking(self) -> bool:
@@ -171,6 +173,19 @@ class Traffic:
         elif self.kind is SteeringKind.P2C:
             self._fall_back_to_load()  # the kernel refused the program after start
         return self._tend_rescue(queues, now) if self.rescue else RescueChanges()
+
+    def woke_late(self, late: float) -> None:
+        """The master's timed wait ended ``late`` seconds after it was due.
+
+        A worker that does not accept for ``stall_after`` while connections
+        wait is stalled, unless the whole machine is that slow to schedule
+        anyone: then every worker looks stalled now and then, and rescuing
+        would only add wake-ups and races.  So the rescue threshold is at
+        least three times the master's recent scheduling delay (the worst
+        one, fading by an eighth per tick).
+        """
+        self._lag = late if late > self._lag else (self._lag * 7 + late) / 8
+        self.decision.stall_after = max(RESCUE_STALL, 3 * self._lag)
 
     def _tend_board(
         self, queues: Mapping[int, int], beats: Mapping[int, float], now: float

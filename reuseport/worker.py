@@ -409,9 +409,9 @@ class _Worker:
         self.state = SlotState.STOPPING
         self.beat()
         self._on_channel()  # the master says why before it signals: read it now
-        await hosted.shutdown(self.spec.config.graceful_timeout, self.stop_reason)
         if self.rescuer is not None:
-            self.rescuer.close()
+            self.rescuer.close()  # rescue no one while stopping
+        await hosted.shutdown(self.spec.config.graceful_timeout, self.stop_reason)
         self.beat()
         return ExitCode.OK
 

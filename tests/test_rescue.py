@@ -8,6 +8,7 @@ worker is a real ``HostedApp`` with a protocol that answers and closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -16,9 +17,9 @@ from typing import cast
 import pytest
 from support import wait_until
 
-from reuseport.apps.base import HostedApp, StopReason, WorkerContext
+from reuseport.apps.base import HostedApp, StopReason, WorkerContext, WorkerStats
 from reuseport.config import Config, Mode
-from reuseport.rescue import Rescuer
+from reuseport.rescue import YIELD, Rescuer
 
 _SIBLING = 1
 _TIMEOUT = 5.0
@@ -85,15 +86,15 @@ def test_a_rescue_serves_the_siblings_queue_until_it_ends() -> None:
             assert await _answered(clients) == 20
             assert ctx.stats.rescued == 20
             assert ctx.stats.accepted == 20  # each exactly once (the kernel's accept)
-            assert rescuer.servers.keys() == {_SIBLING}
+            assert rescuer.watches.keys() == {_SIBLING}
             rescuer.end(_SIBLING)
-            assert not rescuer.servers
+            assert not rescuer.watches
             late = socket.create_connection(("127.0.0.1", port), timeout=_TIMEOUT)
             clients.append(late)
-            # Left in the sibling's queue: the rescue server is closed, the
-            # sibling's socket is not.
+            # Left in the sibling's queue: we stopped watching, the sibling's
+            # socket still listens.
             wait_until(lambda: _queued(sibling) == 1, timeout=_TIMEOUT)
-            await _loop_turns(5)
+            await asyncio.sleep(YIELD * 5)  # well past the yield: still nobody takes it
             assert _queued(sibling) == 1
             assert ctx.stats.rescued == 20
             conn, _ = sibling.accept()
@@ -108,31 +109,48 @@ def test_a_rescue_serves_the_siblings_queue_until_it_ends() -> None:
     asyncio.run(main())
 
 
-def test_a_rescue_ended_while_it_starts_leaves_no_server() -> None:
+def test_a_running_sibling_keeps_its_own_connections() -> None:
+    """The rescuer yields: a sibling that accepts within YIELD takes its own queue.
+
+    (Were it to accept at once, the rescuer would win most races, the
+    sibling's accept count would not move, and the rescue would never end.)
+    """
+
     async def main() -> None:
+        loop = asyncio.get_running_loop()
         ctx = WorkerContext(
             pid=os.getpid(), slot=0, generation=1, mode=Mode.REUSEPORT, config=Config()
         )
         app = _App(ctx)
         sibling = _listener()
+        port = sibling.getsockname()[1]
+        taken_by_sibling: list[socket.socket] = []
+
+        def sibling_accepts() -> None:  # the sibling's own worker, alive and quick
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    taken_by_sibling.append(sibling.accept()[0])
+
         rescuer = Rescuer(app)
+        clients: list[socket.socket] = []
+        loop.add_reader(sibling.fileno(), sibling_accepts)
         try:
             rescuer.add(_SIBLING, [sibling.dup()])
             rescuer.begin(_SIBLING)
-            rescuer.end(_SIBLING)  # before its server started
-            await _loop_turns(5)
-            assert not rescuer.servers
-            assert not app.rescue_servers
+            for _ in range(20):
+                clients.append(socket.create_connection(("127.0.0.1", port), timeout=_TIMEOUT))
+                await asyncio.sleep(YIELD * 2)  # let both look
+            assert len(taken_by_sibling) == 20
+            assert ctx.stats.rescued == 0
         finally:
+            loop.remove_reader(sibling.fileno())
             rescuer.close()
+            await app.shutdown(1.0)
+            for sock in clients + taken_by_sibling:
+                sock.close()
             sibling.close()
 
     asyncio.run(main())
-
-
-async def _loop_turns(count: int) -> None:
-    for _ in range(count):
-        await asyncio.sleep(0)
 
 
 def _queued(sock: socket.socket) -> int:
@@ -160,7 +178,7 @@ def test_an_app_that_accepts_by_itself_is_never_rescued_into() -> None:
             assert not rescuer.enabled
             rescuer.add(_SIBLING, [sibling.dup()])
             rescuer.begin(_SIBLING)  # the master's word is ignored
-            assert not rescuer.wanted
+            assert not rescuer.watches
         finally:
             rescuer.close()
             sibling.close()
@@ -189,3 +207,27 @@ def test_removing_a_sibling_closes_only_our_copy(slot: int) -> None:
             sibling.close()
 
     asyncio.run(main())
+
+
+def test_the_lane_counts_only_our_own_accepts_and_never_goes_down() -> None:
+    """Rescued connections made before or after our own: the own count only grows."""
+    published: list[int] = []
+
+    class Lane:
+        def publish(self, accepted: int, open_: int) -> None:
+            published.append(accepted)
+
+        def publish_cost(self, cost_ns: int) -> None:
+            pass
+
+    stats = WorkerStats(lane=Lane())
+    stats.rescue_pending += 3  # three rescued connections accepted, not made yet
+    stats.opened()  # an own connection's connection_made may come first
+    stats.opened()
+    stats.opened()
+    stats.opened()
+    stats.closed()
+    assert (stats.accepted, stats.rescued, stats.rescue_pending) == (4, 3, 0)
+    assert published[-1] == 1  # one of the four came from our own queue
+    assert published == sorted(published)
+    assert min(published) >= 0

@@ -132,3 +132,13 @@ def _accept_all(sock: socket.socket) -> None:
         except BlockingIOError:
             return
         conn.close()
+
+
+def test_a_starved_machine_raises_the_rescue_threshold_and_it_decays_back() -> None:
+    """Waits that end 50 ms late: nobody is rescued for missing 10 ms."""
+    with traffic("hash") as t:
+        t.woke_late(0.05)
+        assert t.decision.stall_after >= 0.15
+        for _ in range(60):  # on time again: the lateness fades
+            t.woke_late(0.0)
+        assert t.decision.stall_after == traffic_mod.RESCUE_STALL

@@ -15,9 +15,9 @@ worker drives every adapter through the same three steps:
    recycle) is what a protocol may tell its peer (a WebSocket's close code).
 
 Sibling rescue: an adapter whose connections come from a protocol factory
-says so in ``protocol_factory()``; the worker may then ``rescue(sock)``: serve
-a stalled sibling's listening socket for a while with the same factory, each
-connection counted in ``stats.rescued``.  An app that accepts by itself (the
+says so in ``protocol_factory()``; the worker may then ``serve_rescued(conn)``
+a connection it accepted from a stalled sibling's queue, with the same
+factory, counted in ``stats.rescued``.  An app that accepts by itself (the
 ``socket`` interface) returns None and is never asked.
 
 Counters go to ``WorkerContext.stats`` (plain attributes, no locks: the worker
@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..config import Config, Mode
 from ..connections import Connections, ManagedConnection, StopReason, WorkerStats
@@ -47,6 +49,9 @@ __all__ = [
     "WorkerContext",
     "WorkerStats",
 ]
+
+
+log = logging.getLogger("reuseport.worker")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -68,7 +73,8 @@ class HostedApp(abc.ABC):
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self.servers: list[asyncio.Server] = []
-        self.rescue_servers: set[asyncio.Server] = set()
+        self._rescuing: set[asyncio.Task[Any]] = set()  # rescued connections being set up
+        self._accepting = True
 
     async def startup(self) -> None:  # noqa: B027 - optional hook
         """Prepare the app before serving (default: nothing to do)."""
@@ -90,25 +96,30 @@ class HostedApp(abc.ABC):
         """What ``serve`` hands the loop for each socket; None: the app accepts by itself."""
         return None
 
-    async def rescue(self, sock: socket.socket) -> asyncio.Server | None:
-        """Serve a sibling's listening socket too, until the returned server is closed.
+    def serve_rescued(self, conn: socket.socket) -> bool:
+        """Serve ``conn``, accepted from a stalled sibling's queue; False if the app cannot.
 
-        ``sock`` is this worker's own copy (the server closes it); the
-        sibling's socket stays in its group.  None if the app cannot be
-        rescued into (no protocol factory).
+        The connection then belongs to this worker like any it accepted
+        itself (counted in ``stats.rescued`` too).  An app that accepts by
+        itself has no protocol factory and cannot take it.
         """
         factory = self.protocol_factory()
-        if factory is None:
-            return None
-        stats = self.ctx.stats
+        if factory is None or self._accepting is False:
+            return False
+        self.ctx.stats.rescue_pending += 1  # counted in stats.rescued once its protocol is made
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(factory, conn, ssl=self.serving_ssl()))
+        self._rescuing.add(task)
+        task.add_done_callback(self._rescued)
+        return True
 
-        def rescued() -> asyncio.BaseProtocol:
-            stats.rescued += 1
-            return factory()
-
-        server = await self.listen(sock, rescued)
-        self.rescue_servers.add(server)
-        return server
+    def _rescued(self, task: asyncio.Task[Any]) -> None:
+        self._rescuing.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            stats = self.ctx.stats
+            stats.rescue_pending = max(0, stats.rescue_pending - 1)
+            if not task.cancelled():
+                log.warning("a rescued connection could not be set up: %s", task.exception())
 
     def serving_ssl(self) -> ssl.SSLContext | None:
         """The TLS context the app's sockets are served with; None: plain TCP."""
@@ -126,10 +137,6 @@ class HostedApp(abc.ABC):
             factory, sock=sock, backlog=self.ctx.config.backlog, ssl=self.serving_ssl()
         )
 
-    def end_rescue(self, server: asyncio.Server) -> None:
-        self.rescue_servers.discard(server)
-        server.close()
-
     async def stop_accepting(self) -> None:
         """Accept no more connections; return once every accepted one is known.
 
@@ -140,23 +147,26 @@ class HostedApp(abc.ABC):
         started in between would find no live connection and let the worker
         exit under a client whose request was already sent.  So: stop the
         accept readers first (selector loops), let pending accepts finish,
-        close the servers, and let their ``connection_made`` calls run.
+        close the servers, and let their ``connection_made`` calls run
+        (rescued connections still being set up included).
         """
         loop = asyncio.get_running_loop()
-        servers = [*self.servers, *self.rescue_servers]
-        self.rescue_servers.clear()
-        for server in servers:
+        self._accepting = False
+        for server in self.servers:
             for sock in server.sockets:
                 loop.remove_reader(sock.fileno())
         await _settle()
-        for server in servers:
+        for server in self.servers:
             server.close()
+        if self._rescuing:
+            await asyncio.wait(set(self._rescuing), timeout=_RESCUED_SETUP)
         await _settle()
 
 
 # Loop iterations that finish an accept already made: the asyncio loop's
 # accept task step, then the connection_made callback it schedules.
 _SETTLE_STEPS = 3
+_RESCUED_SETUP = 1.0  # seconds a rescued connection's setup (a TLS handshake) may take
 
 
 async def _settle() -> None:
