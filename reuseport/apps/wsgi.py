@@ -13,12 +13,13 @@ misses its beats and is caught by ``--timeout``.
 
 Graceful stop (``shutdown(timeout, reason)``): set the drain signal, stop
 accepting, let connections finish (keep-alive ones close once idle, as for
-ASGI) up to ``timeout``; connections still open then are aborted, which frees
-app threads blocked reading the body or writing the response.  Then the
-running app calls get the rest of the timeout.  A thread cannot be stopped:
-one still running after that is named in a warning and the worker exits
-without it (app threads are daemon threads; the master would kill the worker
-at the graceful timeout anyway).
+ASGI) up to ``timeout`` less a small margin (``_THREADS_MARGIN``); connections
+still open then are aborted, which frees app threads blocked reading the body
+or writing the response.  App calls still running get the rest of the timeout
+after the connections have closed.  A thread cannot be stopped: one still
+running at the end is named in a warning and the worker exits without it (app
+threads are daemon threads; the master kills the worker at the graceful
+timeout anyway).
 """
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ __all__ = ["WsgiApp"]
 
 logger = logging.getLogger("reuseport.wsgi")
 
-# Time the app threads of connections aborted at the graceful deadline get to
-# notice and call close() on their iterables.
+# The end of the graceful timeout kept for the app threads: the master kills
+# a stopping worker at --graceful-timeout, so connections still busy are
+# aborted this long before it; threads blocked reading or writing for them
+# then end (calling close() on their iterables) and the worker can still name
+# the ones that do not.
+_THREADS_MARGIN = 0.25
+# Time the loop's own helpers get after the threads (a drain wait, a sendfile).
 _AFTER_ABORT = 0.1
 
 
@@ -79,13 +85,14 @@ class WsgiApp(HostedApp):
             http.draining.set()
         await self.stop_accepting()
         if http is not None:
-            if not await http.connections.drain(max(0.0, deadline - loop.time()), reason):
+            margin = min(_THREADS_MARGIN, timeout / 4)
+            if not await http.connections.drain(max(0.0, deadline - margin - loop.time()), reason):
                 logger.warning(
                     "graceful timeout (%.1f s) expired: closed the connections still busy",
                     timeout,
                 )
             pool = http.pool
-            if not await pool.wait_idle(max(deadline - loop.time(), _AFTER_ABORT)):
+            if not await pool.wait_idle(max(deadline - margin / 2 - loop.time(), 0.0)):
                 for cycle in pool.running():
                     scope = cycle.scope
                     logger.warning(
