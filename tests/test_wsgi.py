@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import socket
@@ -599,6 +600,30 @@ def test_file_wrapper_without_sendfile_reads_blocks(tmp_path: Any) -> None:
         (response,) = conn.responses()
         assert response.header(b"content-length") == b"%d" % (len(data) - 100)
         assert response.body == data[100:]
+
+
+def test_file_wrapper_around_other_objects_and_for_head(tmp_path: Any) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(b"0123456789" * 1000)
+    closed: list[bool] = []
+
+    class Stream(io.BytesIO):
+        def close(self) -> None:
+            closed.append(True)
+            super().close()
+
+    def app(environ: Environ, start_response: StartResponse) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        if environ["PATH_INFO"] == "/memory":  # no file descriptor: iterated
+            return environ["wsgi.file_wrapper"](Stream(b"in memory " * 100), 64)
+        return environ["wsgi.file_wrapper"](open(path, "rb"))
+
+    with harness(app) as h:
+        conn = h.connect().feed(get("/memory") + b"HEAD /file HTTP/1.1\r\nHost: t\r\n\r\n")
+        h.until(lambda: conn.output.count(b"HTTP/1.1 200") == 2)
+        h.until(lambda: conn.output.endswith(b"content-length: 10000\r\n\r\n"))
+        assert conn.responses()[0].body == b"in memory " * 100
+        assert closed == [True]
 
 
 def test_file_wrapper_uses_loop_sendfile_on_the_asyncio_loop(tmp_path: Any) -> None:

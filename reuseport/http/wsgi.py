@@ -161,7 +161,9 @@ class WsgiCycle(RequestCycle):
             proto, response, method, http_version, path, raw_path, query, client, scheme, headers
         )
         self.wsgi = cast("WsgiServer", proto.server)
-        self.baton = _Baton()
+        # self.baton: made by the app thread (call_app); the loop gives on it
+        # only in answer to something the thread posted, so always after that.
+        self.baton: _Baton
         # Set on the loop, read by the app thread: stop producing the response.
         self.halted = False
         self.body_complete = False  # the app thread got the last body bytes
@@ -389,6 +391,7 @@ class WsgiCycle(RequestCycle):
         """Build the environ, call the app, send what it returns (app thread)."""
         server = self.wsgi
         scope = self.scope
+        self.baton = _Baton()
         prefill = self.prefill
         wsgi_input = WsgiInput(self, prefill or b"", prefill is not None)
         environ = build_environ(
@@ -469,7 +472,7 @@ class _Response:
 
     def send(self, result: object) -> None:
         """Send the app's iterable (see the module docstring)."""
-        if type(result) is FileWrapper and self.status and not self.head:
+        if type(result) is FileWrapper and self.status:
             self._file(result)
             return
         if isinstance(result, list | tuple):
@@ -477,6 +480,9 @@ class _Response:
             return
         if not isinstance(result, Iterable):
             raise TypeError(f"the WSGI app returned {type(result).__name__}, not an iterable")
+        self._stream(result)
+
+    def _stream(self, result: Iterable[bytes]) -> None:
         cycle = self.cycle
         for data in result:
             if type(data) is not bytes:
@@ -545,7 +551,7 @@ class _Response:
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
             st = None
         if st is None or not stat.S_ISREG(st.st_mode) or self.status in NO_BODY_STATUS:
-            self.send(iter(wrapper))  # not a file we can measure: iterate it
+            self._stream(wrapper)  # not a file we can measure: iterate it
             return
         count = max(st.st_size - offset, 0)
         if self.length is None:
@@ -553,6 +559,9 @@ class _Response:
             self.length = count
         else:
             count = min(count, self.length)
+        if self.head:  # its length is all a HEAD request gets
+            self._last(b"")
+            return
         cycle = self.cycle
         if count and cycle.wsgi.native_sendfile:
             head = self._take_head()
