@@ -659,7 +659,7 @@ def test_file_wrapper_uses_loop_sendfile_on_the_asyncio_loop(tmp_path: Any) -> N
 
 
 @contextlib.asynccontextmanager
-async def _serving(app: Any, **config: Any) -> Any:
+async def _serving(app: Any, grace: float = 2.0, **config: Any) -> Any:
     ctx = WorkerContext(
         pid=os.getpid(), slot=0, generation=0, mode=Mode.SHARED, config=Config(**config)
     )
@@ -673,7 +673,7 @@ async def _serving(app: Any, **config: Any) -> Any:
         yield sock.getsockname()[1]
     finally:
         try:
-            await hosted.shutdown(2.0)
+            await hosted.shutdown(grace)
         finally:
             sock.close()
 
@@ -695,12 +695,12 @@ def test_shutdown_waits_for_app_threads_and_names_one_that_never_returns(
         return [b"done"]
 
     async def main() -> bytes:
-        async with _serving(app) as port:
+        async with _serving(app, grace=0.5) as port:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(get("/stuck"))
             await asyncio.get_running_loop().run_in_executor(None, started.wait, WAIT)
             hosted_shutdown = asyncio.ensure_future(reader.read(-1))
-        # _serving's shutdown (2 s) ran: the connection was aborted at its deadline.
+        # _serving's shutdown (0.5 s) ran: the connection was aborted near its deadline.
         raw = await asyncio.wait_for(hosted_shutdown, WAIT)
         writer.close()
         return raw
