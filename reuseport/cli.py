@@ -218,6 +218,13 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="APP is a callable that returns the app (called once per worker)",
     )
     g.add_argument(
+        "--threads",
+        type=int,
+        default=S,
+        help="WSGI apps: app threads per worker (default 8); ASGI and the other "
+        "interfaces run on the event loop and ignore it",
+    )
+    g.add_argument(
         "--env-file",
         default=S,
         metavar="PATH",

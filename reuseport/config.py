@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_BIND",
     "DEFAULT_RELOAD_EXCLUDES",
     "DEFAULT_RELOAD_INCLUDES",
+    "DEFAULT_THREADS",
     "LOG_LEVELS",
     "SECONDS",
     "Bind",
@@ -58,6 +59,12 @@ __all__ = [
 SECONDS = 1.0
 _E = TypeVar("_E", bound=enum.Enum)
 DEFAULT_BIND = "127.0.0.1:8000"
+# --threads: a WSGI worker's app threads.  They share one GIL, so threads buy
+# concurrency for apps that wait (database, upstream HTTP), not CPU: workers
+# (one per CPU) give that.  Eight lets eight requests per worker wait on I/O at
+# once, the order of gunicorn's advice (2-4 x cores in all) and of mod_wsgi's
+# 15 and waitress's 4, while a CPU-bound app does not thrash on the GIL.
+DEFAULT_THREADS = 8
 # The levels --log-level takes, lowest last; ``trace`` (5) sits below debug.
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 # uvicorn's defaults for --reload: what counts as a change of the app's code.
@@ -82,6 +89,7 @@ class Interface(enum.Enum):
     STREAM = "stream"
     PROTOCOL = "protocol"
     SOCKET = "socket"
+    WSGI = "wsgi"  # PEP 3333, on a thread pool per worker (--threads)
 
 
 class LoopKind(enum.Enum):
@@ -383,6 +391,7 @@ class Config:
 
     # Application loading.
     factory: bool = False  # APP is a callable that returns the app
+    threads: int = DEFAULT_THREADS  # WSGI apps: app threads per worker
     env_file: str | None = None  # dotenv file loaded in each worker before the import
 
     # TLS (uvicorn's names).
@@ -456,6 +465,7 @@ class Config:
         self._check_positive("workers", self.workers, minimum=1)
         self._check_positive("backlog", self.backlog, minimum=1)
         self._check_positive("max_spawn_rate", self.max_spawn_rate, minimum=1)
+        self._check_positive("threads", self.threads, minimum=1)
         self._check_positive("max_requests", self.max_requests, minimum=0)
         self._check_positive("max_requests_jitter", self.max_requests_jitter, minimum=0)
         for name in (

@@ -337,6 +337,13 @@ class _Worker:
             interface, reason = apps.detect(obj)
         else:
             interface, reason = config.interface, "from --interface"
+        if interface is Interface.WSGI and spec.slot == 0:
+            log.info(
+                "serving %s on %d app threads per worker (%s)",
+                config.app_label,
+                config.threads,
+                reason,
+            )
         hosted = apps.build(obj, interface, ctx)
         await hosted.startup()
         board = spec.board

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Benchmark reuseport's ASGI server against its peers on a hello-world app.
+"""Benchmark reuseport's HTTP server against its peers: ASGI hello-world, or WSGI Flask.
 
     .venv/bin/python scripts/bench_peers.py --rounds 3
+    .venv/bin/python scripts/bench_peers.py --suite wsgi --rounds 3
 
 Run it with the project's venv: it builds wrk's command line and reads wrk's
 report with ``reuseport.bench.wrk``, and /proc with ``reuseport.procfs``.
@@ -10,9 +11,9 @@ What it does, in order:
 
 1. Set-up: installs ``wrk`` with apt-get if it is missing, and makes a
    separate venv (default ``build/bench-venv``, git-ignored) holding
-   uvicorn[standard] (httptools + uvloop), gunicorn, granian, websockets and
-   this checkout (``pip install -e .[websockets]``).  ``--skip-setup`` uses
-   the venv as is.
+   uvicorn[standard] (httptools + uvloop), gunicorn, granian, websockets,
+   flask and this checkout (``pip install -e .[websockets]``).
+   ``--skip-setup`` uses the venv as is.
 2. Throughput: every server (reuseport in both modes, uvicorn,
    gunicorn+UvicornWorker, granian; 2 workers each, on 127.0.0.1) runs at
    once on its own port with ``scripts/apps/hello.py``.  For each round and
@@ -22,6 +23,11 @@ What it does, in order:
    no server always runs first.  Medians over the rounds are reported, and
    the ratio against uvicorn is the median of the per-round ratios (a
    same-run comparison, as docs/architecture.md asks).
+   ``--suite wsgi`` measures WSGI servers instead, on a Flask JSON endpoint
+   (``scripts/apps/flask_json.py``): reuseport ``--interface wsgi``,
+   gunicorn's ``gthread`` worker and granian's WSGI mode, each with
+   ``--threads`` app threads per worker (``--wsgi-threads``, default 8); the
+   ratio is against gunicorn gthread.
    The ``ws-echo`` scenario is a WebSocket echo instead of wrk:
    ``scripts/ws_load.py`` (run with the benchmark venv's Python) opens
    ``--ws-connections`` WebSockets to ``/ws`` and keeps one ``--ws-size``-byte
@@ -64,15 +70,15 @@ from reuseport.bench.wrk import WrkReport, parse_wrk, wrk_command
 REPO = Path(__file__).resolve().parent.parent
 APP_DIR = REPO / "scripts" / "apps"
 APP = "hello:app"
-PEER_PACKAGES = ["uvicorn[standard]", "gunicorn", "granian", "websockets"]
+WSGI_APP = "flask_json:app"
+PEER_PACKAGES = ["uvicorn[standard]", "gunicorn", "granian", "websockets", "flask"]
 VERSIONED = [
-    "reuseport", "uvicorn", "uvloop", "httptools", "gunicorn", "granian", "websockets",
+    "reuseport", "uvicorn", "uvloop", "httptools", "gunicorn", "granian", "websockets", "flask",
 ]  # fmt: skip
 WS_LOAD = REPO / "scripts" / "ws_load.py"
 HZ = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
-BASELINE = "uvicorn"
 
 
 def log(message: str) -> None:
@@ -185,11 +191,15 @@ def free_port() -> int:
 @dataclasses.dataclass(frozen=True)
 class ServerSpec:
     name: str
-    argv: Callable[[Path, int, int], list[str]]  # (venv bin, port, workers)
+    argv: Callable[[Path, int, int, int], list[str]]  # (venv bin, port, workers, threads)
+    expect: bytes = b"Hello, world!"  # how its answer to GET / ends
 
 
-def _reuseport(mode: str) -> Callable[[Path, int, int], list[str]]:
-    def argv(bin_: Path, port: int, workers: int) -> list[str]:
+WSGI_EXPECT = b'"message":"Hello, world!"}\n'
+
+
+def _reuseport(mode: str) -> Callable[[Path, int, int, int], list[str]]:
+    def argv(bin_: Path, port: int, workers: int, threads: int) -> list[str]:
         return [
             str(bin_ / "python"), "-m", "reuseport", "serve", APP,
             "--app-dir", str(APP_DIR), "-b", f"127.0.0.1:{port}",
@@ -199,7 +209,36 @@ def _reuseport(mode: str) -> Callable[[Path, int, int], list[str]]:
     return argv
 
 
-def _uvicorn(bin_: Path, port: int, workers: int) -> list[str]:
+def _reuseport_wsgi(mode: str) -> Callable[[Path, int, int, int], list[str]]:
+    def argv(bin_: Path, port: int, workers: int, threads: int) -> list[str]:
+        return [
+            str(bin_ / "python"), "-m", "reuseport", "serve", WSGI_APP,
+            "--app-dir", str(APP_DIR), "-b", f"127.0.0.1:{port}", "--interface", "wsgi",
+            "-w", str(workers), "--threads", str(threads), "--mode", mode,
+            "--log-level", "warning",
+        ]  # fmt: skip
+
+    return argv
+
+
+def _gunicorn_gthread(bin_: Path, port: int, workers: int, threads: int) -> list[str]:
+    return [
+        str(bin_ / "gunicorn"), WSGI_APP, "--chdir", str(APP_DIR),
+        "-b", f"127.0.0.1:{port}", "-w", str(workers), "-k", "gthread",
+        "--threads", str(threads), "--log-level", "warning", "--no-control-socket",
+    ]  # fmt: skip
+
+
+def _granian_wsgi(bin_: Path, port: int, workers: int, threads: int) -> list[str]:
+    return [
+        str(bin_ / "granian"), "--interface", "wsgi", "--workers", str(workers),
+        "--blocking-threads", str(threads),
+        "--host", "127.0.0.1", "--port", str(port), "--working-dir", str(APP_DIR),
+        "--no-access-log", "--log-level", "warning", WSGI_APP,
+    ]  # fmt: skip
+
+
+def _uvicorn(bin_: Path, port: int, workers: int, threads: int) -> list[str]:
     return [
         str(bin_ / "uvicorn"), APP, "--app-dir", str(APP_DIR),
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
@@ -207,7 +246,7 @@ def _uvicorn(bin_: Path, port: int, workers: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _gunicorn(bin_: Path, port: int, workers: int) -> list[str]:
+def _gunicorn(bin_: Path, port: int, workers: int, threads: int) -> list[str]:
     return [
         str(bin_ / "gunicorn"), APP, "--chdir", str(APP_DIR),
         "-b", f"127.0.0.1:{port}", "-w", str(workers), "-k", "uvicorn.workers.UvicornWorker",
@@ -215,7 +254,7 @@ def _gunicorn(bin_: Path, port: int, workers: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _granian(bin_: Path, port: int, workers: int) -> list[str]:
+def _granian(bin_: Path, port: int, workers: int, threads: int) -> list[str]:
     return [
         str(bin_ / "granian"), "--interface", "asgi", "--workers", str(workers),
         "--host", "127.0.0.1", "--port", str(port), "--working-dir", str(APP_DIR),
@@ -231,11 +270,38 @@ SPECS = {
         ServerSpec("uvicorn", _uvicorn),
         ServerSpec("gunicorn", _gunicorn),
         ServerSpec("granian", _granian),
+        ServerSpec("reuseport-wsgi", _reuseport_wsgi("reuseport"), WSGI_EXPECT),
+        ServerSpec("reuseport-wsgi-shared", _reuseport_wsgi("shared"), WSGI_EXPECT),
+        ServerSpec("gunicorn-gthread", _gunicorn_gthread, WSGI_EXPECT),
+        ServerSpec("granian-wsgi", _granian_wsgi, WSGI_EXPECT),
     )
 }
 
 
-def _http_ok(port: int, timeout: float = 1.0) -> bool:
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """What ``--suite`` measures: its servers, the ratio's baseline, its scenarios."""
+
+    servers: tuple[str, ...]
+    baseline: str
+    scenarios: tuple[str, ...]
+
+
+SUITES = {
+    "asgi": Suite(
+        servers=("reuseport", "reuseport-shared", "uvicorn", "gunicorn", "granian"),
+        baseline="uvicorn",
+        scenarios=("keep-alive", "close", "ws-echo"),
+    ),
+    "wsgi": Suite(
+        servers=("reuseport-wsgi", "reuseport-wsgi-shared", "gunicorn-gthread", "granian-wsgi"),
+        baseline="gunicorn-gthread",
+        scenarios=("keep-alive", "close"),
+    ),
+}
+
+
+def _http_ok(port: int, expect: bytes, timeout: float = 1.0) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
@@ -247,17 +313,19 @@ def _http_ok(port: int, timeout: float = 1.0) -> bool:
                 data += chunk
     except OSError:
         return False
-    return data.startswith(b"HTTP/1.1 200") and data.endswith(b"Hello, world!")
+    return data.startswith(b"HTTP/1.1 200") and data.endswith(expect)
 
 
 class Server:
     """One server under test: its master process, in a process group of its own."""
 
-    def __init__(self, spec: ServerSpec, bin_: Path, workers: int, log_dir: Path) -> None:
+    def __init__(
+        self, spec: ServerSpec, bin_: Path, workers: int, threads: int, log_dir: Path
+    ) -> None:
         self.spec = spec
         self.port = free_port()
         self.workers = workers
-        self.argv = spec.argv(bin_, self.port, workers)
+        self.argv = spec.argv(bin_, self.port, workers, threads)
         self.log_path = log_dir / f"{spec.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -279,7 +347,7 @@ class Server:
                 start_new_session=True,  # its own process group: killpg reaches every worker
             )
         deadline = time.monotonic() + START_TIMEOUT
-        while not _http_ok(self.port):
+        while not _http_ok(self.port, self.spec.expect):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
             if time.monotonic() > deadline:
@@ -505,7 +573,7 @@ class Memory:
 def measure_memory(
     wrk: str, spec: ServerSpec, bin_: Path, args: argparse.Namespace, log_dir: Path
 ) -> Memory:
-    server = Server(spec, bin_, args.workers, log_dir)
+    server = Server(spec, bin_, args.workers, args.wsgi_threads, log_dir)
     with running([server]):
         served = 0
         for _ in range(100):  # bound: 100 runs of 3 s
@@ -538,7 +606,9 @@ def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def report(runs: list[Run], memories: list[Memory], names: Sequence[str], rounds: int) -> str:
+def report(
+    runs: list[Run], memories: list[Memory], names: Sequence[str], rounds: int, baseline: str
+) -> str:
     lines: list[str] = []
     for scenario in SCENARIOS:
         if not any(r.scenario == scenario for r in runs):
@@ -548,11 +618,11 @@ def report(runs: list[Run], memories: list[Memory], names: Sequence[str], rounds
             f"**{TITLES[scenario]}** (median of {rounds} rounds; "
             "ratio = median of per-round ratios)",
             "",
-            f"| server | {unit} | vs uvicorn | p50 ms | p99 ms | socket errors | non-2xx |",
+            f"| server | {unit} | vs {baseline} | p50 ms | p99 ms | socket errors | non-2xx |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         mine = [r for r in runs if r.scenario == scenario]
-        base = {r.round: r.rps for r in mine if r.server == BASELINE}
+        base = {r.round: r.rps for r in mine if r.server == baseline}
         for name in names:
             rs = [r for r in mine if r.server == name]
             if not rs:
@@ -591,12 +661,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
-        "--servers", default=",".join(SPECS), help=f"comma-separated subset of {','.join(SPECS)}"
+        "--suite",
+        choices=list(SUITES),
+        default="asgi",
+        help="asgi: hello-world ASGI against uvicorn, gunicorn+UvicornWorker, granian; "
+        "wsgi: a Flask JSON endpoint against gunicorn gthread and granian's WSGI mode",
     )
     parser.add_argument(
-        "--scenarios",
-        default=",".join(SCENARIOS),
-        help=f"comma-separated: {','.join(SCENARIOS)}",
+        "--wsgi-threads",
+        type=int,
+        default=8,
+        help="app threads per worker of every WSGI server (default 8, reuseport's default)",
+    )
+    parser.add_argument(
+        "--servers", help=f"comma-separated subset of {','.join(SPECS)} (default: the suite's)"
+    )
+    parser.add_argument(
+        "--scenarios", help=f"comma-separated: {','.join(SCENARIOS)} (default: the suite's)"
     )
     parser.add_argument(
         "--ws-connections", type=int, default=64, help="ws-echo: WebSocket connections"
@@ -611,6 +692,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write every run here")
     parser.add_argument("--log-dir", type=Path, default=REPO / "build" / "bench-peers-logs")
     args = parser.parse_args(argv)
+    suite = SUITES[args.suite]
+    args.baseline = suite.baseline
+    args.servers = args.servers or ",".join(suite.servers)
+    args.scenarios = args.scenarios or ",".join(suite.scenarios)
     args.server_names = [s for s in args.servers.split(",") if s]
     for name in args.server_names:
         if name not in SPECS:
@@ -640,7 +725,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     names = args.server_names
     runs: list[Run] = []
-    servers = [Server(SPECS[name], bin_, args.workers, args.log_dir) for name in names]
+    servers = [
+        Server(SPECS[name], bin_, args.workers, args.wsgi_threads, args.log_dir) for name in names
+    ]
     with running(servers):
         for round_ in range(1, args.rounds + 1):
             shift = (round_ - 1) % len(servers)
@@ -653,7 +740,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names:
             memories.append(measure_memory(wrk, SPECS[name], bin_, args, args.log_dir))
 
-    text = report(runs, memories, names, args.rounds)
+    text = report(runs, memories, names, args.rounds, args.baseline)
     print(f"Command: `{command.strip()}`\n")
     print(f"{machine}\n")
     print(text)

@@ -149,6 +149,8 @@ FLAG_CASES: list[tuple[tuple[str, ...], str, object]] = [
     (("--factory",), "factory", True),
     (("--no-factory",), "factory", False),
     (("--env-file", ".env"), "env_file", ".env"),
+    (("--threads", "16"), "threads", 16),
+    (("--interface", "wsgi"), "interface", Interface.WSGI),
     (
         ("--header", "X-Frame-Options:DENY", "--header", "X-A: b c"),
         "headers",

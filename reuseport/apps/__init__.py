@@ -5,7 +5,9 @@ failure into ``AppLoadError`` with the fix in its message; with ``factory``
 (``--factory``) the attribute is a callable that returns the app, called once
 per worker, and its failure is the app's too.  ``detect`` looks at
 the object only (no calls), and says why it chose an interface so the worker
-can log it.  Adding an interface means one entry in the table in ``_adapter()``.
+can log it (a WSGI app is a plain callable, or a class, taking
+``(environ, start_response)``; a Flask or Django app object is one).  Adding
+an interface means one entry in the table in ``_adapter()``.
 """
 
 from __future__ import annotations
@@ -142,13 +144,15 @@ def detect(obj: object) -> tuple[Interface, str]:
         params = _positional_params(obj)
         if params == 1:
             return Interface.ASGI, "class taking one argument (ASGI 2 double-callable)"
+        if params == 2:
+            return Interface.WSGI, "class taking (environ, start_response) (WSGI)"
         raise AppLoadError(
-            f"cannot tell what {obj!r} is: pass --interface asgi|stream|protocol|socket"
+            f"cannot tell what {obj!r} is: pass --interface asgi|wsgi|stream|protocol|socket"
         )
     if not callable(obj):
         raise AppLoadError(
-            f"the app {obj!r} is not callable: point APP at an ASGI app, a stream handler, "
-            "a Protocol class or factory, or an `async def serve(sock)`"
+            f"the app {obj!r} is not callable: point APP at an ASGI or WSGI app, a stream "
+            "handler, a Protocol class or factory, or an `async def serve(sock)`"
         )
     params = _positional_params(obj)
     if _is_async_callable(obj):
@@ -166,7 +170,11 @@ def detect(obj: object) -> tuple[Interface, str]:
         return Interface.PROTOCOL, "plain callable with no arguments (Protocol factory)"
     if params == 1:
         return Interface.ASGI, "plain callable(scope) (ASGI 2 double-callable)"
-    raise AppLoadError(f"cannot tell what {obj!r} is: pass --interface asgi|stream|protocol|socket")
+    if params == 2:
+        return Interface.WSGI, "plain callable(environ, start_response) (WSGI)"
+    raise AppLoadError(
+        f"cannot tell what {obj!r} is: pass --interface asgi|wsgi|stream|protocol|socket"
+    )
 
 
 def _adapter(interface: Interface) -> Callable[[object, WorkerContext], HostedApp]:
@@ -175,6 +183,10 @@ def _adapter(interface: Interface) -> Callable[[object, WorkerContext], HostedAp
         from .asgi import AsgiApp
 
         return AsgiApp
+    if interface is Interface.WSGI:
+        from .wsgi import WsgiApp
+
+        return WsgiApp
     from .plain import PlainProtocolApp, SocketApp, StreamApp
 
     table: dict[Interface, Callable[[object, WorkerContext], HostedApp]] = {

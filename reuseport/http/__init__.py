@@ -1,4 +1,4 @@
-"""HTTP/1.1 for ASGI apps: an httptools-based asyncio Protocol.
+"""HTTP/1.1 for ASGI and WSGI apps: an httptools-based asyncio Protocol.
 
 ``HttpServer`` holds what all connections of one app in a worker share and is
 the protocol factory handed to ``loop.create_server``; ``HttpProtocol`` is one
@@ -15,6 +15,9 @@ The modules, from the wire up (each opens with its rules):
 * ``cycle``: one request as the ASGI app sees it (``receive``/``send``).
 * ``protocol``: one connection (parser callbacks, queue, deadlines, errors).
 * ``server``: the per-worker shared state and the tick.
+* ``wsgi_environ`` and ``wsgi``: WSGI apps on a thread pool; the same
+  connection with another cycle class (``WsgiServer``, imported by the WSGI
+  adapter only, so ASGI workers never load it).
 
 Nothing here imports from ``reuseport.apps``: connection counters and the
 drain set come from ``reuseport.connections``, below both.

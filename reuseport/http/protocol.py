@@ -62,7 +62,8 @@ Where the next features plug in:
   after the request head from there: the rest of the piece just fed
   (``exc.args[0]`` is the offset in it) followed by the bytes held back
   (``_unfed`` from ``_unfed_pos``, dropped there today).
-* A second app interface (WSGI, issue 13) is another cycle class, built in
+* A second app interface (WSGI, issue 13) is another cycle class
+  (``server.cycle_class``: ``wsgi.WsgiCycle``), built in
   ``on_headers_complete`` from the same parsed parts; the queue, deadlines
   and errors here do not change.
 """
@@ -544,7 +545,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
                 client = forwarded_client(self._xff, server.trust, client)
         keep_alive = parser.should_keep_alive() and not self.shutting_down
         response = ResponseFramer(server.defaults, method == "HEAD", version == "1.0", keep_alive)
-        cycle = RequestCycle(
+        cycle = server.cycle_class(
             self, response, method, version, path, raw_path, query, client, scheme, self._headers
         )
         if self._expect and version == "1.1":

@@ -30,7 +30,7 @@ from ..config import Config
 from ..connections import Connections, WorkerStats
 from ._wire import DateCache
 from .access import AccessLog
-from .cycle import ASGIApp
+from .cycle import ASGIApp, RequestCycle
 from .framing import DefaultHeaders
 from .protocol import HttpProtocol
 from .proxy import TrustedProxies
@@ -54,6 +54,10 @@ def extra_header_lines(headers: tuple[tuple[str, str], ...]) -> bytes:
 
 class HttpServer:
     """What every connection of one app in one worker shares (see the module docstring)."""
+
+    # What one request is to the app: the ASGI cycle here, the WSGI one in
+    # ``wsgi.WsgiServer`` (the connection builds it from the parsed parts).
+    cycle_class: type[RequestCycle] = RequestCycle
 
     def __init__(
         self,
