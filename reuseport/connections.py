@@ -87,6 +87,7 @@ class WorkerStats:
     connections: int = 0  # open client connections
     accepted: int = 0  # connections accepted since start
     rescued: int = 0  # of those, taken from a stalled sibling's queue (sibling rescue)
+    datagrams: int = 0  # UDP datagrams received since start (each is also one request)
     lane: LoadPublisher | None = None
 
     def opened(self) -> None:
