@@ -566,6 +566,11 @@ class Config:
                 )
             return
         if self.interface is Interface.DATAGRAM:
+            if not udp:
+                raise ConfigError(
+                    "--interface datagram needs a udp:// bind (-b udp://HOST:PORT): "
+                    "a datagram app receives on UDP sockets only"
+                )
             if stream:
                 names = ", ".join(str(b) for b in self.stream_binds)
                 raise ConfigError(
@@ -573,11 +578,6 @@ class Config:
                     f"{'is a stream bind' if len(self.stream_binds) == 1 else 'are stream binds'}"
                     ". Serve it with another APP and pass this one as --datagram-app, "
                     "or bind udp:// addresses only"
-                )
-            if not udp:
-                raise ConfigError(
-                    "--interface datagram needs a udp:// bind (-b udp://HOST:PORT): "
-                    "a datagram app receives on UDP sockets only"
                 )
             return
         if udp and self.app is not None and stream and self.interface is not Interface.SOCKET:

@@ -113,9 +113,7 @@ def a_status(workers: tuple[WorkerStatus, ...] = ()) -> Status:
         totals=Totals.of(workers, queue=4),
         steering=SteeringStatus(kind=SteeringKind.LOAD, steered_away=(1,), stalled=()),
         events=MasterEvents().snapshot(),
-        udp=(
-            DatagramSocketStatus(bind="udp://127.0.0.1:2", slot=0, inode=9, queue=768, drops=3),
-        ),
+        udp=(DatagramSocketStatus(bind="udp://127.0.0.1:2", slot=0, inode=9, queue=768, drops=3),),
     )
 
 
