@@ -122,7 +122,8 @@ log = logging.getLogger("reuseport.master")
 # What a group's program allows: its indices, or None for "no program, the
 # kernel's hash".
 _Program = tuple[int, ...] | None
-_HANDOVER: _Program = (1,)  # a UDP reservation's program: the first slot that joins
+_HANDOVER_INDEX = 1  # a UDP reservation's program: the first slot socket that joins
+_HANDOVER: _Program = (_HANDOVER_INDEX,)
 
 
 def _readable(sock: socket.socket) -> bool:
@@ -180,8 +181,9 @@ class Listeners:
                     check_port_guard(addr)
                     sock = reserve_port(addr)
                     self._reservations.append(sock)
-                    if addr.udp:
-                        self._reserve_udp(len(self._groups_pending(resolved)), sock)
+                    if addr.udp:  # its group index: the IP binds before it
+                        index = sum(isinstance(b, BindAddress) for b in resolved)
+                        self._reserve_udp(index, sock)
                 resolved.append(addr.with_port(sock.getsockname()[1]))
             self.binds = tuple(resolved)
             if self.mode is Mode.REUSEPORT:
@@ -201,11 +203,6 @@ class Listeners:
             self.close()
             raise
 
-    @staticmethod
-    def _groups_pending(resolved: Sequence[Bind]) -> list[BindAddress]:
-        """The group binds among those bound so far (the next one's group index is its length)."""
-        return [b for b in resolved if isinstance(b, BindAddress)]
-
     def _reserve_udp(self, index: int, sock: socket.socket) -> None:
         """A UDP reservation is group ``index``'s first member: hand its datagrams over.
 
@@ -215,7 +212,7 @@ class Listeners:
         """
         self._handover[index] = sock
         try:
-            attach_cbpf(sock, steering_program(list(_HANDOVER or ())))
+            attach_cbpf(sock, steering_program([_HANDOVER_INDEX]))
         except OSError as exc:
             log.debug("no hand-over program for udp group %d (%s)", index, errno_name(exc))
 
