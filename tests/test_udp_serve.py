@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import selectors
 import signal
 import socket
@@ -251,6 +252,30 @@ def test_a_reload_keeps_each_slots_socket_and_loses_nothing(tmp_path: Path) -> N
         assert new_pids <= pids, "the new workers serve after it"
         # The new workers read the very sockets the old ones did.
         assert {row["inode"] for row in snapshot(control)["udp"]} == inodes
+        assert server.stop() == 0  # a graceful stop of a datagram app
+
+
+# ------------------------------------------------------------------ respawn
+@requires_reuseport
+def test_a_killed_workers_socket_waits_for_its_replacement(tmp_path: Path) -> None:
+    control = tmp_path / "c.sock"
+    args = ("apps_udp:Echo", "--app-dir", TESTS, "--mode", "reuseport", "-w", "2")
+    with Server(*args, *UDP_BIND, "--control", str(control)) as server:
+        server.wait_ready()
+        (address,) = server.udp_addresses
+        inodes = {row["slot"]: row["inode"] for row in snapshot(control)["udp"]}
+        victim = server.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: not alive(victim), timeout=10)
+        # Sent while the slot has no worker, or while its replacement boots: the
+        # datagrams hashed to that slot wait in the socket the master holds.
+        answers = ask(address, 60, timeout=15)
+        pids = {echo_pid(answer, sent) for sent, answer in answers.items()}
+        assert victim not in pids
+        assert pids == set(server.worker_pids())  # the replacement answered its share
+        assert {row["slot"]: row["inode"] for row in snapshot(control)["udp"]} == inodes
+        assert snapshot(control)["events"]["spawns"]["respawn"] == 1
+        assert server.stop() == 0
 
 
 # ------------------------------------------------------------------ shared mode
