@@ -542,7 +542,10 @@ class Listeners:
 
         ``shutdown()`` first: it takes the socket out of its group at once,
         even while a sibling still holds a copy (sibling rescue), so the group
-        order changes exactly here.
+        order changes exactly here.  A UDP socket leaves only when this last
+        copy closes; a worker forked a moment ago still holds one until its
+        ``close_in_child`` runs (its first step), so a fork racing a release
+        can leave the socket in the group for that long.
         """
         if self.kernel is not None:
             try:
