@@ -577,7 +577,7 @@ class Arbiter:
         """Sibling rescue: hand every other worker ``slot``'s sockets, or take them back."""
         if not self.traffic.rescue:
             return
-        socks = [] if gone else self.listeners.for_slot(slot)
+        socks = [] if gone else self.listeners.rescue_sockets(slot)
         message = {"type": "sibling_gone" if gone else "sibling", "slot": slot}
         for handle in list(self.workers.values()):
             if handle.slot == slot or handle.leaving:
@@ -962,4 +962,5 @@ class Arbiter:
             totals=Totals.of(workers, queue=self.listeners.queued()),
             steering=self.traffic.status(),
             events=self.events.snapshot(),
+            udp=self.listeners.datagram_status(),
         )

@@ -19,6 +19,24 @@ The program is a table over the allowed indices::
     ret_0: ret allowed[0]
     ...
 
+That program picks at random, which suits TCP: only a connection's first
+packet (the SYN) goes through it.  A UDP group runs its program for every
+datagram, so a random pick would scatter each flow's datagrams over the
+workers (a QUIC connection, a game session, a DNS client's retries).
+``flow_hash_program`` picks among the allowed indices by a hash of the
+datagram's source address and port instead, read from the network header
+(``SKF_NET_OFF``: the program itself sees the packet from the UDP payload on),
+so each flow stays with one worker while a slot is steered out::
+
+    ld  [net + saddr]      ; IPv6: the four words of the source address, xored
+    tax
+    ldh [net + sport]      ; the UDP source port (no IP options / extension headers
+    xor x                  ;  assumed: the hash is still stable per flow if there are)
+    mul #0x9e3779b1        ; spread the bits (Fibonacci hashing), keep the high half
+    rsh #16
+    mod #k
+    ...                    ; then the same table as above
+
 cBPF needs no privilege and no syscall beyond ``setsockopt``.  eBPF
 (``SK_REUSEPORT`` programs, the only way to migrate queued connections
 without the ``tcp_migrate_req`` sysctl, and later maps of sockets for real
@@ -71,6 +89,7 @@ __all__ = [
     "bpf_syscall_number",
     "detach",
     "exit_insn",
+    "flow_hash_program",
     "load_sk_reuseport",
     "map_create",
     "map_delete",
@@ -86,8 +105,15 @@ SO_DETACH_REUSEPORT_BPF = 68
 
 _SKF_AD_OFF = -0x1000
 _SKF_AD_RANDOM = 56
+_SKF_NET_OFF = -0x100000  # loads relative to the network (IP) header
 _BPF_LD_W_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS
+_BPF_LD_H_ABS = 0x28  # BPF_LD | BPF_H | BPF_ABS
+_BPF_TAX = 0x07  # BPF_MISC | BPF_TAX
+_BPF_ALU_XOR_X = 0xAC  # BPF_ALU | BPF_XOR | BPF_X
+_BPF_ALU_MUL_K = 0x24  # BPF_ALU | BPF_MUL | BPF_K
+_BPF_ALU_RSH_K = 0x74  # BPF_ALU | BPF_RSH | BPF_K
 _BPF_ALU_MOD_K = 0x94  # BPF_ALU | BPF_MOD | BPF_K
+_GOLDEN = 0x9E3779B1  # 2**32 / the golden ratio: Knuth's multiplicative hash
 _BPF_JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
 _BPF_RET_K = 0x06  # BPF_RET | BPF_K
 _MAX_ALLOWED = 255  # a jump offset is one byte
@@ -120,12 +146,56 @@ def steering_program(allowed: Sequence[int]) -> list[Insn]:
         (_BPF_LD_W_ABS, 0, 0, (_SKF_AD_OFF + _SKF_AD_RANDOM) & 0xFFFFFFFF),
         (_BPF_ALU_MOD_K, 0, 0, k),
     ]
-    # jeq #i at position 2+i jumps to "ret allowed[i]" at position k+2+i:
-    # the offset (k+2+i) - (2+i) - 1 is k-1 for every i.
-    program += [(_BPF_JEQ_K, k - 1, 0, i) for i in range(k - 1)]
-    program.append((_BPF_RET_K, 0, 0, allowed[k - 1]))
-    program += [(_BPF_RET_K, 0, 0, allowed[i]) for i in range(k - 1)]
-    return program
+    return program + _table(allowed)
+
+
+def _table(allowed: Sequence[int]) -> list[Insn]:
+    """``A`` holds ``i`` in 0..k-1: return ``allowed[i]`` (see ``steering_program``)."""
+    k = len(allowed)
+    # jeq #i at position i jumps to "ret allowed[i]" at position k+i: offset k-1.
+    table = [(_BPF_JEQ_K, k - 1, 0, i) for i in range(k - 1)]
+    table.append((_BPF_RET_K, 0, 0, allowed[k - 1]))
+    table += [(_BPF_RET_K, 0, 0, allowed[i]) for i in range(k - 1)]
+    return table
+
+
+def _net(offset: int) -> int:
+    return (_SKF_NET_OFF + offset) & 0xFFFFFFFF
+
+
+def flow_hash_program(allowed: Sequence[int], family: socket.AddressFamily) -> list[Insn]:
+    """For a UDP group: the allowed index a hash of the source address and port picks.
+
+    Every datagram of one flow (source address and port) gets the same
+    index, so a flow stays with one worker while the program is attached.
+    """
+    k = len(allowed)
+    if not 1 <= k <= _MAX_ALLOWED:
+        raise ValueError(f"steering needs 1..{_MAX_ALLOWED} allowed sockets, got {k}")
+    if k == 1:
+        return [(_BPF_RET_K, 0, 0, allowed[0])]
+    if family == socket.AF_INET6:
+        # struct ipv6hdr: the source address at 8..23, the UDP header at 40.
+        program: list[Insn] = [(_BPF_LD_W_ABS, 0, 0, _net(8)), (_BPF_TAX, 0, 0, 0)]
+        for offset in (12, 16, 20):
+            program += [
+                (_BPF_LD_W_ABS, 0, 0, _net(offset)),
+                (_BPF_ALU_XOR_X, 0, 0, 0),
+                (_BPF_TAX, 0, 0, 0),
+            ]
+        sport = 40
+    else:
+        # struct iphdr: the source address at 12, the UDP header at 20 (no options).
+        program = [(_BPF_LD_W_ABS, 0, 0, _net(12)), (_BPF_TAX, 0, 0, 0)]
+        sport = 20
+    program += [
+        (_BPF_LD_H_ABS, 0, 0, _net(sport)),
+        (_BPF_ALU_XOR_X, 0, 0, 0),
+        (_BPF_ALU_MUL_K, 0, 0, _GOLDEN),
+        (_BPF_ALU_RSH_K, 0, 0, 16),
+        (_BPF_ALU_MOD_K, 0, 0, k),
+    ]
+    return program + _table(allowed)
 
 
 def attach_cbpf(sock: socket.socket, program: Sequence[Insn]) -> None:
@@ -299,6 +369,26 @@ def bpf(cmd: BpfCmd, attr: ctypes.Structure) -> int:
     return result
 
 
+#: How many times a program load interrupted by a signal is tried again.
+_PROG_LOAD_ATTEMPTS = 5
+
+
+def _prog_load(attr: ctypes.Structure) -> int:
+    """``BPF_PROG_LOAD``, again when a signal interrupted the verifier.
+
+    The verifier gives up with EAGAIN when a signal is pending on the caller
+    (a master gets SIGCHLD whenever a worker exits), which says nothing about
+    the program; the load is tried again a few times before the EAGAIN stands.
+    """
+    for _ in range(_PROG_LOAD_ATTEMPTS - 1):
+        try:
+            return bpf(BpfCmd.PROG_LOAD, attr)
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:
+                raise
+    return bpf(BpfCmd.PROG_LOAD, attr)
+
+
 def load_sk_reuseport(
     insns: Sequence[EbpfInsn], attach_type: AttachType, *, name: bytes = b"reuseport"
 ) -> int:
@@ -322,7 +412,7 @@ def load_sk_reuseport(
     # `buffer` and `license_` live in this frame until bpf() returns; the
     # kernel copies both during the call.
     try:
-        return bpf(BpfCmd.PROG_LOAD, attr)
+        return _prog_load(attr)
     except OSError as exc:
         if exc.errno not in (errno.EACCES, errno.EINVAL):
             raise
@@ -331,7 +421,7 @@ def load_sk_reuseport(
         log = ctypes.create_string_buffer(_VERIFIER_LOG)
         attr.log_level, attr.log_size, attr.log_buf = 1, _VERIFIER_LOG, ctypes.addressof(log)
         try:
-            return bpf(BpfCmd.PROG_LOAD, attr)
+            return _prog_load(attr)
         except OSError as again:
             lines = log.value.decode("ascii", "replace").strip().splitlines()
             why = " / ".join(lines[-3:]) if lines else "no verifier log"

@@ -122,7 +122,8 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=S,
         metavar="ADDRESS",
         help="address to listen on, repeatable: HOST:PORT ([::1]:8000 for IPv6; port 0 "
-        "picks a free port), unix:/path or fd://N (default 127.0.0.1:8000)",
+        "picks a free port), udp://HOST:PORT (served by a datagram app), unix:/path or "
+        "fd://N (default 127.0.0.1:8000)",
     )
     g.add_argument("--host", default=S, help="uvicorn's spelling: bind HOST (with --port)")
     g.add_argument("--port", type=int, default=S, help="uvicorn's spelling: bind --host:PORT")
@@ -196,6 +197,13 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=S,
         choices=_choices(Interface),
         help="how to call APP (default: detect)",
+    )
+    g.add_argument(
+        "--datagram-app",
+        default=S,
+        metavar="MODULE:ATTR",
+        help="the app for the udp:// binds (an asyncio.DatagramProtocol subclass or factory) "
+        "when APP serves the TCP ones; with udp:// binds only, APP itself is the datagram app",
     )
     g.add_argument("--app-dir", default=S, help="put this folder first on sys.path (default .)")
     g.add_argument(
@@ -594,10 +602,10 @@ def resolve_mode(config: Config) -> tuple[Mode, str]:
     if shared_only:
         names = ", ".join(str(b) for b in shared_only)
         has = "has" if len(shared_only) == 1 else "have"
-        if config.mode is Mode.REUSEPORT and not config.tcp_binds:
+        if config.mode is Mode.REUSEPORT and not config.ip_binds:
             raise ConfigError(
-                f"--mode reuseport needs a TCP bind: {names} {has} one accept queue by "
-                "nature, which every worker shares; use --mode shared (or auto)"
+                f"--mode reuseport needs a TCP bind (or a udp:// one): {names} {has} one "
+                "accept queue by nature, which every worker shares; use --mode shared (or auto)"
             )
         if config.mode is Mode.AUTO:
             return Mode.SHARED, (

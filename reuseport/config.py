@@ -8,12 +8,20 @@ raises ``ConfigError`` naming the value and the fix.  Durations are float second
 command line, the TOML file and ``REUSEPORT_*`` variables and hands them to
 ``Config`` as keyword arguments.
 
-Binds come in three kinds (``BindKind``): a TCP address (``BindAddress``,
-the only kind a SO_REUSEPORT group can form on), a Unix socket path
-(``UnixBind``, ``unix:/path``) and an inherited listening fd (``FdBind``,
-``fd://N``, also what systemd socket activation hands over).  The last two
-have one accept queue by nature: the master holds them as shared sockets in
-either mode.  ``parse_bind`` reads all three; ``Bind`` is their union.
+Binds come in four kinds (``BindKind``): a TCP or a UDP address
+(``BindAddress``, whose ``transport`` says which: the only kinds a
+SO_REUSEPORT group can form on), a Unix socket path (``UnixBind``,
+``unix:/path``) and an inherited listening fd (``FdBind``, ``fd://N``, also
+what systemd socket activation hands over).  The last two have one accept
+queue by nature: the master holds them as shared sockets in either mode.
+``parse_bind`` reads them all; ``Bind`` is their union.
+
+A server whose binds include both stream sockets (TCP, unix, fd) and UDP
+ones runs two apps: APP serves the stream binds and ``--datagram-app`` the
+UDP ones (the built-in demo serves both).  With UDP binds only, APP (or
+``--datagram-app``) is the datagram app.  ``Config`` refuses the
+combinations that cannot work when it can tell without importing the app
+(an explicit ``--interface``); the worker refuses the rest at boot.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ __all__ = [
     "Mode",
     "ProcessManager",
     "SteeringKind",
+    "Transport",
     "UnixBind",
     "WebSocketKind",
     "parse_bind",
@@ -90,6 +99,7 @@ class Interface(enum.Enum):
     PROTOCOL = "protocol"
     SOCKET = "socket"
     WSGI = "wsgi"  # PEP 3333, on a thread pool per worker (--threads)
+    DATAGRAM = "datagram"  # an asyncio.DatagramProtocol subclass or factory (udp:// binds)
 
 
 class LoopKind(enum.Enum):
@@ -131,8 +141,16 @@ class Lifespan(enum.Enum):
 
 class BindKind(enum.Enum):
     TCP = "tcp"  # HOST:PORT: per-worker SO_REUSEPORT sockets or one shared socket
+    UDP = "udp"  # udp://HOST:PORT: the same, with datagram sockets
     UNIX = "unix"  # unix:/path: always one shared socket
     FD = "fd"  # fd://N: an inherited listening socket, always shared
+
+
+class Transport(enum.Enum):
+    """What an IP bind carries: a SO_REUSEPORT group forms on either."""
+
+    TCP = "tcp"  # stream sockets; a group forms at listen()
+    UDP = "udp"  # datagram sockets; a group forms at bind()
 
 
 class CertReqs(enum.IntEnum):
@@ -145,22 +163,36 @@ class CertReqs(enum.IntEnum):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BindAddress:
-    """One TCP ``HOST:PORT`` to listen on.  ``port`` 0 means "pick one"."""
+    """One ``HOST:PORT`` to listen on (TCP) or receive on (UDP).  ``port`` 0 means "pick one"."""
 
     host: str
     port: int
     family: socket.AddressFamily
+    transport: Transport = Transport.TCP
 
-    kind = BindKind.TCP
     shared_only = False  # may have a SO_REUSEPORT socket per worker
 
     def __str__(self) -> str:
         if self.family == socket.AF_INET6:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+            where = f"[{self.host}]:{self.port}"
+        else:
+            where = f"{self.host}:{self.port}"
+        return f"udp://{where}" if self.udp else where
+
+    @property
+    def kind(self) -> BindKind:
+        return BindKind.UDP if self.udp else BindKind.TCP
+
+    @property
+    def udp(self) -> bool:
+        return self.transport is Transport.UDP
+
+    @property
+    def socktype(self) -> socket.SocketKind:
+        return socket.SOCK_DGRAM if self.udp else socket.SOCK_STREAM
 
     def with_port(self, port: int) -> BindAddress:
-        return BindAddress(host=self.host, port=port, family=self.family)
+        return BindAddress(host=self.host, port=port, family=self.family, transport=self.transport)
 
     @property
     def sockaddr(self) -> tuple[str, int]:
@@ -201,8 +233,17 @@ Bind = BindAddress | UnixBind | FdBind
 
 
 def parse_bind(text: str) -> Bind:
-    """Parse one ``--bind``: ``HOST:PORT``, ``[V6]:PORT``, ``:PORT``, ``unix:PATH`` or ``fd://N``."""
+    """Parse one ``--bind``: ``HOST:PORT``, ``[V6]:PORT``, ``:PORT``, ``udp://HOST:PORT``,
+    ``unix:PATH`` or ``fd://N``."""
     raw = text.strip()
+    if raw.lower().startswith("udp://"):
+        address = raw[len("udp://") :]
+        if not address:
+            raise ConfigError(
+                f"cannot parse bind {text!r}: expected udp://HOST:PORT, e.g. udp://127.0.0.1:9000"
+            )
+        tcp = parse_tcp_bind(address, scheme="udp://")
+        return BindAddress(host=tcp.host, port=tcp.port, family=tcp.family, transport=Transport.UDP)
     if raw.startswith("unix:"):
         path = raw[len("unix:") :]
         if not path:
@@ -224,17 +265,25 @@ def parse_bind(text: str) -> Bind:
     return parse_tcp_bind(text)
 
 
-def parse_tcp_bind(text: str) -> BindAddress:
+def parse_tcp_bind(text: str, *, scheme: str = "") -> BindAddress:
     """Parse ``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (all IPv4 interfaces).
 
     Host names are not resolved (that would be I/O); ``localhost`` is accepted
-    as a spelling of 127.0.0.1.
+    as a spelling of 127.0.0.1.  ``scheme`` is what the user typed before the
+    address (``udp://``), for the messages.
     """
     raw = text.strip()
-    hint = (
-        "expected HOST:PORT, e.g. 127.0.0.1:8000, 0.0.0.0:8000 or [::1]:8000 "
-        "(or unix:/path, fd://N)"
-    )
+    if scheme:
+        hint = (
+            f"expected {scheme}HOST:PORT, e.g. {scheme}127.0.0.1:9000, {scheme}0.0.0.0:9000 "
+            f"or {scheme}[::1]:9000"
+        )
+        text = scheme + text
+    else:
+        hint = (
+            "expected HOST:PORT, e.g. 127.0.0.1:8000, 0.0.0.0:8000 or [::1]:8000 "
+            "(or udp://HOST:PORT, unix:/path, fd://N)"
+        )
     if raw.startswith("["):
         host, sep, rest = raw[1:].partition("]")
         if not sep or not rest.startswith(":"):
@@ -246,7 +295,8 @@ def parse_tcp_bind(text: str) -> BindAddress:
             raise ConfigError(f"cannot parse bind {text!r}: {hint}")
         if ":" in host:
             raise ConfigError(
-                f"cannot parse bind {text!r}: put IPv6 addresses in brackets, e.g. [::1]:8000"
+                f"cannot parse bind {text!r}: put IPv6 addresses in brackets, "
+                f"e.g. {scheme}[::1]:8000"
             )
         if host == "":
             host = "0.0.0.0"
@@ -392,6 +442,7 @@ class Config:
     # Application loading.
     factory: bool = False  # APP is a callable that returns the app
     threads: int = DEFAULT_THREADS  # WSGI apps: app threads per worker
+    datagram_app: str | None = None  # serves the udp:// binds when APP serves the others
     env_file: str | None = None  # dotenv file loaded in each worker before the import
 
     # TLS (uvicorn's names).
@@ -462,6 +513,7 @@ class Config:
             raise ConfigError(
                 f"cannot parse app {self.app!r}: expected MODULE:ATTRIBUTE, e.g. myproject.web:app"
             )
+        self._validate_datagram_app()
         self._check_positive("workers", self.workers, minimum=1)
         self._check_positive("backlog", self.backlog, minimum=1)
         self._check_positive("max_spawn_rate", self.max_spawn_rate, minimum=1)
@@ -497,6 +549,59 @@ class Config:
             )
         set_(self, "log_level", self.log_level.lower())
         self._validate_pool()
+
+    def _validate_datagram_app(self) -> None:
+        """Which app serves which binds (see the module docstring); refuse what cannot work."""
+        app = self.datagram_app
+        if app is not None and app.count(":") != 1:
+            raise ConfigError(
+                f"cannot parse --datagram-app {app!r}: expected MODULE:ATTRIBUTE, e.g. dns:Resolver"
+            )
+        udp, stream = bool(self.udp_binds), bool(self.stream_binds)
+        if app is not None:
+            if not udp:
+                raise ConfigError(
+                    "--datagram-app serves udp:// binds and none is given: add one "
+                    "(-b udp://HOST:PORT) or leave --datagram-app out"
+                )
+            if not stream and self.app is not None:
+                raise ConfigError(
+                    "with udp:// binds only, APP would serve nothing beside --datagram-app: "
+                    "give just one of them"
+                )
+            if self.interface is Interface.DATAGRAM:
+                raise ConfigError(
+                    "--interface datagram says APP is a datagram app, and --datagram-app "
+                    "names another: --interface describes APP only; leave one out"
+                )
+            return
+        if self.interface is Interface.DATAGRAM:
+            if not udp:
+                raise ConfigError(
+                    "--interface datagram needs a udp:// bind (-b udp://HOST:PORT): "
+                    "a datagram app receives on UDP sockets only"
+                )
+            if stream:
+                names = ", ".join(str(b) for b in self.stream_binds)
+                raise ConfigError(
+                    f"--interface datagram: APP serves udp:// binds only, and {names} "
+                    f"{'is a stream bind' if len(self.stream_binds) == 1 else 'are stream binds'}"
+                    ". Serve it with another APP and pass this one as --datagram-app, "
+                    "or bind udp:// addresses only"
+                )
+            return
+        if udp and self.app is not None and stream and self.interface is not Interface.SOCKET:
+            raise ConfigError(
+                "a server with stream binds and udp:// binds runs two apps: APP for the stream "
+                "binds and --datagram-app MODULE:ATTR (an asyncio.DatagramProtocol subclass "
+                "or factory) for the UDP ones"
+            )
+        if udp and self.interface in (Interface.ASGI, Interface.STREAM, Interface.PROTOCOL):
+            raise ConfigError(
+                f"--interface {self.interface.value} cannot serve udp:// binds: pass "
+                "--datagram-app MODULE:ATTR for them, or --interface datagram if APP is an "
+                "asyncio.DatagramProtocol"
+            )
 
     def _validate_tls(self) -> None:
         others = {
@@ -536,7 +641,21 @@ class Config:
 
     @property
     def tcp_binds(self) -> tuple[BindAddress, ...]:
+        return tuple(b for b in self.binds if isinstance(b, BindAddress) and not b.udp)
+
+    @property
+    def udp_binds(self) -> tuple[BindAddress, ...]:
+        return tuple(b for b in self.binds if isinstance(b, BindAddress) and b.udp)
+
+    @property
+    def ip_binds(self) -> tuple[BindAddress, ...]:
+        """TCP and UDP binds: those a SO_REUSEPORT group can form on."""
         return tuple(b for b in self.binds if isinstance(b, BindAddress))
+
+    @property
+    def stream_binds(self) -> tuple[Bind, ...]:
+        """Binds served with connections (TCP, unix, fd): what APP serves beside UDP."""
+        return tuple(b for b in self.binds if not (isinstance(b, BindAddress) and b.udp))
 
     @property
     def shared_only_binds(self) -> tuple[UnixBind | FdBind, ...]:
@@ -631,7 +750,7 @@ def _flag(name: str) -> str:
 
 def _bind_key(bind: Bind) -> tuple[object, ...]:
     if isinstance(bind, BindAddress):
-        return ("tcp", bind.host, bind.port)
+        return (bind.transport.value, bind.host, bind.port)
     if isinstance(bind, UnixBind):
         return ("unix", bind.path)
     return ("fd", bind.fd)

@@ -88,6 +88,7 @@ class WorkerStats:
     accepted: int = 0  # connections accepted since start
     rescued: int = 0  # of those, taken from a stalled sibling's queue (sibling rescue)
     rescue_pending: int = 0  # rescued connections whose protocol is not made yet
+    datagrams: int = 0  # UDP datagrams received since start (each is also one request)
     lane: LoadPublisher | None = None
 
     def opened(self) -> None:

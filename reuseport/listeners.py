@@ -51,6 +51,32 @@ groups are kept per bind, so sockets whose group forms at ``bind()`` (UDP)
 or binds that cannot join one (unix sockets, inherited fds: shared-only) fit
 beside TCP; ``held`` lists every socket a new master would need (USR2).
 
+UDP binds (``udp://HOST:PORT``) have per-slot sockets and a group each, like
+TCP ones, with four differences, all kept here:
+
+- *The group forms at* ``bind()``.  A bound UDP socket receives datagrams,
+  so the reservation is a group member: right after binding it, the master
+  attaches the *hand-over* program ("index 1"), which sends every datagram to
+  the first slot socket that joins (while the reservation is alone the index
+  is out of range and the kernel's hash keeps it); when that socket joins,
+  the reservation is closed (the slot's socket moves to index 0) and the
+  program detached.  Datagrams that arrive before any slot socket exists are
+  lost with the reservation, as connections to a port nobody listens on are
+  refused.
+- *A UDP socket leaves its group only when its last descriptor closes*
+  (``shutdown()`` does nothing to an unconnected UDP socket).  So no other
+  process may hold a slot's UDP socket: siblings get no copies (sibling
+  rescue is for TCP), and ``release`` closes the master's, the last one.
+- *Steering is per datagram, so it must keep flows together.*  A UDP group
+  only ever has a program while a slot drains: ``bpf.flow_hash_program``,
+  which spreads the flows (source address and port) over the other members.
+  Load steering (``--steering load``/``p2c``) would move a flow's datagrams
+  between workers, so it never applies to UDP groups: new flows follow the
+  kernel's hash, as in nginx's ``listen ... udp reuseport``.
+- *The queue is bytes in a receive buffer*, not connections:
+  ``sockets.datagram_queue`` (for the drain) and ``/proc/net/udp`` (for
+  ``status``, with the drops) measure it.
+
 Binds that cannot join a group (``unix:/path``, ``fd://N``: one accept queue
 by nature) are shared sockets in either mode: bound (or adopted) by the
 master in ``bind``, handed to every worker by ``for_slot`` after the slot's
@@ -71,7 +97,8 @@ import select
 import socket
 from collections.abc import Collection, Sequence
 
-from .bpf import Group, attach_cbpf, detach, steering_program
+from . import procfs
+from .bpf import Group, attach_cbpf, detach, flow_hash_program, steering_program
 from .config import Bind, BindAddress, FdBind, Mode, UnixBind
 from .errors import errno_name
 from .loadboard import KernelSteering, LoadBoard
@@ -84,7 +111,9 @@ from .sockets import (
     check_port_guard,
     listen_queue_depth,
     reserve_port,
+    socket_inode,
 )
+from .status import DatagramSocketStatus
 
 __all__ = ["Listeners"]
 
@@ -93,6 +122,8 @@ log = logging.getLogger("reuseport.master")
 # What a group's program allows: its indices, or None for "no program, the
 # kernel's hash".
 _Program = tuple[int, ...] | None
+_HANDOVER_INDEX = 1  # a UDP reservation's program: the first slot socket that joins
+_HANDOVER: _Program = (_HANDOVER_INDEX,)
 
 
 def _readable(sock: socket.socket) -> bool:
@@ -121,6 +152,7 @@ class Listeners:
         self._reservations: list[socket.socket] = []
         self._slots: dict[int, list[socket.socket]] = {}  # slot: one socket per bind
         self._groups: list[Group] = []  # one per bind
+        self._handover: dict[int, socket.socket] = {}  # group: its UDP reservation, until a join
         self._opening: int | None = None  # a worker of this slot is opening its sockets
         self._excluded: frozenset[int] = frozenset()  # slots steering keeps connections from
         self._attached: list[_Program] = []  # per group, what the attached program allows
@@ -149,11 +181,17 @@ class Listeners:
                     check_port_guard(addr)
                     sock = reserve_port(addr)
                     self._reservations.append(sock)
+                    if addr.udp:  # its group index: the IP binds before it
+                        index = sum(isinstance(b, BindAddress) for b in resolved)
+                        self._reserve_udp(index, sock)
                 resolved.append(addr.with_port(sock.getsockname()[1]))
             self.binds = tuple(resolved)
             if self.mode is Mode.REUSEPORT:
                 self._groups = [Group() for _ in self.slot_binds]
-                self._attached = [None for _ in self.slot_binds]
+                self._attached = [
+                    _HANDOVER if index in self._handover else None
+                    for index in range(len(self.slot_binds))
+                ]
                 if anchor:
                     socks: list[socket.socket] = []
                     self._slots[0] = socks  # closed with the rest if one bind fails
@@ -164,6 +202,19 @@ class Listeners:
         except BaseException:
             self.close()
             raise
+
+    def _reserve_udp(self, index: int, sock: socket.socket) -> None:
+        """A UDP reservation is group ``index``'s first member: hand its datagrams over.
+
+        Without the program (a kernel without cBPF steering, before Linux
+        4.6) the reservation would take a share of the datagrams between the
+        first slot socket's bind and the moment the master closes it.
+        """
+        self._handover[index] = sock
+        try:
+            attach_cbpf(sock, steering_program([_HANDOVER_INDEX]))
+        except OSError as exc:
+            log.debug("no hand-over program for udp group %d (%s)", index, errno_name(exc))
 
     def _bind_shared_only(self, addr: UnixBind | FdBind) -> socket.socket:
         """The one socket of a bind that has one accept queue by nature."""
@@ -198,7 +249,8 @@ class Listeners:
         lines = []
         for addr in self.binds:
             if isinstance(addr, BindAddress):
-                lines.append(f"{scheme}://{addr} ({self.mode.value} mode)")
+                shown = str(addr) if addr.udp else f"{scheme}://{addr}"
+                lines.append(f"{shown} ({self.mode.value} mode)")
                 continue
             where = str(addr)
             if isinstance(addr, FdBind):
@@ -219,6 +271,7 @@ class Listeners:
             sock.close()
         self._shared.clear()
         self._reservations.clear()
+        self._handover.clear()
         self._slots.clear()
         for unix_file in self._unix_files:
             unix_file.remove()
@@ -266,12 +319,20 @@ class Listeners:
         return [*self._slots.get(slot, ()), *self._shared]
 
     def siblings_of(self, slot: int) -> dict[int, list[socket.socket]]:
-        """Every other slot's sockets, but the draining one's (reuseport mode)."""
+        """Every other slot's TCP sockets, but the draining one's (reuseport mode)."""
         return {
-            other: list(socks)
-            for other, socks in self._slots.items()
+            other: self.rescue_sockets(other)
+            for other in self._slots
             if other != slot and other != self.draining
         }
+
+    def rescue_sockets(self, slot: int) -> list[socket.socket]:
+        """The sockets of ``slot`` its siblings may serve when it stalls: its TCP ones.
+
+        Never its UDP sockets: a copy in a sibling would keep a UDP socket in
+        its group after the slot is released (see the module docstring).
+        """
+        return [s for s in self._slots.get(slot, ()) if s.type == socket.SOCK_STREAM]
 
     def holds(self, slot: int) -> bool:
         return slot in self._slots
@@ -362,13 +423,42 @@ class Listeners:
         self._slots[slot] = socks
         for group in self._groups:
             group.joined(slot)
+        if self._handover:
+            self._hand_over(socks)
         if self.kernel is not None:
+            self._kernel_add(slot, socks)
+
+    def _hand_over(self, socks: Sequence[socket.socket]) -> None:
+        """The first slot socket joined each UDP group: close the reservation, detach its program.
+
+        The reservation sat at index 0 and the joined socket at 1; closing the
+        reservation moves the joined socket into index 0, which is where
+        ``Group`` has had it all along.
+        """
+        for index, reservation in list(self._handover.items()):
+            del self._handover[index]
+            self._reservations.remove(reservation)
+            reservation.close()
             try:
-                self.kernel.add(slot, socks)
-                for index, sock in enumerate(socks):
-                    self.kernel.attach(index, sock)
-            except OSError as exc:
-                self._kernel_failed(exc)
+                self._attach_group(socks[index], None, 1, udp=True)
+                self._attached[index] = None
+            except OSError:
+                self._stale = True  # ("index 1" of one member is the hash anyway)
+
+    def _tcp_indices(self) -> list[int]:
+        """The group indices of the TCP binds: the groups kernel (p2c) steering runs on."""
+        return [i for i, addr in enumerate(self.slot_binds) if not addr.udp]
+
+    def _kernel_add(self, slot: int, socks: Sequence[socket.socket]) -> None:
+        """Put ``slot``'s TCP sockets in the p2c program's socket maps (attaching it once)."""
+        assert self.kernel is not None
+        try:
+            tcp = [socks[i] for i in self._tcp_indices()]
+            self.kernel.add(slot, tcp)
+            for index, sock in enumerate(tcp):
+                self.kernel.attach(index, sock)
+        except OSError as exc:
+            self._kernel_failed(exc)
 
     def use_board(self, board: LoadBoard) -> None:
         """Share per-slot load with the workers (sibling rescue) without kernel steering."""
@@ -381,9 +471,15 @@ class Listeners:
         self.kernel = kernel
         self.board = kernel.board
         for slot, socks in self._slots.items():  # the ondemand anchor
-            self.kernel.add(slot, socks)
-            for index, sock in enumerate(socks):
+            tcp = [socks[i] for i in self._tcp_indices()]
+            self.kernel.add(slot, tcp)
+            for index, sock in enumerate(tcp):
                 self.kernel.attach(index, sock)
+
+    @property
+    def kernel_binds(self) -> int:
+        """How many groups kernel (p2c) steering would run on: the TCP ones."""
+        return len(self._tcp_indices())
 
     def _kernel_failed(self, exc: OSError) -> None:
         """A map update or attach failed: fall back to cBPF programs for good."""
@@ -394,7 +490,8 @@ class Listeners:
         )
         kernel, self.kernel = self.kernel, None
         if kernel is not None:
-            for index, group in enumerate(self._groups):
+            for index in self._tcp_indices():
+                group = self._groups[index]
                 if group.order:
                     with contextlib.suppress(OSError):
                         detach(self._slots[group.order[0]][index])
@@ -445,7 +542,10 @@ class Listeners:
 
         ``shutdown()`` first: it takes the socket out of its group at once,
         even while a sibling still holds a copy (sibling rescue), so the group
-        order changes exactly here.
+        order changes exactly here.  A UDP socket leaves only when this last
+        copy closes; a worker forked a moment ago still holds one until its
+        ``close_in_child`` runs (its first step), so a fork racing a release
+        can leave the socket in the group for that long.
         """
         if self.kernel is not None:
             try:
@@ -456,11 +556,12 @@ class Listeners:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+        tcp = self._tcp_indices()
         for index, group in enumerate(self._groups):
             if slot in group.order:
                 group.left(slot)
-            if not group.order and self.kernel is not None:
-                self.kernel.group_closed(index)
+            if not group.order and self.kernel is not None and index in tcp:
+                self.kernel.group_closed(tcp.index(index))
         if self.board is not None and 0 <= slot < self.board.capacity:
             self.board.clear_slot(slot)
         if self.draining == slot:
@@ -498,21 +599,27 @@ class Listeners:
         excluded = set(self._excluded)
         if self.draining is not None:
             excluded.add(self.draining)
-        if self.kernel is not None and self.board is not None:
+        # UDP groups: only the draining slot is ever steered out (module docstring).
+        draining = set() if self.draining is None else {self.draining}
+        kernel = self.kernel is not None and self.board is not None
+        udp = [addr.udp for addr in self.slot_binds]
+        for index, group in enumerate(self._groups):
+            if kernel and not udp[index]:
+                continue  # the p2c program, attached once, reads the board
+            program = self._program(group, draining if udp[index] else excluded)
+            if (program == self._attached[index] and not force) or not group.order:
+                continue
+            self._attach_group(
+                self._slots[group.order[0]][index], program, len(group.order), udp[index]
+            )
+            self._attached[index] = program
+        if kernel:
+            assert self.board is not None
             # The program reads the active slots from the board, per connection.
             active = [slot for slot in self.order if slot not in excluded]
             if not active and self.draining is not None:
                 active = [slot for slot in self.order if slot != self.draining]
             self.board.set_active(active)
-            self._stale = False
-            return
-        wanted = [self._program(group, excluded) for group in self._groups]
-        if wanted == self._attached and not force:
-            return
-        for index, (group, program) in enumerate(zip(self._groups, wanted, strict=True)):
-            if group.order:
-                self._attach_group(self._slots[group.order[0]][index], program, len(group.order))
-                self._attached[index] = program
         self._stale = False
 
     def _program(self, group: Group, excluded: set[int]) -> _Program:
@@ -525,10 +632,18 @@ class Listeners:
         return tuple(allowed) or None
 
     @staticmethod
-    def _attach_group(sock: socket.socket, program: _Program, members: int) -> None:
-        """Give ``sock``'s group ``program`` (any member's socket serves the whole group)."""
+    def _attach_group(
+        sock: socket.socket, program: _Program, members: int, udp: bool = False
+    ) -> None:
+        """Give ``sock``'s group ``program`` (any member's socket serves the whole group).
+
+        A UDP group gets the flow-hash form of the program (see ``bpf``).
+        """
         if program is not None:
-            attach_cbpf(sock, steering_program(program))
+            if udp:
+                attach_cbpf(sock, flow_hash_program(program, sock.family))
+            else:
+                attach_cbpf(sock, steering_program(program))
             return
         try:
             detach(sock)
@@ -536,7 +651,11 @@ class Listeners:
             if exc.errno == errno.ENOENT:  # nothing attached
                 return
             # Linux < 5.3 cannot detach: allow every index instead.
-            attach_cbpf(sock, steering_program(list(range(members))))
+            everyone = list(range(members))
+            attach_cbpf(
+                sock,
+                flow_hash_program(everyone, sock.family) if udp else steering_program(everyone),
+            )
 
     def _fall_back_to_hash(self, slot: int, exc: OSError) -> None:
         log.warning(
@@ -546,9 +665,10 @@ class Listeners:
             errno_name(exc),
         )
         try:
-            for index, group in enumerate(self._groups):
-                if group.order:
-                    self._attach_group(self._slots[group.order[0]][index], None, len(group.order))
+            for index, (group, addr) in enumerate(zip(self._groups, self.slot_binds, strict=True)):
+                if group.order and (self.kernel is None or addr.udp):
+                    sock = self._slots[group.order[0]][index]
+                    self._attach_group(sock, None, len(group.order), addr.udp)
                     self._attached[index] = None
         except OSError as again:
             self._stale = True
@@ -559,3 +679,42 @@ class Listeners:
                 errno_name(again),
                 slot,
             )
+
+    # ------------------------------------------------------------------ UDP status
+    def datagram_status(self) -> tuple[DatagramSocketStatus, ...]:
+        """Each UDP socket the master holds: its receive queue and drops, from /proc/net/udp.
+
+        One row per slot socket (reuseport) or per shared socket; a socket
+        the table does not show (it cannot be read) has None figures.
+        """
+        held: list[tuple[str, int | None, socket.socket]] = []
+        if self.mode is Mode.SHARED:
+            # Shared mode: one socket per bind, in the order of the binds.
+            for addr, sock in zip(self.binds, self._shared, strict=False):
+                if isinstance(addr, BindAddress) and addr.udp:
+                    held.append((str(addr), None, sock))
+        else:
+            for index, addr in enumerate(self.slot_binds):
+                if addr.udp:
+                    for slot in sorted(self._slots):
+                        held.append((str(addr), slot, self._slots[slot][index]))
+        if not held:
+            return ()
+        rows: dict[int, procfs.UdpSocket] = {}
+        for family in {sock.family for _, _, sock in held}:
+            with contextlib.suppress(OSError):
+                rows.update((row.inode, row) for row in procfs.udp_sockets(family))
+        result = []
+        for bind, owner, sock in held:
+            inode = socket_inode(sock)
+            row = rows.get(inode)
+            result.append(
+                DatagramSocketStatus(
+                    bind=bind,
+                    slot=owner,
+                    inode=inode,
+                    queue=row.rx_queue if row else None,
+                    drops=row.drops if row else None,
+                )
+            )
+        return tuple(result)

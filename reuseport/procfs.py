@@ -1,11 +1,12 @@
 """Process and socket facts from Linux's ``/proc``, read the way ``ps`` and ``ss`` read them.
 
 Rules: this is the one place that parses ``/proc/<pid>/stat``,
-``/proc/<pid>/fd`` and ``/proc/net/tcp{,6}``; the port guard, the probe, the
-benchmark, the scripts and the tests all ask here.  It imports nothing from
-reuseport, starts nothing and never signals anything.  A process that
-vanishes while we look is simply not reported (``/proc`` changes under us all
-the time); a table that cannot be read at all (``tcp_listeners``) raises
+``/proc/<pid>/fd``, ``/proc/net/tcp{,6}`` and ``/proc/net/udp{,6}``; the port
+guard, ``status``, the probe, the benchmark, the scripts and the tests all ask
+here.  It imports nothing from reuseport, starts nothing and never signals
+anything.  A process that vanishes while we look is simply not reported
+(``/proc`` changes under us all the time); a table that cannot be read at all
+(``tcp_listeners``, ``udp_sockets``) raises
 ``OSError``, because "nothing listens" and "we could not look" must never be
 confused.
 
@@ -27,15 +28,18 @@ __all__ = [
     "PROC",
     "ProcInfo",
     "TcpListener",
+    "UdpSocket",
     "alive",
     "all_procs",
     "children_of",
     "cmdline",
     "descendants_of",
+    "parse_udp_table",
     "pids_holding",
     "proc_info",
     "socket_inodes_of",
     "tcp_listeners",
+    "udp_sockets",
 ]
 
 PROC = "/proc"  # where procfs is mounted (tests point it elsewhere)
@@ -208,3 +212,61 @@ def tcp_listeners(family: socket.AddressFamily) -> list[TcpListener]:
             )
         )
     return found
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UdpSocket:
+    """One row of ``/proc/net/udp`` or ``/proc/net/udp6``: a bound UDP socket."""
+
+    ip: str  # local address: "127.0.0.1", "::1"
+    port: int
+    uid: int
+    inode: int
+    rx_queue: int  # bytes waiting to be read (the kernel's rmem_alloc: datagrams plus overhead)
+    drops: int  # datagrams the socket dropped (receive buffer full, bad checksum, ...)
+    connected: bool  # st 01: connect()ed to one peer (a client's socket)
+
+
+_UDP_ESTABLISHED = "01"
+
+
+def parse_udp_table(text: str, family: socket.AddressFamily) -> list[UdpSocket]:
+    """The rows of a ``/proc/net/udp{,6}`` table; rows that do not parse are skipped.
+
+    Columns (``udp4_format_sock`` in the kernel): sl, local address, remote
+    address, st, ``tx_queue:rx_queue`` (hex), ``tr:tm->when``, retrnsmt, uid,
+    timeout, inode, ref, pointer, drops.
+    """
+    found = []
+    for row in text.splitlines()[1:]:
+        parts = row.split()
+        if len(parts) < 13:
+            continue
+        try:
+            ip_hex, _, port_hex = parts[1].partition(":")
+            _tx, _, rx = parts[4].partition(":")
+            found.append(
+                UdpSocket(
+                    ip=_decode_ip(ip_hex, family),
+                    port=int(port_hex, 16),
+                    uid=int(parts[7]),
+                    inode=int(parts[9]),
+                    rx_queue=int(rx, 16),
+                    drops=int(parts[12]),
+                    connected=parts[3] == _UDP_ESTABLISHED,
+                )
+            )
+        except ValueError:
+            continue
+    return found
+
+
+def udp_sockets(family: socket.AddressFamily) -> list[UdpSocket]:
+    """Every UDP socket of ``family`` (AF_INET or AF_INET6) bound in this network namespace.
+
+    Raises ``OSError`` when the table cannot be read (no ``/proc``, or a
+    kernel without IPv6 for ``/proc/net/udp6``).
+    """
+    path = f"{PROC}/net/udp" if family == socket.AF_INET else f"{PROC}/net/udp6"
+    with open(path, encoding="ascii") as fh:
+        return parse_udp_table(fh.read(), family)

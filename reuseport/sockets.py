@@ -8,9 +8,16 @@ out.  SO_REUSEPORT errors are never swallowed.
 The port guard exists because SO_REUSEPORT has no notion of "the same
 application": any process of the same UID that sets the option can bind the
 same ip:port and silently receive a share of the connections.  Before joining
-a group we list the LISTEN rows for the port in /proc/net/tcp{,6} and refuse
-if any of them is not ours.  The guard fails closed: if that table cannot be
-read on Linux, we refuse to start rather than guess that nobody listens.
+a group we list the LISTEN rows for the port in /proc/net/tcp{,6} (for a UDP
+bind: every row of /proc/net/udp{,6}, since a UDP socket receives as soon as
+it is bound) and refuse if any of them is not ours.  The guard fails closed:
+if that table cannot be read on Linux, we refuse to start rather than guess
+that nobody listens.
+
+UDP binds go through the same functions: ``BindAddress.socktype`` says which
+kind of socket to make, and a UDP socket is bound but never listens (its
+group forms at ``bind()``).  ``datagram_queue`` is the UDP counterpart of
+``listen_queue_depth``.
 
 Unix socket files: a file left by a server that died is *stale* and is
 removed before binding, but only after a connect to it is refused (nobody
@@ -48,6 +55,7 @@ __all__ = [
     "bind_shared",
     "bind_unix",
     "check_port_guard",
+    "datagram_queue",
     "describe_owner",
     "find_listeners",
     "listen_queue_depth",
@@ -165,7 +173,10 @@ def _bind_error(addr: BindAddress, exc: SocketSetupError, mode_hint: str) -> Reu
 
 
 def bind_reuseport(addr: BindAddress, backlog: int, *, listen: bool = True) -> socket.socket:
-    """A socket with SO_REUSEPORT set before bind, bound (and listening) on ``addr``."""
+    """A socket with SO_REUSEPORT set before bind, bound (and listening) on ``addr``.
+
+    A UDP socket never listens: it joins its group, and receives, at once.
+    """
     if not hasattr(socket, "SO_REUSEPORT"):
         raise PlatformError(
             f"this platform ({sys.platform}) has no SO_REUSEPORT; use --mode shared"
@@ -173,10 +184,10 @@ def bind_reuseport(addr: BindAddress, backlog: int, *, listen: bool = True) -> s
     try:
         return open_socket(
             addr.family,
-            socket.SOCK_STREAM,
+            addr.socktype,
             addr.sockaddr,
             reuseport=True,
-            backlog=backlog if listen else None,
+            backlog=backlog if listen and not addr.udp else None,
         )
     except SocketSetupError as exc:
         raise _bind_error(
@@ -188,10 +199,14 @@ def bind_reuseport(addr: BindAddress, backlog: int, *, listen: bool = True) -> s
 
 
 def bind_shared(addr: BindAddress, backlog: int) -> socket.socket:
-    """One SO_REUSEADDR socket that every worker will accept from."""
+    """One SO_REUSEADDR socket that every worker will accept from (or read, for UDP)."""
     try:
         return open_socket(
-            addr.family, socket.SOCK_STREAM, addr.sockaddr, reuseport=False, backlog=backlog
+            addr.family,
+            addr.socktype,
+            addr.sockaddr,
+            reuseport=False,
+            backlog=None if addr.udp else backlog,
         )
     except SocketSetupError as exc:
         raise _bind_error(addr, exc, "") from None
@@ -203,13 +218,19 @@ def reserve_port(addr: BindAddress) -> socket.socket:
     Used in reuseport mode: with port 0 it picks the one port every worker
     will bind; in every case it keeps the port out of other hands while no
     worker listens (between respawns, or with an ondemand pool at zero).  A
-    bound socket that does not listen receives no connections.
+    bound socket that does not listen receives no connections.  A bound UDP
+    socket does receive datagrams: ``Listeners`` steers them away from it and
+    closes it once the first slot's socket has joined (see there).
     """
     return bind_reuseport(addr, 0, listen=False)
 
 
-def adopt(fd: int) -> socket.socket:
-    """Wrap an inherited fd, checking it is a listening stream socket."""
+def adopt(fd: int, *, datagram: bool = False) -> socket.socket:
+    """Wrap an inherited fd, checking it is a listening stream socket.
+
+    With ``datagram`` a bound UDP socket passes too (a worker inheriting its
+    slot's or the shared udp:// socket from the master).
+    """
     hint = (
         "pass the number of a listening socket this process inherited "
         "(e.g. from systemd socket activation or a parent started with pass_fds)"
@@ -219,7 +240,11 @@ def adopt(fd: int) -> socket.socket:
     except OSError as exc:
         raise BindError(f"fd {fd} is not a usable socket ({errno_name(exc)}): {hint}") from None
     try:
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
+        kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        if datagram and kind == socket.SOCK_DGRAM:
+            sock.setblocking(False)
+            return sock
+        if kind != socket.SOCK_STREAM:
             raise BindError(f"fd {fd} is not a stream socket: {hint}")
         if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             raise BindError(f"fd {fd} is a socket that does not listen: {hint}")
@@ -374,38 +399,51 @@ def _overlaps(addr: BindAddress, ip: str) -> bool:
     return ip in wildcard or addr.host in wildcard
 
 
-def find_listeners(addr: BindAddress) -> list[ListenerInfo]:
-    """Every LISTEN socket on ``addr``'s port whose address overlaps it.
+def _bound_rows(addr: BindAddress) -> list[tuple[str, int, int, int]]:
+    """(ip, port, uid, inode) of the sockets that may share ``addr``'s traffic.
 
-    Raises ``PlatformError`` on Linux when ``/proc/net/tcp{,6}`` cannot be
-    read: "nobody listens" must never stand in for "we could not look".
-    Elsewhere there is no table to read and the answer is [].
+    TCP: the LISTEN rows.  UDP: every unconnected row (a bound UDP socket
+    receives; a connected one only hears its own peer).
+    """
+    if addr.udp:
+        return [
+            (row.ip, row.port, row.uid, row.inode)
+            for row in procfs.udp_sockets(addr.family)
+            if not row.connected
+        ]
+    return [(row.ip, row.port, row.uid, row.inode) for row in procfs.tcp_listeners(addr.family)]
+
+
+def find_listeners(addr: BindAddress) -> list[ListenerInfo]:
+    """Every LISTEN socket (UDP: bound socket) on ``addr``'s port whose address overlaps it.
+
+    Raises ``PlatformError`` on Linux when ``/proc/net/tcp{,6}`` (or
+    ``udp{,6}``) cannot be read: "nobody listens" must never stand in for "we
+    could not look".  Elsewhere there is no table to read and the answer is [].
     """
     if not sys.platform.startswith("linux"):
         return []
     try:
-        table = procfs.tcp_listeners(addr.family)
+        table = _bound_rows(addr)
     except OSError as exc:
-        where = exc.filename or f"{procfs.PROC}/net/tcp"
+        where = exc.filename or f"{procfs.PROC}/net/{addr.transport.value}"
         raise PlatformError(
             f"cannot check who else listens on {addr}: reading {where} failed "
             f"({errno_name(exc)}), so the port guard cannot see a foreign listener that "
             "would silently share the traffic. Mount /proc (e.g. `mount -t proc proc /proc`), "
             "or use --mode shared"
         ) from None
-    rows = [row for row in table if row.port == addr.port and _overlaps(addr, row.ip)]
-    holders = procfs.pids_holding(row.inode for row in rows)
+    rows = [row for row in table if row[1] == addr.port and _overlaps(addr, row[0])]
+    holders = procfs.pids_holding(row[3] for row in rows)
     result = []
-    for row in rows:
-        local = (
-            f"[{row.ip}]:{row.port}" if addr.family == socket.AF_INET6 else f"{row.ip}:{row.port}"
-        )
+    for ip, port, uid, inode in rows:
+        local = f"[{ip}]:{port}" if addr.family == socket.AF_INET6 else f"{ip}:{port}"
         result.append(
             ListenerInfo(
-                local=local,
-                inode=row.inode,
-                uid=row.uid,
-                pids=tuple(sorted(holders.get(row.inode, ()))),
+                local=("udp://" if addr.udp else "") + local,
+                inode=inode,
+                uid=uid,
+                pids=tuple(sorted(holders.get(inode, ()))),
             )
         )
     return result
@@ -435,9 +473,9 @@ def check_port_guard(addr: BindAddress, own_inodes: Iterable[int] = ()) -> None:
     if foreign:
         owners = "; ".join(f"{info.local} held by {describe_owner(info)}" for info in foreign)
         raise PortGuardError(
-            f"refusing to start: something already listens on {addr} ({owners}). In reuseport "
-            "mode a second listener of the same user would silently share the traffic. Stop "
-            "that process, or choose another port with --bind"
+            f"refusing to start: something already {'receives' if addr.udp else 'listens'} on "
+            f"{addr} ({owners}). In reuseport mode a second socket of the same user would "
+            "silently share the traffic. Stop that process, or choose another port with --bind"
         )
 
 
@@ -461,3 +499,27 @@ def listen_queue_depth(sock: socket.socket) -> tuple[int, int] | None:
         return None
     unacked, sacked = fields[12], fields[13]
     return unacked, sacked
+
+
+_SO_MEMINFO = 55  # asm-generic; Python's socket module lacks it
+_MEMINFO = struct.Struct("=I")  # SK_MEMINFO_RMEM_ALLOC, the first of the u32 array
+
+
+def datagram_queue(sock: socket.socket) -> int | None:
+    """Bytes waiting in a UDP socket's receive queue (0: nothing to read).
+
+    ``SO_MEMINFO``'s receive-memory figure (what ``/proc/net/udp`` shows as
+    ``rx_queue``): datagrams plus their overhead, so a zero-length datagram
+    still counts.  ``FIONREAD`` would not do: on UDP it gives the size of the
+    first datagram only.  None where ``SO_MEMINFO`` is missing (not Linux).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 64)
+    except OSError:
+        return None
+    if len(raw) < _MEMINFO.size:
+        return None
+    queued: int = _MEMINFO.unpack_from(raw)[0]
+    return queued

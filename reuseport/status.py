@@ -39,6 +39,7 @@ from .lifecycle import ExitCause, SpawnCause, WorkerHandle, WorkerState
 from .scoreboard import Row
 
 __all__ = [
+    "DatagramSocketStatus",
     "EventCounts",
     "MasterEvents",
     "MasterStatus",
@@ -188,6 +189,17 @@ class SteeringStatus:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class DatagramSocketStatus:
+    """One UDP socket the master holds, as ``/proc/net/udp`` shows it."""
+
+    bind: str  # "udp://127.0.0.1:9000"
+    slot: int | None  # the slot it belongs to (reuseport mode); None: the shared socket
+    inode: int
+    queue: int | None  # bytes waiting to be read (rx_queue); None: the table could not be read
+    drops: int | None  # datagrams dropped since the socket was made (receive buffer full, ...)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class EventCounts:
     spawns: Mapping[SpawnCause, int]
     exits: Mapping[ExitCause, int]
@@ -256,6 +268,7 @@ class Status:
     totals: Totals
     steering: SteeringStatus
     events: EventCounts
+    udp: tuple[DatagramSocketStatus, ...] = ()  # every UDP socket held (udp:// binds)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready dict ``reuseport status --json`` prints."""

@@ -21,6 +21,10 @@ Three mechanisms share one sample of the queues per tick (every 20 ms):
 
 ``setup`` decides which steering runs: ``auto`` takes p2c where the kernel
 loads the eBPF program (CAP_BPF or CAP_SYS_ADMIN) and ``load`` otherwise.
+
+All of it is for TCP groups: a UDP group's datagrams follow the kernel's hash
+(steering them by load would split flows), and only a draining slot is steered
+out of it (``listeners.py``).  A server with UDP binds only has nothing here.
 """
 
 from __future__ import annotations
@@ -67,10 +71,12 @@ class Traffic:
         self.listeners = listeners
         self.configured = config.steering
         # AUTO and P2C become P2C or LOAD once the kernel has said whether it
-        # loads eBPF (``setup``); shared mode has nothing to steer.
-        self.kind = config.steering if mode is Mode.REUSEPORT else SteeringKind.HASH
+        # loads eBPF (``setup``); shared mode, and UDP groups, have nothing to steer.
+        groups = mode is Mode.REUSEPORT and bool(config.tcp_binds)
+        self.kind = config.steering if groups else SteeringKind.HASH
         self.steering = Steering(load_aware=self.kind is SteeringKind.LOAD)
-        self.rescue = config.rescue and mode is Mode.REUSEPORT
+        self.rescue = config.rescue and groups
+        self.udp = mode is Mode.REUSEPORT and bool(config.udp_binds)
         self.decision = Rescue()
         self._warned = False
         self._lag = 0.0  # how late the master's timed waits end, smoothed (seconds)
@@ -91,6 +97,11 @@ class Traffic:
         An explicit ``p2c`` that cannot load is a warning, ``auto`` says why
         in an info line; either way the fallback is ``load`` (cBPF, sampled).
         """
+        if self.udp:
+            log.info(
+                "UDP binds: datagrams follow the kernel's hash (a flow stays with its worker); "
+                "only a draining worker is steered out, by source address and port"
+            )
         if self.kind is SteeringKind.HASH and not self.rescue:
             return
         listeners = self.listeners
@@ -98,7 +109,7 @@ class Traffic:
             board: LoadBoard | None = None
             try:
                 board = LoadBoard(capacity, ebpf=True)
-                listeners.use_kernel_steering(KernelSteering(board, len(listeners.slot_binds)))
+                listeners.use_kernel_steering(KernelSteering(board, listeners.kernel_binds))
             except OSError as exc:
                 if board is not None:
                     board.close()

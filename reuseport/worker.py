@@ -60,13 +60,13 @@ import setproctitle
 
 from . import apps, envfile, logs, tls
 from .apps.base import HostedApp, StopReason, WorkerContext, WorkerStats
-from .config import BindAddress, Config, Interface, LoopKind, Mode
+from .config import BindAddress, Config, LoopKind, Mode
 from .connections import LoadPublisher
 from .errors import BootError, ConfigError, ExitCode, ReuseportError
 from .loadboard import LoadBoard
 from .rescue import Rescuer
 from .scoreboard import Scoreboard, SlotState
-from .sockets import adopt, bind_reuseport, listen_queue_depth
+from .sockets import adopt, bind_reuseport, datagram_queue, listen_queue_depth
 
 __all__ = [
     "WorkerSpec",
@@ -290,7 +290,7 @@ class _Worker:
     def _open_sockets(self) -> tuple[list[socket.socket], list[int]]:
         """Return (sockets to serve, fds to hand to the master)."""
         spec = self.spec
-        inherited = [adopt(fd) for fd in spec.listen_fds]
+        inherited = [adopt(fd, datagram=True) for fd in spec.listen_fds]
         if not spec.binds:
             if not inherited:
                 raise BootError("internal error: a worker was started without a socket")
@@ -329,22 +329,20 @@ class _Worker:
             stats=self.stats,
             tls=tls_context,
         )
-        if config.app is None:
-            obj = apps.load_app(apps.DEMO_APP, config.app_dir)
-        else:
-            obj = apps.load_app(config.app, config.app_dir, factory=config.factory)
-        if config.interface is Interface.AUTO:
-            interface, reason = apps.detect(obj)
-        else:
-            interface, reason = config.interface, "from --interface"
-        if interface is Interface.WSGI and spec.slot == 0:
+        hosting = apps.host(
+            config,
+            ctx,
+            streams=any(sock.type != socket.SOCK_DGRAM for sock in socks),
+            datagrams=any(sock.type == socket.SOCK_DGRAM for sock in socks),
+        )
+        hosted, interface, reason = hosting.app, hosting.interface, hosting.reason
+        if interface == "wsgi" and spec.slot == 0:
             log.info(
                 "serving %s on %d app threads per worker (%s)",
                 config.app_label,
                 config.threads,
                 reason,
             )
-        hosted = apps.build(obj, interface, ctx)
         await hosted.startup()
         board = spec.board
         if board is not None and spec.slot < board.capacity:
@@ -360,9 +358,7 @@ class _Worker:
             self.siblings.clear()
         self.state = SlotState.READY
         self.beat()
-        send_message(
-            spec.channel, {"type": "ready", "interface": interface.value, "reason": reason}
-        )
+        send_message(spec.channel, {"type": "ready", "interface": interface, "reason": reason})
         log.log(
             logs.TRACE,
             "worker %d (pid %d) booted in %.3fs: sockets, TLS, app import, startup",
@@ -374,7 +370,7 @@ class _Worker:
             "worker %d serving %s as %s (%s)",
             spec.slot,
             config.app_label,
-            interface.value,
+            interface,
             reason,
         )
         return hosted
@@ -486,10 +482,11 @@ class _Worker:
         deadline = started + self.spec.config.graceful_timeout
         quiet_since: float | None = None
         accepted_at_start = accepted = self.stats.accepted
+        datagrams_at_start = datagrams = self.stats.datagrams
         # Quiet means: nothing waits in the queue *and* nothing new was
-        # accepted for a while.  An empty queue alone proves little: a worker
-        # that accepts fast sees an empty queue even while connections still
-        # arrive.
+        # accepted (or received, on a UDP socket) for a while.  An empty queue
+        # alone proves little: a worker that accepts fast sees an empty queue
+        # even while connections still arrive.
         while True:
             now = time.monotonic()
             if now >= deadline:
@@ -500,19 +497,21 @@ class _Worker:
                     self.stats.accepted - accepted_at_start,
                 )
                 break
-            depths = [listen_queue_depth(sock) for sock in self._own_sockets()]
-            empty = all(d is not None and d[0] == 0 for d in depths)
-            if not empty or self.stats.accepted != accepted:
+            empty = all(_queued(sock) == 0 for sock in self._own_sockets())
+            if not empty or self.stats.accepted != accepted or self.stats.datagrams != datagrams:
                 quiet_since = None
                 accepted = self.stats.accepted
+                datagrams = self.stats.datagrams
             elif quiet_since is None:
                 quiet_since = now
             elif now - quiet_since >= _DRAIN_QUIET:
                 log.info(
-                    "Worker %d drained in %.2fs (%d connections accepted while draining)",
+                    "Worker %d drained in %.2fs (%d connections accepted, %d datagrams "
+                    "received while draining)",
                     self.spec.slot,
                     now - started,
                     accepted - accepted_at_start,
+                    datagrams - datagrams_at_start,
                 )
                 break
             await asyncio.sleep(_DRAIN_POLL)
@@ -536,6 +535,14 @@ class _Worker:
                 self.spec.channel, {"type": "boot_error", "code": code, "message": message}
             )
         return code
+
+
+def _queued(sock: socket.socket) -> int | None:
+    """What waits in one of our sockets: connections (TCP), bytes of datagrams (UDP)."""
+    if sock.type == socket.SOCK_DGRAM:
+        return datagram_queue(sock)
+    depth = listen_queue_depth(sock)
+    return None if depth is None else depth[0]
 
 
 def run(spec: WorkerSpec) -> int:

@@ -235,6 +235,9 @@ def read_responses(socks: Sequence[socket.socket], timeout: float) -> list[tuple
 _LISTENING = re.compile(
     r"Listening at https?://(\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\s]+)):(?P<port>\d+) "
 )
+_LISTENING_UDP = re.compile(
+    r"Listening at udp://(\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\s]+)):(?P<port>\d+) "
+)
 # "Ready: 2 workers serving demo as protocol (reuseport mode)"; an ondemand pool
 # says "Ready: 0 workers (ondemand pool: ...) (reuseport mode)".
 _READY = re.compile(
@@ -386,6 +389,17 @@ class Server:
             if match:
                 found.append((match["v6"] or match["v4"], int(match["port"])))
         return found
+
+    @property
+    def udp_addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of every ``Listening at udp://`` line so far, in order."""
+        with self._cond:
+            lines = list(self.lines)
+        return [
+            (match["v6"] or match["v4"], int(match["port"]))
+            for line in lines
+            if (match := _LISTENING_UDP.search(line))
+        ]
 
     @property
     def port(self) -> int:

@@ -44,6 +44,7 @@ FLAG_CASES: list[tuple[tuple[str, ...], str, object]] = [
         "binds",
         (parse_bind("127.0.0.1:9001"), parse_bind("[::1]:9002")),
     ),
+    (("-b", "udp://127.0.0.1:9003"), "binds", (parse_bind("udp://127.0.0.1:9003"),)),
     (("--mode", "shared"), "mode", Mode.SHARED),
     (("--mode", "reuseport"), "mode", Mode.REUSEPORT),
     (("--backlog", "16"), "backlog", 16),
@@ -54,6 +55,11 @@ FLAG_CASES: list[tuple[tuple[str, ...], str, object]] = [
     (("--rescue",), "rescue", True),
     (("--interface", "socket"), "interface", Interface.SOCKET),
     (("--app-dir", "src"), "app_dir", "src"),
+    (
+        ("--datagram-app", "echo:Echo", "-b", "udp://127.0.0.1:9004", "-b", "127.0.0.1:9005"),
+        "datagram_app",
+        "echo:Echo",
+    ),
     (("--loop", "asyncio"), "loop", LoopKind.ASYNCIO),
     (("--lifespan", "off"), "lifespan", Lifespan.OFF),
     (("--root-path", "/api"), "root_path", "/api"),
@@ -181,6 +187,7 @@ ALSO_SET: dict[str, set[str]] = {
     "user": {"group"},
     "ssl_ciphers": {"ssl_certfile"},
     "access_logfile": {"access_log"},
+    "datagram_app": {"binds"},
 }
 
 

@@ -68,3 +68,44 @@ def test_a_pass_program_loads_and_serves_a_group(attach_type: AttachType) -> Non
                 conn.close()
     finally:
         os.close(fd)
+
+
+_PASS = [mov64_imm(0, SK_PASS), exit_insn()]
+
+
+def _fake_bpf(failures: list[int], calls: list[int]) -> object:
+    def fake(cmd: object, attr: object) -> int:
+        calls.append(1)
+        if failures:
+            code = failures.pop(0)
+            raise OSError(code, os.strerror(code))
+        return 42
+
+    return fake
+
+
+def test_a_load_interrupted_by_a_signal_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The verifier answers EAGAIN when a signal is pending on the loader
+    # (a master gets SIGCHLD whenever a worker exits); that is not a verdict.
+    calls: list[int] = []
+    monkeypatch.setattr("reuseport.bpf.bpf", _fake_bpf([errno.EAGAIN, errno.EAGAIN], calls))
+    assert load_sk_reuseport(_PASS, AttachType.SK_REUSEPORT_SELECT) == 42
+    assert len(calls) == 3
+
+
+def test_eagain_stands_after_a_few_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr("reuseport.bpf.bpf", _fake_bpf([errno.EAGAIN] * 10, calls))
+    with pytest.raises(OSError, match=os.strerror(errno.EAGAIN)) as raised:
+        load_sk_reuseport(_PASS, AttachType.SK_REUSEPORT_SELECT)
+    assert raised.value.errno == errno.EAGAIN
+    assert len(calls) == 5
+
+
+def test_a_permission_error_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr("reuseport.bpf.bpf", _fake_bpf([errno.EPERM] * 10, calls))
+    with pytest.raises(OSError, match=os.strerror(errno.EPERM)) as raised:
+        load_sk_reuseport(_PASS, AttachType.SK_REUSEPORT_SELECT)
+    assert raised.value.errno == errno.EPERM
+    assert len(calls) == 1

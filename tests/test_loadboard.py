@@ -186,8 +186,11 @@ def test_p2c_keeps_queues_level_when_nobody_accepts(
 ) -> None:
     """Every connection goes to the shorter of two queues: 30 spread about 10/10/10.
 
-    (Exactly 10 each unless connecting took longer than ``STALL_NS``: then
-    the slot that queued first looks stalled a moment before the others.)
+    Two candidates out of three leave out the shortest queue a third of the
+    time, so the spread is not always exact: simulated, 98% of runs end at
+    most 2 apart and one in 300,000 more than 6 (hashing alone: more than 6
+    apart in about one run in three).  A slot that looks stalled for a moment
+    (connecting took longer than ``STALL_NS``) only moves a connection or two.
     """
     board, _, by_slot = steered
     port = by_slot[2].getsockname()[1]
@@ -195,7 +198,7 @@ def test_p2c_keeps_queues_level_when_nobody_accepts(
     try:
         assigned = [board.assigned(slot) for slot in by_slot]
         assert sum(assigned) == 30
-        assert max(assigned) - min(assigned) <= 2, assigned
+        assert max(assigned) - min(assigned) <= 6, assigned
         taken = [_accept_all(sock) for sock in by_slot.values()]
         assert taken == assigned  # the program's count is the kernel's queue
     finally:

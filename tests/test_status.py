@@ -20,6 +20,7 @@ from reuseport.control import render_status
 from reuseport.lifecycle import ExitCause, SpawnCause, WorkerHandle, WorkerState
 from reuseport.scoreboard import Row, SlotState
 from reuseport.status import (
+    DatagramSocketStatus,
     MasterEvents,
     MasterStatus,
     PoolStatus,
@@ -59,6 +60,7 @@ WORKER_KEYS = [
 ]
 TOTALS_KEYS = ["requests", "in_flight", "connections", "accepted", "rescued", "queue"]
 STEERING_KEYS = ["kind", "steered_away", "stalled", "active", "rescue", "rescuing", "loads"]
+UDP_KEYS = ["bind", "slot", "inode", "queue", "drops"]
 SPAWNS = {"start": 0, "respawn": 0, "reload": 0, "recycle": 0, "scale": 0}
 EXITS = {"crash": 0, "heartbeat": 0, "recycle": 0, "reload": 0, "scale": 0, "stop": 0, "boot": 0}
 EVENTS = {
@@ -111,19 +113,21 @@ def a_status(workers: tuple[WorkerStatus, ...] = ()) -> Status:
         totals=Totals.of(workers, queue=4),
         steering=SteeringStatus(kind=SteeringKind.LOAD, steered_away=(1,), stalled=()),
         events=MasterEvents().snapshot(),
+        udp=(DatagramSocketStatus(bind="udp://127.0.0.1:2", slot=0, inode=9, queue=768, drops=3),),
     )
 
 
 def test_the_dict_has_exactly_the_documented_keys(channel: socket.socket) -> None:
     worker = WorkerStatus.of(a_handle(channel, WorkerState.READY), a_row(100), (1, 128), now=15.0)
     snapshot = a_status((worker,)).to_dict()
-    assert list(snapshot) == ["master", "pool", "workers", "totals", "steering", "events"]
+    assert list(snapshot) == ["master", "pool", "workers", "totals", "steering", "events", "udp"]
     assert list(snapshot["master"]) == MASTER_KEYS
     assert list(snapshot["pool"]) == POOL_KEYS
     assert [list(w) for w in snapshot["workers"]] == [WORKER_KEYS]
     assert list(snapshot["totals"]) == TOTALS_KEYS
     assert list(snapshot["steering"]) == STEERING_KEYS
     assert snapshot["events"] == EVENTS
+    assert [list(u) for u in snapshot["udp"]] == [UDP_KEYS]
     assert json.loads(json.dumps(snapshot)) == snapshot  # plain JSON types only
 
 

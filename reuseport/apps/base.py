@@ -14,6 +14,11 @@ worker drives every adapter through the same three steps:
    ``timeout``.  ``reason`` (``StopReason``: stop, scale-down, reload,
    recycle) is what a protocol may tell its peer (a WebSocket's close code).
 
+What an adapter can serve: ``streams`` (listening TCP, unix and fd sockets)
+and ``datagrams`` (UDP sockets), class attributes the worker checks before
+serving (``apps.host``).  Most adapters serve streams only; the datagram
+adapter serves UDP only; the demo and the socket adapter serve both.
+
 Sibling rescue: an adapter whose connections come from a protocol factory
 says so in ``protocol_factory()``; the worker may then ``serve_rescued(conn)``
 a connection it accepted from a stalled sibling's queue, with the same
@@ -36,7 +41,7 @@ import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..config import Config, Mode
 from ..connections import Connections, ManagedConnection, StopReason, WorkerStats
@@ -69,6 +74,9 @@ class WorkerContext:
 
 class HostedApp(abc.ABC):
     """One application as the worker sees it (see the module docstring)."""
+
+    streams: ClassVar[bool] = True  # serves listening stream sockets
+    datagrams: ClassVar[bool] = False  # serves UDP sockets
 
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx

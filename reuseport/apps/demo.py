@@ -6,6 +6,12 @@ keep-alive, pipelining, HEAD, ``Connection: close`` and HTTP/1.0 are honoured)
 rather than an ASGI app.  The whole response is prebuilt and rebuilt only when
 the ``Date`` second changes.
 
+On ``udp://`` binds it is a datagram echo that names the worker: every
+datagram is answered with ``{"pid", "slot", "mode"}``, a newline and the
+datagram itself (cut to fit one reply), so a client can match answers to
+what it sent and count exactly which worker read each one (``reuseport
+bench --scenario udp``).
+
 Two extras, for the benchmark: ``/work?slot=K&ms=M`` makes the worker in
 slot K burn M milliseconds of CPU before answering (the others answer at
 once), i.e. one slow worker (the ``skewed`` scenario); ``/stall?slot=K&ms=M&
@@ -18,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from email.utils import formatdate
-from typing import cast
+from typing import Any, cast
 from urllib.parse import parse_qs
 
 import httptools
@@ -31,10 +38,12 @@ from .. import tls
 from ..config import Interface
 from ..connections import Connections, ManagedConnection, StopReason
 from .base import HostedApp, WorkerContext
+from .datagram import DatagramEndpoints, Endpoint
 
 __all__ = ["DemoApp", "app"]
 
 _MAX_WORK_MS = 1000.0
+_MAX_DATAGRAM = 65507  # the largest UDP payload over IPv4
 
 
 def _query(url: bytes) -> dict[str, list[str]]:
@@ -43,9 +52,12 @@ def _query(url: bytes) -> dict[str, list[str]]:
 
 
 class DemoApp(HostedApp):
+    datagrams = True  # the worker-naming echo on udp:// binds
+
     def __init__(self, ctx: WorkerContext) -> None:
         super().__init__(ctx)
         self.connections = Connections()
+        self.endpoints = DatagramEndpoints()
         body = json.dumps(
             {"pid": ctx.pid, "slot": ctx.slot, "mode": ctx.mode.value}, separators=(",", ":")
         ).encode()
@@ -115,9 +127,37 @@ class DemoApp(HostedApp):
     def serving_ssl(self) -> ssl.SSLContext | None:
         return tls.offer_http11(self.ctx.tls) if self.ctx.tls is not None else None
 
+    async def serve(self, sockets: Sequence[socket.socket]) -> None:
+        for sock in sockets:
+            if sock.type == socket.SOCK_DGRAM:
+                await self.endpoints.open(sock, DemoDatagram(self))
+            else:
+                self.servers.append(await self.listen(sock))
+
     async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         await self.stop_accepting()
-        await self.connections.drain(timeout, reason)
+        await asyncio.gather(self.connections.drain(timeout, reason), self.endpoints.close(timeout))
+
+
+class DemoDatagram(Endpoint):
+    """The echo on a udp:// bind: the worker's JSON, a newline, then the datagram."""
+
+    def __init__(self, app: DemoApp) -> None:
+        super().__init__()
+        self.stats = app.ctx.stats
+        self.head = app.body + b"\n"
+        self.room = _MAX_DATAGRAM - len(self.head)
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.DatagramTransport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        stats = self.stats
+        stats.requests += 1
+        stats.datagrams += 1
+        if self.transport is not None:
+            self.transport.sendto(self.head + data[: self.room], addr)
 
 
 class DemoProtocol(asyncio.Protocol, ManagedConnection):

@@ -170,7 +170,12 @@ class PlainProtocolApp(HostedApp):
 
 
 class SocketApp(HostedApp):
-    """``async def serve(sock)``: any asyncio server, run until cancelled."""
+    """``async def serve(sock)``: any asyncio server, run until cancelled.
+
+    It is handed every socket, UDP ones included: what it does with them is its own.
+    """
+
+    datagrams = True
 
     def __init__(self, app: object, ctx: WorkerContext) -> None:
         super().__init__(ctx)

@@ -72,6 +72,7 @@ class ErrorKind(enum.Enum):
     BAD_STATUS = "bad_status"  # a status other than 200
     BAD_BODY = "bad_body"  # the demo app's JSON (pid, slot) missing or invalid
     BAD_RESPONSE = "bad_response"  # not parseable as HTTP/1.1
+    LOST = "lost"  # UDP: no answer to a datagram within request_timeout
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -89,6 +90,9 @@ class LoadSpec:
     check_body: bool = True
     connect_timeout: float = 2.0
     request_timeout: float = 5.0
+    # UDP datagrams instead of HTTP requests (``udpload``): each client a socket
+    # of its own, one datagram in flight; the answer must echo it.
+    datagram: bool = False
 
     def __post_init__(self) -> None:
         if self.connections < 1:
@@ -387,11 +391,17 @@ async def run_load(spec: LoadSpec) -> LoadResult:
 
 
 def _run_in_process(spec: LoadSpec) -> LoadResult:
+    if spec.datagram:
+        from .udpload import run_udp_load
+
+        main = run_udp_load(spec)
+    else:
+        main = run_load(spec)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(run_load(spec))
-    return uvloop.run(run_load(spec))
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def split_connections(total: int, processes: int) -> list[int]:

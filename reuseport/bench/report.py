@@ -256,6 +256,12 @@ def render(result: BenchResult, info: dict[str, Any]) -> str:
             f"{', '.join(accepts)}: one connection per request, so requests per worker "
             "= accepts per worker."
         )
+    datagrams = [s.name for s in cfg.scenarios if s.datagram]
+    if datagrams:
+        lines.append(
+            f"{', '.join(datagrams)}: one request = one UDP datagram and its answer (req/s = "
+            "datagrams answered per second); errors = datagrams lost (no answer within 1 s)."
+        )
     kills = {s.name for s in cfg.scenarios if s.kills}
     errors = _error_lines([s for s in result.summaries if s.scenario not in kills])
     lines += ["errors by kind (median per run):", *errors] if errors else ["errors: none"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ConfigError
-from .errors import MissingToolError
+from .errors import BenchError, MissingToolError
 from .loadgen import ClientProcesses, LoadSpec
 from .results import Measurement, RunResult, Summary, summarize
 from .scenarios import SCENARIOS, ChurnAction, Scenario
@@ -37,6 +37,8 @@ _WRK_TIMEOUT = 5.0
 _SETTLE_TIMEOUT = 15.0
 # No churn action this close to the end: its effect would not be measured.
 _CHURN_TAIL = 0.3
+# A datagram with no answer within this long counts as lost (UDP scenarios).
+_UDP_TIMEOUT = 1.0
 
 
 class Generator:
@@ -77,6 +79,8 @@ class BenchConfig:
             raise ConfigError(f"invalid --load-generator {self.load_generator!r}")
 
     def generator_for(self, scenario: Scenario, wrk: str | None) -> str:
+        if scenario.datagram:
+            return Generator.BUILTIN  # wrk speaks HTTP only
         if self.load_generator == Generator.AUTO:
             # wrk is the stronger client for raw keep-alive throughput; the
             # built-in one checks every body, which the other scenarios need.
@@ -223,14 +227,21 @@ def run_one(
                 workdir,
             )
         else:
+            if scenario.datagram and not server.udp_port:
+                raise BenchError(
+                    f"the server under test for {scenario.name} said no 'Listening at udp://' "
+                    "line; its last log lines:\n" + (server.log_tail() or "(none)")
+                )
             spec = LoadSpec(
                 host="127.0.0.1",
-                port=server.port,
+                port=server.udp_port if scenario.datagram else server.port,
                 connections=config.connections,
                 duration=config.duration,
                 path=scenario.path,
                 keepalive=scenario.keepalive,
                 check_body=config.app is None,
+                datagram=scenario.datagram,
+                **({"request_timeout": _UDP_TIMEOUT} if scenario.datagram else {}),
             )
             load = _BuiltinRun(spec, config.clients, workdir)
         load.start()

@@ -32,6 +32,18 @@ Why each one exists:
   first) in turn, one a second, and the server runs with ``--max-requests``
   so workers are also recycled during the run.  None of these may lose a
   request, so churn's errors should be 0 in both modes.
+* ``udp`` (opt-in, ``--scenario udp``) - a UDP echo: the server gets a
+  ``udp://`` bind beside its TCP one, and each client (a socket of its own,
+  so its own 4-tuple) sends a datagram and waits for the answer before the
+  next.  The demo answers with the worker that read it, so the spread is
+  exact; a datagram unanswered within a second counts as lost.  In reuseport
+  mode every worker reads its own socket and the kernel hashes each client to
+  one; in shared mode every worker reads the one socket (and every datagram
+  wakes them all).
+* ``udp-churn`` (opt-in) - ``udp`` while the pool changes as in ``churn``
+  (HUP, TTIN, TTOU, ``--max-requests``, which counts datagrams): a slot's
+  socket outlives its workers and a retiring slot is steered out and drained
+  first, so no datagram should be lost.
 * ``churn-kill`` (opt-in, ``--churn-kill``) - ``connect`` while the runner
   SIGKILLs a worker that is serving, every ~1.5 s, and does nothing else.
   The requests a killed worker had already accepted are lost by definition;
@@ -47,6 +59,8 @@ __all__ = [
     "ALL_SCENARIOS",
     "CHURN_KILL",
     "SCENARIOS",
+    "UDP",
+    "UDP_CHURN",
     "ChurnAction",
     "Scenario",
     "scenario_by_name",
@@ -71,6 +85,7 @@ class Scenario:
     churn: tuple[ChurnAction, ...] = ()  # cycled through while the load runs
     churn_interval: float = 1.5  # seconds between churn actions
     server_args: tuple[str, ...] = ()  # added to the server's `reuseport serve` command
+    datagram: bool = False  # UDP datagrams to the server's udp:// bind, not HTTP requests
 
     @property
     def kills(self) -> bool:
@@ -80,7 +95,7 @@ class Scenario:
     @property
     def counts_accepts(self) -> bool:
         """Each request is its own connection, so requests per worker = accepts."""
-        return not self.keepalive
+        return not self.keepalive and not self.datagram
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -124,8 +139,26 @@ CHURN_KILL = Scenario(
     churn=(ChurnAction.KILL,),
 )
 
+_UDP_BIND = ("--bind", "udp://127.0.0.1:0")
+
+UDP = Scenario(
+    name="udp",
+    summary="UDP echo: each client sends a datagram and waits for its answer",
+    datagram=True,
+    server_args=_UDP_BIND,
+)
+
+UDP_CHURN = Scenario(
+    name="udp-churn",
+    summary="UDP echo while workers are reloaded, added, removed and recycled",
+    datagram=True,
+    churn=(ChurnAction.HUP, ChurnAction.TTIN, ChurnAction.TTOU),
+    churn_interval=1.0,
+    server_args=(*_UDP_BIND, "--max-requests", "30000", "--max-requests-jitter", "3000"),
+)
+
 # What --scenario accepts; SCENARIOS is the default set.
-ALL_SCENARIOS: tuple[Scenario, ...] = (*SCENARIOS, CHURN_KILL)
+ALL_SCENARIOS: tuple[Scenario, ...] = (*SCENARIOS, UDP, UDP_CHURN, CHURN_KILL)
 
 
 def scenario_by_name(name: str) -> Scenario:

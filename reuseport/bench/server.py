@@ -43,6 +43,7 @@ from .events import PoolState
 __all__ = ["ServerProcess", "fetch_worker"]
 
 _LISTENING = re.compile(r"Listening at http://127\.0\.0\.1:(\d+)")
+_LISTENING_UDP = re.compile(r"Listening at udp://127\.0\.0\.1:(\d+)")
 _READY = re.compile(r"Ready: (\d+) workers?")
 _PROBLEM = re.compile(r" (WARNING|ERROR|CRITICAL) ")
 _LOG_TAIL = 200
@@ -138,6 +139,7 @@ class ServerProcess:
         ]
         self.log_path = log_path  # every line of the master's log, when given
         self.port = 0
+        self.udp_port = 0  # the udp:// bind's, when the scenario adds one
         self._proc: subprocess.Popen[str] | None = None
         self._log: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL)
         self._cond = threading.Condition()
@@ -189,6 +191,8 @@ class ServerProcess:
             if not self.port and (m := _LISTENING.search(line)):
                 self.port = int(m.group(1))
                 self._cond.notify_all()
+            if not self.udp_port and (m := _LISTENING_UDP.search(line)):
+                self.udp_port = int(m.group(1))
             if not self._ready and _READY.search(line):
                 self._ready = True
                 self._cond.notify_all()

@@ -4,7 +4,9 @@ Rules: rendering only, from the JSON dict a master sends (so it also renders
 a snapshot from an older or newer master): a missing key shows as '-', an
 unknown key is ignored, a value of the wrong type never raises.  Sections
 appear in a fixed order: the master line, the pool line, the events line
-(when the master counts events), the worker table with its total row.
+(when the master counts events), the worker table with its total row, then
+the UDP sockets (when the server has ``udp://`` binds): each one's receive
+queue in bytes and the datagrams it dropped, from ``/proc/net/udp``.
 """
 
 from __future__ import annotations
@@ -173,6 +175,32 @@ def _table(rows: list[list[str]]) -> Iterator[str]:
         yield "  ".join(cells).rstrip()
 
 
+_UDP_COLUMNS = (("UDP SOCKET", "bind"), ("SLOT", "slot"), ("QUEUE", "queue"), ("DROPS", "drops"))
+
+
+def _udp_lines(sockets: list[Mapping[str, Any]]) -> list[str]:
+    """The UDP sockets table: QUEUE is bytes waiting to be read, DROPS datagrams dropped."""
+    rows = [[name for name, _ in _UDP_COLUMNS]]
+    for sock in sockets:
+        slot = sock.get("slot")
+        rows.append(
+            [
+                _cell(sock.get("bind")),
+                "shared" if "slot" in sock and slot is None else _cell(slot),
+                _cell(sock.get("queue")),
+                _cell(sock.get("drops")),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_UDP_COLUMNS))]
+    return [
+        "  ".join(
+            text.ljust(width) if i == 0 else text.rjust(width)
+            for i, (text, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
 def render_status(snapshot: Mapping[str, Any]) -> str:
     """The human report of a snapshot.  Missing keys show as '-'; unknown keys are ignored."""
     master = _mapping(snapshot.get("master"))
@@ -211,4 +239,7 @@ def render_status(snapshot: Mapping[str, Any]) -> str:
     if not workers:
         lines.insert(1, "(no workers)")
     out.extend(line + "\n" for line in lines)
+    udp = snapshot.get("udp")
+    if isinstance(udp, list) and udp:
+        out.extend(line + "\n" for line in _udp_lines([_mapping(u) for u in udp]))
     return "".join(out)
