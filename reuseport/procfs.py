@@ -1,7 +1,7 @@
 """Process and socket facts from Linux's ``/proc``, read the way ``ps`` and ``ss`` read them.
 
 Rules: this is the one place that parses ``/proc/<pid>/stat``,
-``/proc/<pid>/fd`` and ``/proc/net/tcp{,6}``; the port guard, the probe, the
+``/proc/<pid>/fd``, ``/proc/net/tcp{,6}`` and ``/proc/net/netstat``; the port guard, the probe, the
 benchmark, the scripts and the tests all ask here.  It imports nothing from
 reuseport, starts nothing and never signals anything.  A process that
 vanishes while we look is simply not reported (``/proc`` changes under us all
@@ -32,6 +32,7 @@ __all__ = [
     "children_of",
     "cmdline",
     "descendants_of",
+    "netstat",
     "pids_holding",
     "proc_info",
     "socket_inodes_of",
@@ -207,4 +208,29 @@ def tcp_listeners(family: socket.AddressFamily) -> list[TcpListener]:
                 inode=int(parts[9]),
             )
         )
+    return found
+
+
+def netstat() -> dict[str, dict[str, int]]:
+    """The counters of ``/proc/net/netstat`` by section: ``{"TcpExt": {"ListenOverflows": 3}}``.
+
+    They count for the whole network namespace (a container's own, or the
+    host's), not for one process.  The file pairs a line of names with a line
+    of values per section.  Raises ``OSError`` when it cannot be read.
+    """
+    with open(f"{PROC}/net/netstat", encoding="ascii") as fh:
+        lines = fh.read().splitlines()
+    found: dict[str, dict[str, int]] = {}
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        section, _, name_text = names.partition(":")
+        other, _, value_text = values.partition(":")
+        if section != other:
+            continue
+        counters: dict[str, int] = {}
+        for name, value in zip(name_text.split(), value_text.split(), strict=False):
+            try:
+                counters[name] = int(value)
+            except ValueError:
+                continue
+        found[section] = counters
     return found
