@@ -392,6 +392,8 @@ class Listeners:
                 self._kernel_failed(exc)
                 return
             self._unmapped.discard(slot)
+        if not self._unmapped:
+            log.info("p2c steering: every slot is in this master's socket maps again")
 
     def queues(self) -> list[tuple[str, int | None, int, int]]:
         """(bind, slot or None for a shared socket, queued, backlog) per TCP listener held."""

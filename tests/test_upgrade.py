@@ -381,9 +381,10 @@ def test_a_new_master_that_fails_leaves_the_old_one_serving(place: Path, mode: s
         snapshot = query(str(place / "c.sock"))
         assert snapshot["master"]["pid"] == old
         if mode == "reuseport":
-            # Its own p2c program is back, with every slot in its socket map.
-            wait_until(lambda: query(str(place / "c.sock"))["steering"]["loads"], timeout=10)
+            # Its own p2c program is back, with every slot in its socket maps.
+            server.wait_for_line(r"every slot is in this master's socket maps again", start=mark)
             assert query(str(place / "c.sock"))["steering"]["active"] == "p2c"
+            assert "falling back to cBPF" not in server.stderr
         # Fixed on disk: the next SIGUSR2 goes through.
         _write_app(place, "two")
         new_master = _upgrade_under_load(place, server, new)
