@@ -13,15 +13,26 @@ field, and ``_bind_aliases`` turns host/port/uds/fd into binds, per source,
 so a higher source's binds replace a lower one's as a whole.
 
 Start-up checks that need I/O (the TLS files load, the log files open, the
-env file exists, the reload extra is installed) run in ``_cmd_serve`` before
-the master binds anything: a mistake there is exit 2 with a message, never a
-worker boot loop.
+env file exists, the reload and metrics extras are installed) run in
+``_cmd_serve`` before the master binds anything: a mistake there is exit 2
+with a message, never a worker boot loop.  The default ``--workers`` is
+lowered to the cgroup CPU limit here (``cgroups.py``; ``config.py`` does no
+I/O), and the master started by a SIGUSR2 upgrade takes its sockets, binds
+and mode from the hand-over (``upgrade.take``) instead of binding.
+
+``--check-config`` runs every check a start runs and imports the app, binds
+nothing, and exits 0, 2 (configuration) or 4 (the app); ``--print-config``
+prints the effective settings as TOML (usable as a ``--config`` file) with
+where each came from: ``build_config_with_sources`` merges the sources
+layer by layer and remembers the last layer that set each field.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
+import json
 import logging
 import os
 import sys
@@ -29,7 +40,7 @@ import tomllib
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from . import __version__, logs
+from . import __version__, cgroups, logs, upgrade
 from .activation import systemd_binds
 from .config import (
     DEFAULT_BIND,
@@ -44,6 +55,7 @@ from .config import (
     SteeringKind,
     WebSocketKind,
     parse_tcp_bind,
+    usable_cpus,
 )
 from .errors import ConfigError, ExitCode, ReuseportError
 
@@ -411,6 +423,34 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "-p", "--pid", dest="pid_file", default=S, metavar="FILE", help="write the master pid"
     )
     g.add_argument("--control", default=S, metavar="PATH", help="control socket for `status`")
+    g.add_argument(
+        "--metrics",
+        default=S,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, from the master "
+        "(needs reuseport[metrics]); also /status, /healthz, /readyz",
+    )
+    g.add_argument(
+        "--upgrade-timeout",
+        type=float,
+        default=S,
+        help="SIGUSR2: seconds the new master gets to be ready before it is stopped and the "
+        "running one keeps serving (default 60)",
+    )
+    g.add_argument(
+        "--check-config",
+        action="store_true",
+        default=S,
+        help="check the settings and import the app, bind nothing, then exit (0 ok, 2 bad "
+        "settings, 4 the app does not load)",
+    )
+    g.add_argument(
+        "--print-config",
+        action="store_true",
+        default=S,
+        help="print the effective settings as TOML, with where each came from (flag, "
+        "environment, file, default), then exit",
+    )
     g.add_argument("-u", "--user", default=S, help="run workers as this user")
     g.add_argument("-g", "--group", default=S, help="run workers as this group")
     g.add_argument("-n", "--name", dest="proc_name", default=S, help="name shown in process titles")
@@ -536,17 +576,23 @@ def _bind_aliases(values: dict[str, object]) -> dict[str, object]:
     return values
 
 
-def _from_env(environ: dict[str, str] | os._Environ[str]) -> dict[str, object]:
+def _from_env(
+    environ: dict[str, str] | os._Environ[str], names: dict[str, str] | None = None
+) -> dict[str, object]:
+    """The settings in ``REUSEPORT_*`` variables; ``names`` gets field -> variable."""
     annotations = {f: str(t) for f, t in Config.__annotations__.items()}
     annotations.update({"host": "str", "port": "int", "uds": "str", "fd": "int"})
     values: dict[str, object] = {}
     for key, text in environ.items():
-        if not key.startswith("REUSEPORT_") or key in {"REUSEPORT_CONFIG"}:
+        if not key.startswith("REUSEPORT_") or key in {"REUSEPORT_CONFIG", upgrade.ENV}:
             continue
         raw = key[len("REUSEPORT_") :].lower()
         name = _ALIASES.get(raw, raw)
         if name not in annotations:
             continue
+        if names is not None:
+            field = "binds" if name in _BIND_KEYS else name
+            names[field] = ", ".join(filter(None, [names.get(field), key]))
         kind = annotations[name]
         try:
             if name in _LIST_FIELDS:
@@ -562,25 +608,67 @@ def _from_env(environ: dict[str, str] | os._Environ[str]) -> dict[str, object]:
     return _bind_aliases(values)
 
 
+# argparse destinations that are actions of ``serve``, not settings.
+_ACTIONS = ("command", "func", "check_config", "print_config")
+
+
 def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
     """Merge file < environment < command line into a validated Config."""
+    return build_config_with_sources(args, environ)[0]
+
+
+def build_config_with_sources(
+    args: argparse.Namespace, environ: dict[str, str] | None = None
+) -> tuple[Config, dict[str, str]]:
+    """The validated Config, and where each field that is not a default came from.
+
+    Sources read ``flag``, ``environment (REUSEPORT_X)`` or ``file (PATH)``.
+    """
     env = os.environ if environ is None else environ
     given = dict(vars(args))
-    for key in ("command", "func"):
+    for key in _ACTIONS:
         given.pop(key, None)
     config_file = given.pop("config_file", None) or env.get("REUSEPORT_CONFIG")
     values: dict[str, object] = {}
+    sources: dict[str, str] = {}
     if config_file:
-        values.update(_from_toml(config_file))
-    values.update(_from_env(env))
+        layer = _from_toml(config_file)
+        values.update(layer)
+        sources.update(dict.fromkeys(layer, f"file ({config_file})"))
+    names: dict[str, str] = {}
+    layer = _from_env(env, names)
+    values.update(layer)
+    sources.update({key: f"environment ({names.get(key, '?')})" for key in layer})
     for name in _LIST_FIELDS:
         if name in given:
             given[name] = tuple(given[name])
-    values.update(_bind_aliases(given))
+    layer = _bind_aliases(given)
+    values.update(layer)
+    sources.update(dict.fromkeys(layer, "flag"))
     try:
-        return Config(**values)  # type: ignore[arg-type]
+        return Config(**values), sources  # type: ignore[arg-type]
     except TypeError as exc:
         raise ConfigError(f"bad configuration: {exc}") from None
+
+
+def apply_cpu_limit(
+    config: Config, sources: dict[str, str], *, limit: float | None = None, usable: int = 0
+) -> tuple[Config, str | None]:
+    """Lower the default ``--workers`` to the cgroup CPU limit; returns the log line.
+
+    Only a default changes (a value from any source stays); ``limit`` and
+    ``usable`` are read from the system when not given.  ``sources`` gets
+    ``workers`` with the reason.
+    """
+    if "workers" in sources:
+        return config, None
+    count, why = cgroups.default_workers(
+        usable or usable_cpus(), limit if limit is not None else cgroups.cpu_limit()
+    )
+    sources["workers"] = f"default: {why}"
+    if count != config.workers:
+        config = dataclasses.replace(config, workers=count)
+    return config, f"{count} worker{'s' if count != 1 else ''}: {why}"
 
 
 def _with_activation(config: Config) -> tuple[Config, tuple[FdBind, ...]]:
@@ -643,6 +731,10 @@ def check_startup(config: Config) -> None:
             "listening socket itself; give its server the certificate instead"
         )
     tls.check(config)
+    if config.metrics is not None:
+        from .metrics import check_available
+
+        check_available()
     if config.env_file is not None:
         envfile.load(config.env_file)
     if config.access_log_format is not None:
@@ -651,18 +743,138 @@ def check_startup(config: Config) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    config, activated = _with_activation(build_config(args))
+    if getattr(args, "print_config", False):
+        return _print_config(args)
+    # A master started by another one's SIGUSR2 gets its sockets from it.
+    handover = upgrade.take(os.environ, os.getppid())
+    config, sources = build_config_with_sources(args)
+    config, workers_line = apply_cpu_limit(config, sources)
+    activated: tuple[FdBind, ...] = ()
+    if handover is None:
+        config, activated = _with_activation(config)
     logs.setup(config)
+    if workers_line is not None:
+        log.info("%s", workers_line)
     if activated:
         log.info(
             "systemd socket activation: %s",
             ", ".join(f"{b} [{b.name}]" if b.name else str(b) for b in activated),
         )
+    if getattr(args, "check_config", False):
+        return _check_config(config)
     check_startup(config)
-    mode, reason = resolve_mode(config)
+    if handover is not None:
+        config, mode, reason = _inherit(config, handover)
+    else:
+        mode, reason = resolve_mode(config)
     from .arbiter import Arbiter
 
-    return Arbiter(config, mode, reason).run()
+    return Arbiter(config, mode, reason, handover=handover).run()
+
+
+def _inherit(config: Config, handover: upgrade.Handover) -> tuple[Config, Mode, str]:
+    """The binds and the mode of the master this one replaces (SIGUSR2): it keeps its sockets.
+
+    A change of either in the settings needs a restart; it is logged, not applied.
+    """
+    holdings = handover.holdings
+
+    def named(binds: Sequence[object]) -> list[str]:
+        # Inherited fds (systemd's) are not in the new master's settings.
+        return sorted(str(b) for b in binds if not str(b).startswith("fd://"))
+
+    if named(config.binds) != named(handover.configured):
+        log.warning(
+            "The binds changed since the running server started (%s, now %s); an upgrade "
+            "keeps the running server's sockets: restart it to change them",
+            ", ".join(named(handover.configured)),
+            ", ".join(named(config.binds)),
+        )
+    if config.mode not in (Mode.AUTO, holdings.mode):
+        log.warning(
+            "--mode %s: an upgrade keeps the running server's %s mode; restart to change it",
+            config.mode.value,
+            holdings.mode.value,
+        )
+    config = dataclasses.replace(config, binds=holdings.binds)
+    return config, holdings.mode, f"kept from the master this one replaces (pid {handover.master})"
+
+
+def _check_config(config: Config) -> int:
+    """``--check-config``: every start-up check, and the app import; nothing is bound."""
+    from . import apps, envfile
+    from .worker import resolve_user
+
+    check_startup(config)
+    resolve_user(config.user, config.group)
+    if config.mode is not Mode.AUTO or config.shared_only_binds:
+        mode_text, _reason = resolve_mode(config)
+        mode = mode_text.value
+    else:
+        mode = "auto (decided by a kernel probe at start)"
+    envfile.apply(config.env_file)
+    spec = config.app or apps.DEMO_APP
+    obj = apps.load_app(spec, config.app_dir, factory=config.factory and config.app is not None)
+    if config.interface is Interface.AUTO:
+        interface, reason = apps.detect(obj)
+    else:
+        interface, reason = config.interface, "from --interface"
+    print(
+        f"reuseport: configuration OK: {config.app_label} is {interface.value} ({reason}); "
+        f"{config.workers} workers ({config.pm.value} pool), mode {mode}; "
+        f"binds {', '.join(str(b) for b in config.binds)} (nothing was bound)"
+    )
+    return ExitCode.OK
+
+
+_HIDDEN = frozenset({"ssl_keyfile_password"})
+
+
+def _toml_value(name: str, value: object) -> str:
+    if name == "uds_mode" and isinstance(value, int):
+        return json.dumps(f"{value:o}")
+    if name == "headers" and isinstance(value, tuple):
+        return json.dumps([f"{k}: {v}" for k, v in value])
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, enum.IntEnum):
+        return str(int(value))
+    if isinstance(value, enum.Enum):
+        return json.dumps(value.value)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value("", item) for item in value) + "]"
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def render_settings(config: Config, sources: dict[str, str]) -> str:
+    """The effective settings as a TOML ``[serve]`` table, each line saying where it came from."""
+    lines = [
+        f"# reuseport {__version__}: the effective settings of `reuseport serve`",
+        "# after each value: where it came from (flag, environment, file or default)",
+        "[serve]",
+    ]
+    for name in Config.field_names():
+        value = getattr(config, name)
+        source = sources.get(name, "default")
+        if value is None:
+            lines.append(f"# {name} is not set  # {source}")
+        elif name in _HIDDEN:
+            lines.append(f"# {name} = (hidden)  # {source}")
+        else:
+            lines.append(f"{name} = {_toml_value(name, value)}  # {source}")
+    return "\n".join(lines)
+
+
+def _print_config(args: argparse.Namespace) -> int:
+    config, sources = build_config_with_sources(args)
+    config, _line = apply_cpu_limit(config, sources)
+    config, activated = _with_activation(config)
+    if activated:
+        sources["binds"] = f"{sources.get('binds', 'default')} + systemd socket activation"
+    print(render_settings(config, sources))
+    return ExitCode.OK
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:

@@ -423,6 +423,8 @@ class Config:
     # Operation.
     pid_file: str | None = None
     control: str | None = None
+    metrics: BindAddress | None = None  # --metrics HOST:PORT: the master serves /metrics there
+    upgrade_timeout: float = 60 * SECONDS  # SIGUSR2: the new master must be ready within this
     user: str | None = None
     group: str | None = None
     access_log: bool = False
@@ -495,6 +497,8 @@ class Config:
         if len(set(keys)) != len(keys):
             raise ConfigError("the same --bind address is given twice: remove the duplicate")
         set_(self, "binds", binds)
+        if self.metrics is not None and not isinstance(self.metrics, BindAddress):
+            set_(self, "metrics", _metrics_bind(self.metrics))
         set_(self, "uds_mode", parse_octal_mode(self.uds_mode))
         set_(self, "ssl_cert_reqs", _cert_reqs(self.ssl_cert_reqs))
         set_(self, "headers", tuple(parse_header(h) for h in self.headers))
@@ -529,6 +533,7 @@ class Config:
             "ws_ping_interval",
             "ws_ping_timeout",
             "body_read_timeout",
+            "upgrade_timeout",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
@@ -742,6 +747,20 @@ class Config:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+def _metrics_bind(value: object) -> BindAddress:
+    """``--metrics HOST:PORT`` (a TCP address: Prometheus scrapes over HTTP)."""
+    text = str(value)
+    if text.startswith(("unix:", "fd://")):
+        raise ConfigError(
+            f"invalid --metrics {text!r}: expected HOST:PORT, e.g. 0.0.0.0:9100 "
+            "(Prometheus scrapes over TCP)"
+        )
+    try:
+        return parse_tcp_bind(text)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid --metrics: {exc}") from None
 
 
 def _flag(name: str) -> str:

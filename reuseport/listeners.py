@@ -85,6 +85,19 @@ own sockets, and never part of a group.  So in reuseport mode ``slot_binds``
 given) differ; a worker of a new slot opens sockets for ``slot_binds`` only.
 The master removes the socket files of its Unix binds when it closes them
 (never a worker: ``close_in_child`` only closes descriptors).
+
+Handing every socket to a new master (SIGUSR2, ``upgrade.py``): ``holdings``
+lists them as descriptors (each bind's shared socket or reservation, and each
+slot's sockets *in group order*), and the new master's ``adopt`` takes them
+instead of binding: slot ``i`` is the one at index ``i`` of every group, so
+its picture of the group order is true from the start.  It detaches whatever
+program the old master attached (its own steering attaches afresh) and does
+not remove socket files it did not make until ``own_files``.  The old master
+never closes, shuts down or unlinks anything the new one holds: after a
+hand-over ``keep_files`` stops ``close`` from unlinking, and a failed upgrade
+``retake``s the groups (re-attaching the steering the new master replaced).
+The order can only be handed over while it is known: no socket opening, no
+slot draining (``stable``).
 """
 
 from __future__ import annotations
@@ -95,7 +108,9 @@ import logging
 import os
 import select
 import socket
+import time
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from . import procfs
 from .bpf import Group, attach_cbpf, detach, flow_hash_program, steering_program
@@ -115,9 +130,11 @@ from .sockets import (
 )
 from .status import DatagramSocketStatus
 
-__all__ = ["Listeners"]
+__all__ = ["Holdings", "Listeners"]
 
 log = logging.getLogger("reuseport.master")
+
+_REMAP_PATIENCE = 5.0  # seconds a failed new master's socket maps may hold our sockets
 
 # What a group's program allows: its indices, or None for "no program, the
 # kernel's hash".
@@ -130,6 +147,27 @@ def _readable(sock: socket.socket) -> bool:
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     return bool(poller.poll(0))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Holdings:
+    """Every listening socket a master holds, as descriptors, for the master taking over.
+
+    ``bind_fds[i]`` belongs to ``binds[i]``: its shared socket, or in
+    reuseport mode for a TCP bind its reservation.  ``slots[i]`` is the slot
+    at index ``i`` of every group, one socket per TCP bind.  ``unix_files``
+    are the socket files to remove at stop: (path, device, inode).
+    """
+
+    mode: Mode
+    binds: tuple[Bind, ...]
+    bind_fds: tuple[int, ...]
+    slots: tuple[tuple[int, ...], ...] = ()
+    anchor: int | None = None  # index in ``slots`` of the ondemand anchor
+    unix_files: tuple[tuple[str, int, int], ...] = ()
+
+    def fds(self) -> list[int]:
+        return [*self.bind_fds, *(fd for socks in self.slots for fd in socks)]
 
 
 class Listeners:
@@ -159,6 +197,10 @@ class Listeners:
         self._stale = False  # a program may name old indices: re-attach at the next chance
         self.kernel: KernelSteering | None = None  # eBPF p2c instead of cBPF programs
         self.board: LoadBoard | None = None  # per-slot load (kernel steering, sibling rescue)
+        self.adopted = False  # the sockets came from the previous master (SIGUSR2)
+        self._unmapped: set[int] = set()  # slots to put back into our socket maps (retake)
+        self._unmapped_since = 0.0
+        self._foreign_files: list[UnixFile] = []  # adopted socket files, not ours to remove yet
 
     # ------------------------------------------------------------------ open, close
     def bind(self, *, anchor: bool = False) -> None:
@@ -220,18 +262,209 @@ class Listeners:
         """The one socket of a bind that has one accept queue by nature."""
         if isinstance(addr, FdBind):
             sock = adopt_bind(addr)
-            where = sock.getsockname()
-            if isinstance(where, tuple):
-                family = "[%s]:%d" if sock.family == socket.AF_INET6 else "%s:%d"
-                self._shown[addr.fd] = family % where[:2]
-            elif where:
-                self._shown[addr.fd] = f"unix:{where}"
+            self._show(addr, sock)
             return sock
         sock, unix_file, stale = bind_unix(addr, self.backlog, self.uds_mode)
         self._unix_files.append(unix_file)
         if stale:
             log.info("Removed the stale socket file %s (nothing listened on it)", addr.path)
         return sock
+
+    def _show(self, addr: FdBind, sock: socket.socket) -> None:
+        """Remember what an fd bind turned out to be, for the log and ``describe``."""
+        where = sock.getsockname()
+        if isinstance(where, tuple):
+            family = "[%s]:%d" if sock.family == socket.AF_INET6 else "%s:%d"
+            self._shown[addr.fd] = family % where[:2]
+        elif where:
+            self._shown[addr.fd] = f"unix:{where}"
+
+    # ------------------------------------------------------------------ SIGUSR2 hand-over
+    @property
+    def stable(self) -> bool:
+        """The group order is known and will not change by itself (no open, no drain)."""
+        return self._opening is None and self.draining is None
+
+    def holdings(self) -> Holdings:
+        """Everything held, for a new master (see the module docstring); needs ``stable``."""
+        if not self.stable:
+            raise RuntimeError("the group order is changing: hand over later")
+        orders = {tuple(group.order) for group in self._groups}
+        if len(orders) > 1:
+            raise RuntimeError(f"the groups disagree on their order: {sorted(orders)}")
+        order = list(self._groups[0].order) if self._groups else []
+        shared = iter(self._shared)
+        reservations = iter(self._reservations)
+        bind_fds = []
+        for addr in self.binds:
+            held = (
+                next(reservations)
+                if self.mode is Mode.REUSEPORT and isinstance(addr, BindAddress)
+                else next(shared)
+            )
+            bind_fds.append(held.fileno())
+        return Holdings(
+            mode=self.mode,
+            binds=self.binds,
+            bind_fds=tuple(bind_fds),
+            slots=tuple(tuple(s.fileno() for s in self._slots[slot]) for slot in order),
+            anchor=order.index(self.anchor) if self.anchor in order else None,
+            unix_files=tuple(
+                (f.path, f.device, f.inode) for f in (*self._unix_files, *self._foreign_files)
+            ),
+        )
+
+    def adopt(self, holdings: Holdings) -> None:
+        """Take the previous master's sockets instead of binding (the new master, SIGUSR2).
+
+        Slot ``i`` is the slot at index ``i`` of every group.  Takes
+        ownership of the descriptors (closes them on any failure).
+        """
+        if holdings.mode is not self.mode or len(holdings.bind_fds) != len(holdings.binds):
+            raise ValueError("holdings for another mode, or one descriptor per bind missing")
+        taken: list[socket.socket] = []
+
+        def take(fd: int) -> socket.socket:
+            sock = socket.socket(fileno=fd)
+            taken.append(sock)
+            sock.set_inheritable(False)
+            sock.setblocking(False)
+            return sock
+
+        try:
+            self.binds = holdings.binds
+            for addr, fd in zip(holdings.binds, holdings.bind_fds, strict=True):
+                sock = take(fd)
+                if self.mode is Mode.REUSEPORT and isinstance(addr, BindAddress):
+                    self._reservations.append(sock)
+                else:
+                    self._shared.append(sock)
+                    if isinstance(addr, FdBind):
+                        self._show(addr, sock)
+            if self.mode is Mode.REUSEPORT:
+                self._groups = [Group() for _ in self.slot_binds]
+                self._attached = [None for _ in self.slot_binds]
+                for slot, fds in enumerate(holdings.slots):
+                    if len(fds) != len(self.slot_binds):
+                        raise ValueError(f"slot {slot} has {len(fds)} sockets, not one per bind")
+                    self._slots[slot] = [take(fd) for fd in fds]
+                    for group in self._groups:
+                        group.joined(slot)
+                self.anchor = holdings.anchor
+                # The old master's program (cBPF or p2c) is left attached: take
+                # it off, so the kernel state is what ``_attached`` says (none).
+                for index, group in enumerate(self._groups):
+                    if group.order:
+                        with contextlib.suppress(OSError):
+                            detach(self._slots[group.order[0]][index])
+            self._foreign_files = [UnixFile(*f) for f in holdings.unix_files]
+            self.adopted = True
+        except BaseException:
+            for sock in taken:
+                sock.close()
+            self._shared.clear()
+            self._reservations.clear()
+            self._slots.clear()
+            self._groups = []
+            raise
+
+    def own_files(self) -> None:
+        """The hand-over is complete: the adopted socket files are ours to remove at stop."""
+        self._unix_files.extend(self._foreign_files)
+        self._foreign_files = []
+
+    def keep_files(self) -> None:
+        """Another master took the sockets over: ``close`` must not remove their files."""
+        self._foreign_files.extend(self._unix_files)
+        self._unix_files = []
+
+    def lend(self) -> None:
+        """Before a new master adopts the slots (SIGUSR2): take them out of our socket maps.
+
+        A socket sits in one ``REUSEPORT_SOCKARRAY`` at a time (the kernel
+        answers EBUSY to a second), and the new master's p2c program needs
+        them in its own.  Ours stays attached but selects nothing, so the
+        kernel's hash spreads new connections until the new program replaces it.
+        """
+        if self.kernel is None:
+            return
+        for slot in self._slots:
+            try:
+                self.kernel.remove(slot)
+            except OSError as exc:
+                log.warning("SIGUSR2: cannot free slot %d's socket map entry (%s)", slot, exc)
+
+    def retake(self) -> None:
+        """A new master that adopted these sockets failed: put our own steering back.
+
+        It may have attached its program to the groups (or detached ours);
+        this attaches what this master's state says, or detaches.  With p2c
+        its socket maps may still hold our sockets for a moment after its
+        program is replaced (the kernel frees them asynchronously): slots it
+        refuses are mapped again on the next ticks (``_map_again``).
+        """
+        self._unix_files.extend(self._foreign_files)
+        self._foreign_files = []
+        try:
+            if self.kernel is not None:
+                tcp = self._tcp_indices()
+                self.kernel.attached = [False] * len(tcp)
+                for kernel_index, index in enumerate(tcp):
+                    group = self._groups[index]
+                    if group.order:
+                        self.kernel.attach(kernel_index, self._slots[group.order[0]][index])
+                self._unmapped = set(self._slots)
+                self._unmapped_since = time.monotonic()
+            self._attach(force=True)
+        except OSError as exc:
+            log.warning(
+                "After the failed upgrade, attaching this master's steering again failed "
+                "(%s); new connections follow the kernel's hash",
+                errno_name(exc),
+            )
+            self._stale = True
+
+    def _map_again(self) -> None:
+        """Put slots back into our socket maps once the kernel lets go of them (``retake``)."""
+        kernel = self.kernel
+        if kernel is None:
+            self._unmapped = set()
+            return
+        for slot in sorted(self._unmapped):
+            socks = self._slots.get(slot)
+            if socks is None:
+                self._unmapped.discard(slot)
+                continue
+            try:
+                kernel.add(slot, [socks[i] for i in self._tcp_indices()])
+            except OSError as exc:
+                busy = exc.errno == errno.EBUSY
+                if busy and time.monotonic() - self._unmapped_since < _REMAP_PATIENCE:
+                    return  # still in the failed master's map: next tick
+                self._unmapped = set()
+                self._kernel_failed(exc)
+                return
+            self._unmapped.discard(slot)
+        if not self._unmapped:
+            log.info("p2c steering: every slot is in this master's socket maps again")
+
+    def queues(self) -> list[tuple[str, int | None, int, int]]:
+        """(bind, slot or None for a shared socket, queued, backlog) per TCP listener held."""
+        found: list[tuple[str, int | None, int, int]] = []
+        for slot in sorted(self._slots):
+            for addr, sock in zip(self.slot_binds, self._slots[slot], strict=False):
+                depth = listen_queue_depth(sock)
+                if depth is not None:
+                    found.append((str(addr), slot, depth[0], depth[1]))
+        shared_binds = [
+            b for b in self.binds if self.mode is Mode.SHARED or not isinstance(b, BindAddress)
+        ]
+        for bind, shared in zip(shared_binds, self._shared, strict=False):
+            depth = listen_queue_depth(shared)
+            if depth is not None:
+                shown = self._shown.get(bind.fd) if isinstance(bind, FdBind) else None
+                found.append((shown or str(bind), None, depth[0], depth[1]))
+        return found
 
     @property
     def slot_binds(self) -> tuple[BindAddress, ...]:
@@ -411,7 +644,12 @@ class Listeners:
                 os.close(fd)
             return False
         self._opening = None
-        self._join(slot, [socket.socket(fileno=fd) for fd in fds])
+        socks = [socket.socket(fileno=fd) for fd in fds]
+        for sock in socks:
+            # SCM_RIGHTS gives inheritable descriptors: only a new master
+            # (SIGUSR2) may inherit them, and only when they are handed over.
+            sock.set_inheritable(False)
+        self._join(slot, socks)
         return True
 
     def opener_gone(self, slot: int) -> None:
@@ -466,15 +704,19 @@ class Listeners:
 
     def use_kernel_steering(self, kernel: KernelSteering) -> None:
         """Steer with the eBPF p2c program from now on (before any slot opens)."""
-        if self._slots and self.anchor is None:
+        if self._slots and self.anchor is None and not self.adopted:
             raise RuntimeError("kernel steering must be set up before workers open sockets")
         self.kernel = kernel
         self.board = kernel.board
-        for slot, socks in self._slots.items():  # the ondemand anchor
-            tcp = [socks[i] for i in self._tcp_indices()]
-            self.kernel.add(slot, tcp)
-            for index, sock in enumerate(tcp):
-                self.kernel.attach(index, sock)
+        try:
+            for slot, socks in self._slots.items():  # the ondemand anchor, adopted slots
+                tcp = [socks[i] for i in self._tcp_indices()]
+                kernel.add(slot, tcp)
+                for index, sock in enumerate(tcp):
+                    kernel.attach(index, sock)
+        except BaseException:
+            self.kernel = self.board = None  # the caller closes them and falls back
+            raise
 
     @property
     def kernel_binds(self) -> int:
@@ -599,6 +841,8 @@ class Listeners:
         excluded = set(self._excluded)
         if self.draining is not None:
             excluded.add(self.draining)
+        if self._unmapped:
+            self._map_again()  # may fall back to cBPF: self.kernel is None then
         # UDP groups: only the draining slot is ever steered out (module docstring).
         draining = set() if self.draining is None else {self.draining}
         kernel = self.kernel is not None and self.board is not None

@@ -1,12 +1,13 @@
 """Process and socket facts from Linux's ``/proc``, read the way ``ps`` and ``ss`` read them.
 
 Rules: this is the one place that parses ``/proc/<pid>/stat``,
-``/proc/<pid>/fd``, ``/proc/net/tcp{,6}`` and ``/proc/net/udp{,6}``; the port
-guard, ``status``, the probe, the benchmark, the scripts and the tests all ask
-here.  It imports nothing from reuseport, starts nothing and never signals
-anything.  A process that vanishes while we look is simply not reported
-(``/proc`` changes under us all the time); a table that cannot be read at all
-(``tcp_listeners``, ``udp_sockets``) raises
+``/proc/<pid>/fd``, ``/proc/net/tcp{,6}``, ``/proc/net/udp{,6}`` and
+``/proc/net/netstat``; the port guard, ``status``, the probe, the benchmark,
+the scripts and the tests all ask here.  It imports nothing from reuseport,
+starts nothing and never signals anything.  A process that vanishes while we
+look is simply not reported (``/proc`` changes under us all the time); a
+table that cannot be read at all (``tcp_listeners``, ``udp_sockets``,
+``netstat``) raises
 ``OSError``, because "nothing listens" and "we could not look" must never be
 confused.
 
@@ -34,6 +35,7 @@ __all__ = [
     "children_of",
     "cmdline",
     "descendants_of",
+    "netstat",
     "parse_udp_table",
     "pids_holding",
     "proc_info",
@@ -270,3 +272,28 @@ def udp_sockets(family: socket.AddressFamily) -> list[UdpSocket]:
     path = f"{PROC}/net/udp" if family == socket.AF_INET else f"{PROC}/net/udp6"
     with open(path, encoding="ascii") as fh:
         return parse_udp_table(fh.read(), family)
+
+
+def netstat() -> dict[str, dict[str, int]]:
+    """The counters of ``/proc/net/netstat`` by section: ``{"TcpExt": {"ListenOverflows": 3}}``.
+
+    They count for the whole network namespace (a container's own, or the
+    host's), not for one process.  The file pairs a line of names with a line
+    of values per section.  Raises ``OSError`` when it cannot be read.
+    """
+    with open(f"{PROC}/net/netstat", encoding="ascii") as fh:
+        lines = fh.read().splitlines()
+    found: dict[str, dict[str, int]] = {}
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        section, _, name_text = names.partition(":")
+        other, _, value_text = values.partition(":")
+        if section != other:
+            continue
+        counters: dict[str, int] = {}
+        for name, value in zip(name_text.split(), value_text.split(), strict=False):
+            try:
+                counters[name] = int(value)
+            except ValueError:
+                continue
+        found[section] = counters
+    return found

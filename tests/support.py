@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 # The checkout under test; put first on the path of every process we start, so
@@ -62,16 +62,19 @@ __all__ = [
     "descendants_of",
     "http_get",
     "listening_inodes",
+    "load",
     "proc_info",
     "read_responses",
     "send_requests",
     "signal_all",
     "socket_inodes_of",
+    "still_running",
     "wait_until",
 ]
 
 DEFAULT_TIMEOUT = 10.0
 POLL_INTERVAL = 0.01
+LOADCLIENT = os.path.join(REPO_ROOT, "tests", "loadclient.py")
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -112,6 +115,57 @@ def wait_until(
                 f"timed out after {timeout:.1f}s waiting for {name}" + (f": {text}" if text else "")
             )
         time.sleep(interval)
+
+
+# --------------------------------------------------------------------- load
+@contextlib.contextmanager
+def load(port: int, duration: float, concurrency: int) -> Iterator[dict[str, Any]]:
+    """Run ``loadclient.py`` for ``duration`` s; on exit, fill the dict with its report.
+
+    The load client is its own process, so the test stays free to send
+    signals; every request is a new connection (``Connection: close``).
+    """
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            LOADCLIENT,
+            "--port",
+            str(port),
+            "--duration",
+            str(duration),
+            "--concurrency",
+            str(concurrency),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    report: dict[str, Any] = {"proc": proc}
+    try:
+        yield report
+        out, err = proc.communicate(timeout=duration + 30)
+    except BaseException:
+        proc.kill()
+        proc.communicate(timeout=10)
+        raise
+    assert proc.returncode == 0, f"load client failed ({proc.returncode}): {err}"
+    del report["proc"]
+    report.update(json.loads(out))
+
+
+def still_running(report: dict[str, Any], seconds: float) -> bool:
+    """Wait up to ``seconds`` for the load client to end; True if it still runs.
+
+    Paces a signal loop without a bare sleep: the loop stops as soon as the
+    load does.
+    """
+    proc: subprocess.Popen[str] = report["proc"]
+    try:
+        proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        return True
+    return False
 
 
 # --------------------------------------------------------------------- /proc

@@ -94,6 +94,8 @@ FLAG_CASES: list[tuple[tuple[str, ...], str, object]] = [
     (("--limit-request-field-size", "200"), "limit_request_field_size", 200),
     (("--pid", "/run/rp.pid"), "pid_file", "/run/rp.pid"),
     (("--control", "/run/rp.sock"), "control", "/run/rp.sock"),
+    (("--metrics", "0.0.0.0:9100"), "metrics", parse_bind("0.0.0.0:9100")),
+    (("--upgrade-timeout", "90"), "upgrade_timeout", 90.0),
     (("--user", "nobody"), "user", "nobody"),
     (("--group", "nogroup"), "group", "nogroup"),
     (("--access-log",), "access_log", True),
@@ -222,7 +224,13 @@ def test_every_serve_flag_has_a_case() -> None:
     covered = {arg for argv, _, _ in FLAG_CASES for arg in argv if arg.startswith("-")}
     missing = []
     for action in _serve_parser()._actions:
-        if not action.option_strings or action.dest in {"help", "config_file"}:
+        # Actions, not settings: --check-config and --print-config are tested in test_preflight.
+        if not action.option_strings or action.dest in {
+            "help",
+            "config_file",
+            "check_config",
+            "print_config",
+        }:
             continue
         if not covered & set(action.option_strings):
             missing.append("/".join(action.option_strings))

@@ -14,7 +14,6 @@ the log says *how*, the counters say *how many*.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
 import re
@@ -36,8 +35,10 @@ from support import (
     alive,
     child_env,
     http_get,
+    load,
     read_responses,
     send_requests,
+    still_running,
     wait_until,
 )
 
@@ -46,7 +47,6 @@ from reuseport.control import query
 pytestmark = pytest.mark.e2e  # every test runs a real server
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
-LOADCLIENT = str(Path(TESTS_DIR) / "loadclient.py")
 
 REUSEPORT = pytest.param("reuseport", marks=requires_reuseport)
 MODES = [REUSEPORT, "shared"]
@@ -58,52 +58,6 @@ def control() -> Iterator[str]:
     """A control-socket path short enough for AF_UNIX, in a private directory."""
     with tempfile.TemporaryDirectory(prefix="rp-", dir="/tmp") as directory:
         yield os.path.join(directory, "c.sock")
-
-
-@contextlib.contextmanager
-def load(port: int, duration: float, concurrency: int) -> Iterator[dict[str, Any]]:
-    """Run ``loadclient.py`` for ``duration`` s; on exit, fill the dict with its report."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            LOADCLIENT,
-            "--port",
-            str(port),
-            "--duration",
-            str(duration),
-            "--concurrency",
-            str(concurrency),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
-    report: dict[str, Any] = {"proc": proc}
-    try:
-        yield report
-        out, err = proc.communicate(timeout=duration + 30)
-    except BaseException:
-        proc.kill()
-        proc.communicate(timeout=10)
-        raise
-    assert proc.returncode == 0, f"load client failed ({proc.returncode}): {err}"
-    del report["proc"]
-    report.update(json.loads(out))
-
-
-def still_running(report: dict[str, Any], seconds: float) -> bool:
-    """Wait up to ``seconds`` for the load client to end; True if it still runs.
-
-    Paces a signal loop without a bare sleep: the loop stops as soon as the
-    load does.
-    """
-    proc: subprocess.Popen[str] = report["proc"]
-    try:
-        proc.wait(seconds)
-    except subprocess.TimeoutExpired:
-        return True
-    return False
 
 
 def workers_by_state(path: str) -> list[dict[str, Any]]:

@@ -19,6 +19,14 @@ exec or not.  A worker that kept the listening fd would keep the socket
 a new master would refuse the path as in use.  The worker closes the fd, and
 only the process that created the file may unlink it.
 
+Why ``adopted`` and ``disown``: a new master started by SIGUSR2 takes over a
+fixed ``--control PATH`` by inheriting the listening socket (the path cannot
+be bound twice).  Both masters answer on it until the old one hands over;
+then the old one stops answering and must not unlink the file at exit
+(``disown``), and the new one owns the file only once the hand-over is
+complete (``take_ownership``): if it fails before that, the file stays the
+old master's.
+
 Protocol: the client sends one line, ``status`` (``status json`` is accepted
 too); the server answers one line of JSON, the snapshot, and closes.
 """
@@ -61,11 +69,23 @@ class ControlServer:
     must not take the server down).
     """
 
-    def __init__(self, path: str, snapshot: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        path: str,
+        snapshot: Callable[[], dict[str, Any]],
+        *,
+        adopted: socket.socket | None = None,
+    ) -> None:
         self.path = path
         self._snapshot = snapshot
         self._owner_pid = os.getpid()
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
+        if adopted is not None:
+            # The previous master's listening socket (SIGUSR2): not our file yet.
+            adopted.setblocking(False)
+            adopted.set_inheritable(False)
+            self._sock: socket.socket | None = adopted
+            return
         if len(os.fsencode(path)) > _SUN_PATH_MAX:
             raise BootError(
                 f"control socket path {path} is {len(os.fsencode(path))} bytes long, and Unix "
@@ -109,7 +129,7 @@ class ControlServer:
             sock.close()
             self._unlink_if_ours()
             raise
-        self._sock: socket.socket | None = sock
+        self._sock = sock
         log.debug("control socket listening on %s", path)
 
     @staticmethod
@@ -203,6 +223,20 @@ class ControlServer:
             self._sock.close()
             self._sock = None
         self._unlink_if_ours()
+
+    def disown(self) -> None:
+        """Another master answers on this path from now on: never unlink it."""
+        self._identity = None
+
+    def take_ownership(self) -> None:
+        """An adopted socket's file is ours from now on (removed at ``close``)."""
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return
+        if stat.S_ISSOCK(st.st_mode):
+            self._identity = (st.st_dev, st.st_ino)
+            self._owner_pid = os.getpid()
 
     def close_in_child(self) -> None:
         """After ``fork()``, in the worker: close the inherited fd, leave the file alone."""
