@@ -154,7 +154,8 @@ class Holdings:
     """Every listening socket a master holds, as descriptors, for the master taking over.
 
     ``bind_fds[i]`` belongs to ``binds[i]``: its shared socket, or in
-    reuseport mode for a TCP bind its reservation.  ``slots[i]`` is the slot
+    reuseport mode its reservation (-1 for a UDP bind whose reservation was
+    closed when the first slot socket joined its group).  ``slots[i]`` is the slot
     at index ``i`` of every group, one socket per TCP bind.  ``unix_files``
     are the socket files to remove at stop: (path, device, inode).
     """
@@ -167,7 +168,8 @@ class Holdings:
     unix_files: tuple[tuple[str, int, int], ...] = ()
 
     def fds(self) -> list[int]:
-        return [*self.bind_fds, *(fd for socks in self.slots for fd in socks)]
+        held = (fd for fd in self.bind_fds if fd >= 0)
+        return [*held, *(fd for socks in self.slots for fd in socks)]
 
 
 class Listeners:
@@ -294,15 +296,20 @@ class Listeners:
             raise RuntimeError(f"the groups disagree on their order: {sorted(orders)}")
         order = list(self._groups[0].order) if self._groups else []
         shared = iter(self._shared)
-        reservations = iter(self._reservations)
+        pending_udp = {id(sock) for sock in self._handover.values()}
+        tcp_reservations = iter(r for r in self._reservations if id(r) not in pending_udp)
         bind_fds = []
+        index = 0  # the group index of the next slot bind
         for addr in self.binds:
-            held = (
-                next(reservations)
-                if self.mode is Mode.REUSEPORT and isinstance(addr, BindAddress)
-                else next(shared)
-            )
-            bind_fds.append(held.fileno())
+            if self.mode is Mode.REUSEPORT and isinstance(addr, BindAddress):
+                if addr.udp:  # its reservation is gone once a slot socket joined
+                    pending = self._handover.get(index)
+                    bind_fds.append(-1 if pending is None else pending.fileno())
+                else:
+                    bind_fds.append(next(tcp_reservations).fileno())
+                index += 1
+            else:
+                bind_fds.append(next(shared).fileno())
         return Holdings(
             mode=self.mode,
             binds=self.binds,
@@ -333,17 +340,29 @@ class Listeners:
 
         try:
             self.binds = holdings.binds
+            index = 0  # the group index of the next slot bind
             for addr, fd in zip(holdings.binds, holdings.bind_fds, strict=True):
-                sock = take(fd)
                 if self.mode is Mode.REUSEPORT and isinstance(addr, BindAddress):
+                    index += 1
+                    if fd < 0:
+                        if not addr.udp:
+                            raise ValueError(f"no reservation handed over for {addr}")
+                        continue  # a UDP group lives in its slot sockets
+                    sock = take(fd)
                     self._reservations.append(sock)
+                    if addr.udp:  # no slot socket joined yet: still handing over
+                        self._handover[index - 1] = sock
                 else:
+                    sock = take(fd)
                     self._shared.append(sock)
                     if isinstance(addr, FdBind):
                         self._show(addr, sock)
             if self.mode is Mode.REUSEPORT:
                 self._groups = [Group() for _ in self.slot_binds]
-                self._attached = [None for _ in self.slot_binds]
+                self._attached = [
+                    _HANDOVER if group in self._handover else None
+                    for group in range(len(self.slot_binds))
+                ]
                 for slot, fds in enumerate(holdings.slots):
                     if len(fds) != len(self.slot_binds):
                         raise ValueError(f"slot {slot} has {len(fds)} sockets, not one per bind")
@@ -364,6 +383,7 @@ class Listeners:
                 sock.close()
             self._shared.clear()
             self._reservations.clear()
+            self._handover.clear()
             self._slots.clear()
             self._groups = []
             raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import sys
@@ -41,6 +42,7 @@ from reuseport.config import FdBind, Mode, parse_bind
 from reuseport.control import query
 from reuseport.errors import ConfigError
 from reuseport.listeners import Holdings, Listeners
+from reuseport.sockets import bind_reuseport
 
 # ------------------------------------------------------------------ the record
 
@@ -101,7 +103,7 @@ def _dup_holdings(holdings: Holdings) -> Holdings:
     return Holdings(
         mode=holdings.mode,
         binds=holdings.binds,
-        bind_fds=tuple(os.dup(fd) for fd in holdings.bind_fds),
+        bind_fds=tuple(os.dup(fd) if fd >= 0 else fd for fd in holdings.bind_fds),
         slots=tuple(tuple(os.dup(fd) for fd in fds) for fds in holdings.slots),
         anchor=holdings.anchor,
         unix_files=holdings.unix_files,
@@ -155,6 +157,35 @@ def test_adopting_detaches_the_old_program_and_keeps_the_reservation() -> None:
                 (str(new.binds[0]), 0, 0, BACKLOG),
                 (str(new.binds[0]), 1, 0, BACKLOG),
             ]
+
+
+@requires_reuseport
+def test_a_udp_group_is_handed_over_in_its_slot_sockets() -> None:
+    """A UDP bind's reservation is closed once a slot joins: only its slots go over."""
+    binds = (parse_bind("127.0.0.1:0"), parse_bind("udp://127.0.0.1:0"))
+    old = Listeners(Mode.REUSEPORT, binds, BACKLOG)
+    old.bind()
+    try:
+        udp_port = old.binds[1].port  # type: ignore[union-attr]
+        for slot in (0, 1):
+            old.will_open(slot)
+            socks = [bind_reuseport(addr, BACKLOG) for addr in old.binds]
+            assert old.slot_opened(slot, [sock.detach() for sock in socks])
+        holdings = old.holdings()
+        assert holdings.bind_fds[1] == -1
+        assert holdings.bind_fds[0] >= 0
+        assert -1 not in holdings.fds()
+        with adopted(holdings) as new:
+            assert new.order == [0, 1]
+            udp = {_inode(new.for_slot(slot)[1]) for slot in (0, 1)}
+            assert udp == {_inode(old.for_slot(slot)[1]) for slot in (0, 1)}
+            # A datagram to the port reaches one of the adopted slot sockets.
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.sendto(b"ping", ("127.0.0.1", udp_port))
+                readable, _, _ = select.select([new.for_slot(s)[1] for s in (0, 1)], [], [], 5)
+                assert [sock.recv(16) for sock in readable] == [b"ping"]
+    finally:
+        old.close()
 
 
 @requires_reuseport
@@ -231,6 +262,14 @@ async def app(scope, receive, send):
     await send({{"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json")]}})
     await send({{"type": "http.response.body", "body": body}})
+
+
+class Echo(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(VERSION.encode() + b" " + data, addr)
 """
 
 
@@ -391,6 +430,27 @@ def test_a_new_master_that_fails_leaves_the_old_one_serving(place: Path, mode: s
         assert new_master == new[-1]
         _status, body = server.request("/")
         assert body["version"] == "two"
+
+
+@pytest.mark.e2e
+@requires_reuseport
+def test_usr2_hands_udp_binds_over(place: Path) -> None:
+    udp = ("-b", "127.0.0.1:0", "-b", "udp://127.0.0.1:0", "--datagram-app", "upgradable:Echo")
+    with _serve(place, *udp) as server, _stopped_at_the_end(server, place) as new:
+        server.wait_ready()
+        (address,) = server.udp_addresses
+        assert _udp_answer(address, b"before") == b"one before"
+        _write_app(place, "two")
+        _upgrade_under_load(place, server, new)
+        # The new master's workers read the same UDP group: same port, new code.
+        assert _udp_answer(address, b"after") == b"two after"
+
+
+def _udp_answer(address: tuple[str, int], data: bytes) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(5)
+        client.sendto(data, address)
+        return client.recv(1024)
 
 
 @pytest.mark.e2e
