@@ -30,6 +30,7 @@ layer by layer and remembers the last layer that set each field.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import enum
 import json
@@ -45,6 +46,7 @@ from .activation import systemd_binds
 from .config import (
     DEFAULT_BIND,
     LOG_LEVELS,
+    BindAddress,
     Config,
     FdBind,
     Interface,
@@ -803,6 +805,7 @@ def _inherit(config: Config, handover: upgrade.Handover) -> tuple[Config, Mode, 
 def _check_config(config: Config) -> int:
     """``--check-config``: every start-up check, and the app import; nothing is bound."""
     from . import apps, envfile
+    from .apps.base import WorkerContext
     from .worker import resolve_user
 
     check_startup(config)
@@ -813,14 +816,23 @@ def _check_config(config: Config) -> int:
     else:
         mode = "auto (decided by a kernel probe at start)"
     envfile.apply(config.env_file)
-    spec = config.app or apps.DEMO_APP
-    obj = apps.load_app(spec, config.app_dir, factory=config.factory and config.app is not None)
-    if config.interface is Interface.AUTO:
-        interface, reason = apps.detect(obj)
-    else:
-        interface, reason = config.interface, "from --interface"
+    # What a worker would serve its sockets with, built the way a worker builds
+    # it (nothing starts: adapters do their work in startup/serve).
+    udp = [isinstance(b, BindAddress) and b.udp for b in config.binds]
+    ctx = WorkerContext(
+        pid=os.getpid(),
+        slot=0,
+        generation=0,
+        mode=Mode.SHARED if config.mode is Mode.SHARED else Mode.REUSEPORT,
+        config=config,
+    )
+    hosting = apps.host(config, ctx, streams=not all(udp), datagrams=any(udp))
+    label = config.app_label
+    if config.datagram_app is not None and any(udp):
+        label += f" with --datagram-app {config.datagram_app}"
     print(
-        f"reuseport: configuration OK: {config.app_label} is {interface.value} ({reason}); "
+        f"reuseport: configuration OK: {label} is {hosting.interface} "
+        f"({hosting.reason}); "
         f"{config.workers} workers ({config.pm.value} pool), mode {mode}; "
         f"binds {', '.join(str(b) for b in config.binds)} (nothing was bound)"
     )
@@ -938,3 +950,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`reuseport status | head`): nothing left to say
+        # to it.  Point stdout at /dev/null so the interpreter's final flush
+        # does not fail again on the closed pipe.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return ExitCode.OK

@@ -176,6 +176,18 @@ def test_check_config_imports_the_app_and_binds_nothing(tmp_path: Path) -> None:
         ("", ("--no-such-flag",), 2, "unrecognized arguments"),
         ("", ("--metrics", "unix:/x"), 2, "expected HOST:PORT"),
         ("", ("--env-file", "nowhere.env"), 2, "nowhere.env"),
+        (
+            "raise RuntimeError('broken at import')\n",
+            ("-b", "udp://127.0.0.1:0", "-b", "127.0.0.1:0", "--datagram-app", "bad:app"),
+            4,
+            "broken at import",
+        ),
+        (
+            "async def app(scope, receive, send):\n    pass\n",
+            ("bad:app", "-b", "udp://127.0.0.1:0"),
+            5,
+            "cannot serve udp:// binds",
+        ),
     ],
 )
 def test_check_config_exit_codes(
@@ -186,6 +198,19 @@ def test_check_config_exit_codes(
     assert done.returncode == code, (done.stdout, done.stderr)
     assert message in done.stderr
     assert "configuration OK" not in done.stdout
+
+
+@pytest.mark.e2e
+def test_check_config_builds_the_datagram_app_too(tmp_path: Path) -> None:
+    (tmp_path / "dgram.py").write_text(
+        "import asyncio\n\n\nclass Echo(asyncio.DatagramProtocol):\n    pass\n"
+    )
+    binds = ("-b", "127.0.0.1:0", "-b", "udp://127.0.0.1:0")
+    done = _check(
+        *binds, "--datagram-app", "dgram:Echo", "--app-dir", str(tmp_path), tmp_path=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "demo with --datagram-app dgram:Echo is protocol+datagram" in done.stdout
 
 
 @pytest.mark.e2e
