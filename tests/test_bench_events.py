@@ -162,3 +162,50 @@ def test_the_report_says_when_the_master_counts_no_events() -> None:
         "  churn reuseport: sent hup 1.0; the master's status has no event counters"
         in text.splitlines()
     )
+
+
+def _stall_result(rescued_per_run: dict[str, list[int | None]]) -> BenchResult:
+    stall = scenario_by_name("stall")
+    hist = Histogram()
+    hist.record(1_000_000)
+    load = LoadResult(
+        requests=10, elapsed=1.0, histogram=hist, workers={(10, 0): 10}, errors={}, statuses={}
+    )
+    runs = []
+    for mode, counts in rescued_per_run.items():
+        for repeat, rescued in enumerate(counts, 1):
+            events = (
+                None if rescued is None else {"rescues": 1 if rescued else 0, "rescued": rescued}
+            )
+            runs.append(
+                RunResult(
+                    scenario="stall",
+                    mode=mode,
+                    repeat=repeat,
+                    workers_expected=1,
+                    measurement=Measurement.from_load(load),
+                    server_pid=1,
+                    server_events=events,
+                    server_workers=(1, 1),
+                )
+            )
+    config = BenchConfig(modes=tuple(rescued_per_run), workers=1, scenarios=(stall,))
+    summaries = tuple(
+        summarize([r for r in runs if r.mode == mode], counts_accepts=True)
+        for mode in rescued_per_run
+    )
+    return BenchResult(config=config, runs=tuple(runs), summaries=summaries)
+
+
+def test_the_report_counts_rescued_connections_per_mode() -> None:
+    text = render(_stall_result({"reuseport": [30, 10, 20], "shared": [0, 0, None]}), MACHINE)
+    lines = text.splitlines()
+    heading = lines.index(
+        "connections served by a sibling from a stalled worker's queue (median per run):"
+    )
+    assert lines[heading + 1] == "  stall: reuseport 20 (1 rescues), shared 0 (0 rescues)"
+
+
+def test_no_rescue_line_when_nothing_was_rescued() -> None:
+    text = render(_stall_result({"reuseport": [0, 0], "shared": [0, 0]}), MACHINE)
+    assert "stalled worker's queue" not in text

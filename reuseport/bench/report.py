@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,42 @@ def _churn_lines(result: BenchResult) -> list[str]:
     return lines
 
 
+def _rescue_lines(result: BenchResult) -> list[str]:
+    """Per non-churn scenario: connections siblings served from another worker's queue.
+
+    Only where some run of the scenario rescued anything: the stall and skewed
+    scenarios mostly, which is where rescue (reuseport mode's work
+    conservation for queued connections) shows.  Median per run, over runs
+    whose master reported its counters.
+    """
+    lines = []
+    for scenario in result.config.scenarios:
+        if scenario.churn or scenario.datagram:
+            continue
+        parts = []
+        for mode in result.config.modes:
+            counted = [
+                r.server_events
+                for r in result.runs
+                if r.scenario == scenario.name and r.mode == mode and r.server_events is not None
+            ]
+            if counted:
+                rescued = statistics.median(c.get("rescued", 0) for c in counted)
+                rescues = statistics.median(c.get("rescues", 0) for c in counted)
+                parts.append((mode, rescued, rescues))
+        if any(rescued for _, rescued, _ in parts):
+            shown = ", ".join(
+                f"{mode} {_num(rescued)} ({_num(rescues)} rescues)"
+                for mode, rescued, rescues in parts
+            )
+            lines.append(f"  {scenario.name}: {shown}")
+    if lines:
+        lines.insert(
+            0, "connections served by a sibling from a stalled worker's queue (median per run):"
+        )
+    return lines
+
+
 def _killed_lines(result: BenchResult) -> list[str]:
     lines = []
     for scenario in result.config.scenarios:
@@ -270,6 +307,7 @@ def render(result: BenchResult, info: dict[str, Any]) -> str:
     if killed:
         lines += ["lost with killed workers, by kind (median per run):", *killed]
     lines += _churn_lines(result)
+    lines += _rescue_lines(result)
     notes = {r.measurement.note for r in result.runs if r.measurement.note}
     lines += [f"note: {n}" for n in sorted(notes)]
     lines += ["", *verdicts(result)]
