@@ -12,7 +12,7 @@ What it does, in order:
 1. Set-up: installs ``wrk`` with apt-get if it is missing, and makes a
    separate venv (default ``build/bench-venv``, git-ignored) holding
    uvicorn[standard] (httptools + uvloop), gunicorn, granian, websockets,
-   flask and this checkout (``pip install -e .[websockets]``).
+   flask, starlette, fastapi and this checkout (``pip install -e .[websockets]``).
    ``--skip-setup`` uses the venv as is.
 2. Throughput: every server (reuseport in both modes, uvicorn,
    gunicorn+UvicornWorker, granian; 2 workers each, on 127.0.0.1) runs at
@@ -28,6 +28,11 @@ What it does, in order:
    gunicorn's ``gthread`` worker and granian's WSGI mode, each with
    ``--threads`` app threads per worker (``--wsgi-threads``, default 8); the
    ratio is against gunicorn gthread.
+   The ``starlette`` and ``fastapi`` scenarios are keep-alive wrk runs
+   against real-app endpoints (each server is restarted with that app):
+   ``scripts/apps/starlette_json.py`` (``GET /``, a ``JSONResponse``) and
+   ``scripts/apps/fastapi_body.py`` (``POST /items`` with a JSON body parsed
+   into a pydantic model and returned; wrk posts it from a Lua script).
    The ``ws-echo`` scenario is a WebSocket echo instead of wrk:
    ``scripts/ws_load.py`` (run with the benchmark venv's Python) opens
    ``--ws-connections`` WebSockets to ``/ws`` and keeps one ``--ws-size``-byte
@@ -48,6 +53,7 @@ SIGTERM to its master, a bounded wait, then SIGKILL to its process group.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import dataclasses
 import json
@@ -71,9 +77,14 @@ REPO = Path(__file__).resolve().parent.parent
 APP_DIR = REPO / "scripts" / "apps"
 APP = "hello:app"
 WSGI_APP = "flask_json:app"
-PEER_PACKAGES = ["uvicorn[standard]", "gunicorn", "granian", "websockets", "flask"]
+STARLETTE_APP = "starlette_json:app"
+FASTAPI_APP = "fastapi_body:app"
+PEER_PACKAGES = [
+    "uvicorn[standard]", "gunicorn", "granian", "websockets", "flask", "starlette", "fastapi",
+]  # fmt: skip
 VERSIONED = [
     "reuseport", "uvicorn", "uvloop", "httptools", "gunicorn", "granian", "websockets", "flask",
+    "starlette", "fastapi", "pydantic",
 ]  # fmt: skip
 WS_LOAD = REPO / "scripts" / "ws_load.py"
 HZ = os.sysconf("SC_CLK_TCK")
@@ -188,20 +199,29 @@ def free_port() -> int:
         return port
 
 
+# (venv bin, port, workers, threads, app) -> the server's command line
+Argv = Callable[[Path, int, int, int, str], list[str]]
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerSpec:
     name: str
-    argv: Callable[[Path, int, int, int], list[str]]  # (venv bin, port, workers, threads)
-    expect: bytes = b"Hello, world!"  # how its answer to GET / ends
+    argv: Argv
 
 
-WSGI_EXPECT = b'"message":"Hello, world!"}\n'
+# How each app's answer to GET / ends (the readiness probe).
+EXPECT = {
+    APP: b"Hello, world!",
+    WSGI_APP: b'"message":"Hello, world!"}\n',
+    STARLETTE_APP: b'"path":"/"}',
+    FASTAPI_APP: b"Hello, world!",
+}
 
 
-def _reuseport(mode: str) -> Callable[[Path, int, int, int], list[str]]:
-    def argv(bin_: Path, port: int, workers: int, threads: int) -> list[str]:
+def _reuseport(mode: str) -> Argv:
+    def argv(bin_: Path, port: int, workers: int, threads: int, app: str) -> list[str]:
         return [
-            str(bin_ / "python"), "-m", "reuseport", "serve", APP,
+            str(bin_ / "python"), "-m", "reuseport", "serve", app,
             "--app-dir", str(APP_DIR), "-b", f"127.0.0.1:{port}",
             "-w", str(workers), "--mode", mode, "--log-level", "warning",
         ]  # fmt: skip
@@ -209,10 +229,10 @@ def _reuseport(mode: str) -> Callable[[Path, int, int, int], list[str]]:
     return argv
 
 
-def _reuseport_wsgi(mode: str) -> Callable[[Path, int, int, int], list[str]]:
-    def argv(bin_: Path, port: int, workers: int, threads: int) -> list[str]:
+def _reuseport_wsgi(mode: str) -> Argv:
+    def argv(bin_: Path, port: int, workers: int, threads: int, app: str) -> list[str]:
         return [
-            str(bin_ / "python"), "-m", "reuseport", "serve", WSGI_APP,
+            str(bin_ / "python"), "-m", "reuseport", "serve", app,
             "--app-dir", str(APP_DIR), "-b", f"127.0.0.1:{port}", "--interface", "wsgi",
             "-w", str(workers), "--threads", str(threads), "--mode", mode,
             "--log-level", "warning",
@@ -221,44 +241,44 @@ def _reuseport_wsgi(mode: str) -> Callable[[Path, int, int, int], list[str]]:
     return argv
 
 
-def _gunicorn_gthread(bin_: Path, port: int, workers: int, threads: int) -> list[str]:
+def _gunicorn_gthread(bin_: Path, port: int, workers: int, threads: int, app: str) -> list[str]:
     return [
-        str(bin_ / "gunicorn"), WSGI_APP, "--chdir", str(APP_DIR),
+        str(bin_ / "gunicorn"), app, "--chdir", str(APP_DIR),
         "-b", f"127.0.0.1:{port}", "-w", str(workers), "-k", "gthread",
         "--threads", str(threads), "--log-level", "warning", "--no-control-socket",
     ]  # fmt: skip
 
 
-def _granian_wsgi(bin_: Path, port: int, workers: int, threads: int) -> list[str]:
+def _granian_wsgi(bin_: Path, port: int, workers: int, threads: int, app: str) -> list[str]:
     return [
         str(bin_ / "granian"), "--interface", "wsgi", "--workers", str(workers),
         "--blocking-threads", str(threads),
         "--host", "127.0.0.1", "--port", str(port), "--working-dir", str(APP_DIR),
-        "--no-access-log", "--log-level", "warning", WSGI_APP,
+        "--no-access-log", "--log-level", "warning", app,
     ]  # fmt: skip
 
 
-def _uvicorn(bin_: Path, port: int, workers: int, threads: int) -> list[str]:
+def _uvicorn(bin_: Path, port: int, workers: int, threads: int, app: str) -> list[str]:
     return [
-        str(bin_ / "uvicorn"), APP, "--app-dir", str(APP_DIR),
+        str(bin_ / "uvicorn"), app, "--app-dir", str(APP_DIR),
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
 
 
-def _gunicorn(bin_: Path, port: int, workers: int, threads: int) -> list[str]:
+def _gunicorn(bin_: Path, port: int, workers: int, threads: int, app: str) -> list[str]:
     return [
-        str(bin_ / "gunicorn"), APP, "--chdir", str(APP_DIR),
+        str(bin_ / "gunicorn"), app, "--chdir", str(APP_DIR),
         "-b", f"127.0.0.1:{port}", "-w", str(workers), "-k", "uvicorn.workers.UvicornWorker",
         "--log-level", "warning", "--no-control-socket",
     ]  # fmt: skip
 
 
-def _granian(bin_: Path, port: int, workers: int, threads: int) -> list[str]:
+def _granian(bin_: Path, port: int, workers: int, threads: int, app: str) -> list[str]:
     return [
         str(bin_ / "granian"), "--interface", "asgi", "--workers", str(workers),
         "--host", "127.0.0.1", "--port", str(port), "--working-dir", str(APP_DIR),
-        "--no-access-log", "--log-level", "warning", APP,
+        "--no-access-log", "--log-level", "warning", app,
     ]  # fmt: skip
 
 
@@ -270,33 +290,39 @@ SPECS = {
         ServerSpec("uvicorn", _uvicorn),
         ServerSpec("gunicorn", _gunicorn),
         ServerSpec("granian", _granian),
-        ServerSpec("reuseport-wsgi", _reuseport_wsgi("reuseport"), WSGI_EXPECT),
-        ServerSpec("reuseport-wsgi-shared", _reuseport_wsgi("shared"), WSGI_EXPECT),
-        ServerSpec("gunicorn-gthread", _gunicorn_gthread, WSGI_EXPECT),
-        ServerSpec("granian-wsgi", _granian_wsgi, WSGI_EXPECT),
+        ServerSpec("reuseport-wsgi", _reuseport_wsgi("reuseport")),
+        ServerSpec("reuseport-wsgi-shared", _reuseport_wsgi("shared")),
+        ServerSpec("gunicorn-gthread", _gunicorn_gthread),
+        ServerSpec("granian-wsgi", _granian_wsgi),
     )
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Suite:
-    """What ``--suite`` measures: its servers, the ratio's baseline, its scenarios."""
+    """What ``--suite`` measures: its servers, the ratio's baseline, its scenarios.
+
+    ``app`` serves the scenarios that name none, and the memory measurement.
+    """
 
     servers: tuple[str, ...]
     baseline: str
     scenarios: tuple[str, ...]
+    app: str
 
 
 SUITES = {
     "asgi": Suite(
         servers=("reuseport", "reuseport-shared", "uvicorn", "gunicorn", "granian"),
         baseline="uvicorn",
-        scenarios=("keep-alive", "close", "ws-echo"),
+        scenarios=("keep-alive", "close", "ws-echo", "starlette", "fastapi"),
+        app=APP,
     ),
     "wsgi": Suite(
         servers=("reuseport-wsgi", "reuseport-wsgi-shared", "gunicorn-gthread", "granian-wsgi"),
         baseline="gunicorn-gthread",
         scenarios=("keep-alive", "close"),
+        app=WSGI_APP,
     ),
 }
 
@@ -320,13 +346,14 @@ class Server:
     """One server under test: its master process, in a process group of its own."""
 
     def __init__(
-        self, spec: ServerSpec, bin_: Path, workers: int, threads: int, log_dir: Path
+        self, spec: ServerSpec, bin_: Path, workers: int, threads: int, log_dir: Path, app: str
     ) -> None:
         self.spec = spec
+        self.app = app
         self.port = free_port()
         self.workers = workers
-        self.argv = spec.argv(bin_, self.port, workers, threads)
-        self.log_path = log_dir / f"{spec.name}.log"
+        self.argv = spec.argv(bin_, self.port, workers, threads, app)
+        self.log_path = log_dir / f"{spec.name}.{app.partition(':')[0]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -347,7 +374,7 @@ class Server:
                 start_new_session=True,  # its own process group: killpg reaches every worker
             )
         deadline = time.monotonic() + START_TIMEOUT
-        while not _http_ok(self.port, self.spec.expect):
+        while not _http_ok(self.port, EXPECT[self.app]):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
             if time.monotonic() > deadline:
@@ -438,14 +465,51 @@ class Run:
     attempts: int
 
 
-# Scenario name -> keep-alive (False: a new connection per request); None: not wrk.
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """One load: wrk (keep-alive or a connection per request), or the WebSocket echo."""
+
+    title: str
+    keepalive: bool | None  # False: a new connection per request; None: ws_load.py, not wrk
+    app: str | None = None  # None: the suite's app
+    path: str = "/"
+    post_json: bool = False  # POST fastapi_body.BODY as JSON (a wrk Lua script)
+
+
 WS_ECHO = "ws-echo"
-SCENARIOS: dict[str, bool | None] = {"keep-alive": True, "close": False, WS_ECHO: None}
-TITLES = {
-    "keep-alive": "keep-alive",
-    "close": "`Connection: close`",
-    WS_ECHO: "WebSocket echo (messages/s)",
+SCENARIOS = {
+    "keep-alive": Scenario("keep-alive", True),
+    "close": Scenario("`Connection: close`", False),
+    WS_ECHO: Scenario("WebSocket echo (messages/s)", None),
+    "starlette": Scenario("Starlette JSON endpoint, keep-alive", True, STARLETTE_APP),
+    "fastapi": Scenario(
+        "FastAPI pydantic body (POST /items), keep-alive",
+        True,
+        FASTAPI_APP,
+        "/items",
+        post_json=True,
+    ),
 }
+
+
+def post_json_script(log_dir: Path) -> Path:
+    """A wrk Lua script that POSTs the FastAPI app's own request body."""
+    source = (APP_DIR / "fastapi_body.py").read_text()
+    body: bytes | None = None
+    for node in ast.parse(source).body:  # the BODY constant, without importing FastAPI
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "BODY" for t in node.targets
+        ):
+            body = ast.literal_eval(node.value)
+    if not isinstance(body, bytes):
+        raise SystemExit(f"no BODY bytes constant in {APP_DIR / 'fastapi_body.py'}")
+    script = log_dir / "post_json.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(body.decode())}\n"
+    )
+    return script
 
 
 @dataclasses.dataclass(frozen=True)
@@ -487,7 +551,8 @@ def load_once(
     wrk: str, server: Server, scenario: str, args: argparse.Namespace, duration: float
 ) -> tuple[Load, float, float]:
     """One load run; returns what it measured and the foreign and steal CPU (cores) meanwhile."""
-    keepalive = SCENARIOS[scenario]
+    spec = SCENARIOS[scenario]
+    keepalive = spec.keepalive
     if keepalive is None:
         argv = [
             str(args.bench_python), str(WS_LOAD), "--port", str(server.port),
@@ -502,6 +567,8 @@ def load_once(
             duration=duration,
             threads=args.threads,
             keepalive=keepalive,
+            path=spec.path,
+            script=args.post_json_script if spec.post_json else None,
         )
     pids = server.all_pids()
     ours0 = cpu_ticks(pids) + _children_ticks()
@@ -573,7 +640,7 @@ class Memory:
 def measure_memory(
     wrk: str, spec: ServerSpec, bin_: Path, args: argparse.Namespace, log_dir: Path
 ) -> Memory:
-    server = Server(spec, bin_, args.workers, args.wsgi_threads, log_dir)
+    server = Server(spec, bin_, args.workers, args.wsgi_threads, log_dir, args.app)
     with running([server]):
         served = 0
         for _ in range(100):  # bound: 100 runs of 3 s
@@ -610,13 +677,12 @@ def report(
     runs: list[Run], memories: list[Memory], names: Sequence[str], rounds: int, baseline: str
 ) -> str:
     lines: list[str] = []
-    for scenario in SCENARIOS:
+    for scenario, spec in SCENARIOS.items():
         if not any(r.scenario == scenario for r in runs):
             continue
-        unit = "msg/s" if SCENARIOS[scenario] is None else "req/s"
+        unit = "msg/s" if spec.keepalive is None else "req/s"
         lines += [
-            f"**{TITLES[scenario]}** (median of {rounds} rounds; "
-            "ratio = median of per-round ratios)",
+            f"**{spec.title}** (median of {rounds} rounds; ratio = median of per-round ratios)",
             "",
             f"| server | {unit} | vs {baseline} | p50 ms | p99 ms | socket errors | non-2xx |",
             "|---|---:|---:|---:|---:|---:|---:|",
@@ -694,6 +760,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     suite = SUITES[args.suite]
     args.baseline = suite.baseline
+    args.app = suite.app
     args.servers = args.servers or ",".join(suite.servers)
     args.scenarios = args.scenarios or ",".join(suite.scenarios)
     args.server_names = [s for s in args.servers.split(",") if s]
@@ -723,18 +790,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python scripts/bench_peers.py " + " ".join(sys.argv[1:] if argv is None else argv)
     log(machine)
 
+    args.post_json_script = post_json_script(args.log_dir)
+
     names = args.server_names
     runs: list[Run] = []
-    servers = [
-        Server(SPECS[name], bin_, args.workers, args.wsgi_threads, args.log_dir) for name in names
-    ]
-    with running(servers):
-        for round_ in range(1, args.rounds + 1):
-            shift = (round_ - 1) % len(servers)
-            order = servers[shift:] + servers[:shift]
-            for scenario in args.scenario_names:
-                for server in order:
-                    runs.append(measure(wrk, server, scenario, round_, args))
+    # The servers run one app at a time: the scenarios are grouped by app.
+    by_app: dict[str, list[str]] = {}
+    for scenario in args.scenario_names:
+        by_app.setdefault(SCENARIOS[scenario].app or args.app, []).append(scenario)
+    for app, scenarios in by_app.items():
+        servers = [
+            Server(SPECS[name], bin_, args.workers, args.wsgi_threads, args.log_dir, app)
+            for name in names
+        ]
+        with running(servers):
+            for round_ in range(1, args.rounds + 1):
+                shift = (round_ - 1) % len(servers)
+                order = servers[shift:] + servers[:shift]
+                for scenario in scenarios:
+                    for server in order:
+                        runs.append(measure(wrk, server, scenario, round_, args))
     memories: list[Memory] = []
     if not args.no_memory:
         for name in names:

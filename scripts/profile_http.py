@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Profile the HTTP hot path in-process: N keep-alive requests, no sockets.
+"""Profile the HTTP hot path in-process: N requests through a fake transport, no sockets.
 
 Why: wall-clock benchmarks on a shared 2-core machine drift by more than the
 few per cent a refactoring of the HTTP layer may cost.  This script drives one
@@ -8,19 +8,31 @@ app and the event loop run; under ``valgrind --tool=callgrind`` the
 instruction count of that is the same from run to run however busy the
 machine is.
 
-How: one connection, one request per loop iteration (as a keep-alive client
+How: one connection (keep-alive), one request per loop iteration (as a client
 would deliver them), each fed to ``data_received`` from a ``call_soon``
 callback (no task running, as for a real read).  The next request is fed once
 the previous response is complete.  The fake transport counts bytes and
 responses; a wrong count fails the run.  The server's tick is not started,
 so no timer fires.
 
-Apps (``--app``): ``hello`` (raw ASGI, one fixed response), ``starlette`` (a
-Starlette ``JSONResponse`` endpoint), ``echo`` (raw ASGI: reads a 1 KiB POST
-body and streams it back in two parts, so the response is chunked).
+Apps (``--app``): ``hello`` (raw ASGI, one fixed response), ``starlette``
+(``scripts/apps/starlette_json.py``: a Starlette ``JSONResponse`` endpoint),
+``fastapi`` (``scripts/apps/fastapi_body.py``: ``POST /items`` with a JSON body
+parsed into a pydantic model and answered with it), ``echo`` (raw ASGI: reads
+a 1 KiB POST body and streams it back in two parts, so the response is
+chunked).  The starlette and fastapi apps are the peer benchmark's own
+(``scripts/bench_peers.py``), so profile and benchmark run the same code.
+
+``--close`` makes a connection per request (``Connection: close``): each is
+made, fed one request, answered, closed by the server and lost, so the
+per-connection work counts too.  ``--server uvicorn`` drives uvicorn's
+httptools protocol (as ``uvicorn --no-access-log`` builds it) through the same
+fake transport instead of ours, for a same-profile comparison; run it with a
+Python that has uvicorn (the benchmark venv, ``build/bench-venv/bin/python``).
 
     .venv/bin/python scripts/profile_http.py --app hello -n 20000
     .venv/bin/python scripts/profile_http.py --app starlette --callgrind
+    build/bench-venv/bin/python scripts/profile_http.py --server uvicorn --app fastapi --callgrind
 
 ``--callgrind`` runs this script twice under callgrind (``--requests`` and
 twice that) with ``PYTHONHASHSEED=0`` and prints the instruction count per
@@ -39,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import re
 import shutil
@@ -73,6 +86,11 @@ POST = (
     b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n%b"
     % (len(ECHO_BODY), ECHO_BODY)
 )
+POST_JSON = (
+    b"POST /items HTTP/1.1\r\nHost: localhost:8000\r\nUser-Agent: profile_http\r\n"
+    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+)
+APP_DIR = Path(__file__).resolve().parent / "apps"
 _SUMMARY = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 
 
@@ -100,16 +118,10 @@ async def echo(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body[half:]})
 
 
-def starlette() -> App:
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
-
-    async def endpoint(request: Request) -> Response:
-        return JSONResponse({"hello": "world", "path": request.url.path})
-
-    app: App = Starlette(routes=[Route("/json", endpoint)])
+def _scripts_app(module: str) -> App:
+    """An app of ``scripts/apps`` (the peer benchmark's), so both run the same code."""
+    sys.path.insert(0, str(APP_DIR))
+    app: App = importlib.import_module(module).app
     return app
 
 
@@ -119,13 +131,18 @@ def build(name: str) -> tuple[App, bytes]:
         return hello, GET % b"/"
     if name == "echo":
         return echo, POST
-    return starlette(), GET % b"/json"
+    if name == "fastapi":
+        app = _scripts_app("fastapi_body")
+        body: bytes = sys.modules["fastapi_body"].BODY
+        return app, POST_JSON % (len(body), body)
+    return _scripts_app("starlette_json"), GET % b"/"
 
 
 class FakeTransport:
     """Just enough of ``asyncio.Transport`` for ``HttpProtocol``; never pauses."""
 
-    def __init__(self) -> None:
+    def __init__(self, totals: FakeTransport | None = None) -> None:
+        self.totals = totals  # also counts the writes here (one per connection)
         self.written = 0
         self.writes = 0
         self.closed = False
@@ -135,6 +152,8 @@ class FakeTransport:
     def write(self, data: bytes) -> None:
         self.written += len(data)
         self.writes += 1
+        if self.totals is not None:
+            self.totals.write(data)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._extra.get(name, default)
@@ -161,50 +180,123 @@ class FakeTransport:
         return 0
 
 
-async def drive(app: App, request: bytes, count: int) -> tuple[float, FakeTransport, WorkerStats]:
-    """Serve ``count`` requests on one connection; return the seconds it took."""
-    loop = asyncio.get_running_loop()
+class Served:
+    """How many responses the server under test completed, whichever it is."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self.count = count
+
+
+Factory = Callable[[], asyncio.Protocol]
+
+
+def reuseport_protocol(app: App) -> tuple[Factory, Served, Callable[[], int]]:
+    """Our protocol factory, as a worker builds it (access log off); its counters."""
     stats = WorkerStats()
     config = Config(lifespan=Lifespan.OFF, access_log=False)
     server = HttpServer(app, config, stats)
-    transport = FakeTransport()
-    proto = server()
+    return server, Served(lambda: stats.requests), lambda: stats.in_flight
+
+
+def uvicorn_protocol(app: App) -> tuple[Factory, Served, Callable[[], int]]:
+    """uvicorn's httptools protocol, as ``uvicorn --no-access-log`` builds it.
+
+    Needs uvicorn (the benchmark venv has it: ``build/bench-venv/bin/python``).
+    Its default headers (server, date) are set once, as its main loop would.
+    """
+    from email.utils import formatdate
+
+    # (imported by name: uvicorn is not in the project's venv, mypy cannot see it)
+    uvicorn_config: Any = importlib.import_module("uvicorn.config")
+    httptools_impl: Any = importlib.import_module("uvicorn.protocols.http.httptools_impl")
+    uvicorn_server: Any = importlib.import_module("uvicorn.server")
+    UvicornConfig, ServerState = uvicorn_config.Config, uvicorn_server.ServerState
+
+    config = UvicornConfig(app, lifespan="off", access_log=False, http="httptools")
+    config.load()
+    state = ServerState()
+    date = formatdate(time.time(), usegmt=True).encode()
+    state.default_headers = [(b"date", date), *config.encoded_headers]
+    loop = asyncio.get_running_loop()
+
+    def factory() -> asyncio.Protocol:
+        proto: asyncio.Protocol = httptools_impl.HttpToolsProtocol(config, state, {}, loop)
+        return proto
+
+    return factory, Served(lambda: state.total_requests), lambda: len(state.tasks)
+
+
+async def drive(
+    app: App, request: bytes, count: int, server_name: str = "reuseport", close: bool = False
+) -> tuple[float, FakeTransport, int]:
+    """Serve ``count`` requests; the seconds taken, the bytes written, and the
+    requests still in flight at the end (0 unless something is wrong).
+
+    Keep-alive: all on one connection.  ``close``: one connection per request,
+    made, fed, answered (the server closes it after its response, as the
+    request asks) and lost, so the per-connection work is counted too.
+    """
+    loop = asyncio.get_running_loop()
+    make = uvicorn_protocol if server_name == "uvicorn" else reuseport_protocol
+    factory, served, in_flight = make(app)
+    if close:
+        request = request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+    totals = FakeTransport()
+    transport = FakeTransport(totals)
+    proto = factory()
     proto.connection_made(transport)  # type: ignore[arg-type]
     done = loop.create_future()
     fed = 0
 
     def step() -> None:
-        nonlocal fed
-        if transport.closed:
-            done.set_exception(RuntimeError("the server closed the connection"))
-            return
-        if stats.requests == fed:  # the previous response is complete
+        nonlocal fed, proto, transport
+        if served.count() == fed:  # the previous response is complete
+            if close and fed:
+                if not transport.closed:
+                    done.set_exception(RuntimeError("the server kept the connection open"))
+                    return
+                proto.connection_lost(None)
+                transport = FakeTransport(totals)
+                proto = factory()
+                proto.connection_made(transport)  # type: ignore[arg-type]
             if fed == count:
                 done.set_result(None)
                 return
             fed += 1
             proto.data_received(request)
+        elif transport.closed:
+            done.set_exception(RuntimeError("the server closed the connection early"))
+            return
         loop.call_soon(step)
 
     started = time.perf_counter()
     loop.call_soon(step)
     await done
     elapsed = time.perf_counter() - started
+    if served.count() != count:
+        raise RuntimeError(f"{served.count()} responses for {count} requests")
+    # Let a server whose app Tasks end one callback after the response finish.
+    for _ in range(3):
+        await asyncio.sleep(0)
+    left = in_flight()
     proto.connection_lost(None)
-    return elapsed, transport, stats
+    return elapsed, totals, left
 
 
 def run(args: argparse.Namespace) -> int:
     app, request = build(args.app)
     loop_factory = uvloop.new_event_loop if args.loop == "uvloop" else asyncio.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        elapsed, transport, stats = runner.run(drive(app, request, args.requests))
-    if stats.requests != args.requests or stats.in_flight != 0:
-        print(f"error: {stats.requests} responses, {stats.in_flight} in flight", file=sys.stderr)
+        elapsed, transport, left = runner.run(
+            drive(app, request, args.requests, args.server, args.close)
+        )
+    if left:
+        print(f"error: {left} requests still in flight", file=sys.stderr)
         return 1
     rate = args.requests / elapsed if elapsed > 0 else float("inf")
     print(
-        f"{args.app} on {args.loop}: {args.requests} requests in {elapsed:.3f} s, "
+        f"{args.server} {args.app}{' close' if args.close else ''} on {args.loop}: "
+        f"{args.requests} requests in {elapsed:.3f} s, "
         f"{rate:,.0f} req/s, {transport.written / args.requests:.0f} bytes and "
         f"{transport.writes / args.requests:.2f} writes per response"
     )
@@ -212,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def callgrind_total(args: argparse.Namespace, requests: int, outdir: Path) -> int:
-    out = outdir / f"callgrind.{args.app}.{args.loop}.{requests}"
+    out = outdir / f"callgrind.{args.server}.{args.app}.{args.loop}.{requests}"
     command = [
         "valgrind",
         "--tool=callgrind",
@@ -221,6 +313,9 @@ def callgrind_total(args: argparse.Namespace, requests: int, outdir: Path) -> in
         str(Path(__file__).resolve()),
         "--app",
         args.app,
+        "--server",
+        args.server,
+        *(["--close"] if args.close else []),
         "--loop",
         args.loop,
         "--requests",
@@ -256,13 +351,28 @@ def callgrind(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(outdir, ignore_errors=True)
     per_request = (large - small) / args.requests
-    print(f"{args.app} on {args.loop}: {per_request:,.0f} instructions per request")
+    mode = " close" if args.close else ""
+    print(
+        f"{args.server} {args.app}{mode} on {args.loop}: "
+        f"{per_request:,.0f} instructions per request"
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--app", choices=("hello", "starlette", "echo"), default="hello")
+    parser.add_argument("--app", choices=("hello", "starlette", "fastapi", "echo"), default="hello")
+    parser.add_argument(
+        "--server",
+        choices=("reuseport", "uvicorn"),
+        default="reuseport",
+        help="whose protocol serves (uvicorn: run with build/bench-venv/bin/python)",
+    )
+    parser.add_argument(
+        "--close",
+        action="store_true",
+        help="a connection per request (Connection: close): connection set-up counts too",
+    )
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("-n", "--requests", type=int, default=None, help="requests to serve")
     parser.add_argument(

@@ -129,7 +129,7 @@ class RequestCycle:
             # as read-only): a dict per request cost 1 % of a hello-world
             # request, this key 0.35 % (callgrind, scripts/profile_http.py).
             "extensions": server.http_extensions,
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "asgi": server.asgi_info,  # one per worker too, as read-only as the above
             "http_version": http_version,
             "server": proto.sockname,
             "client": client,
@@ -297,6 +297,8 @@ class RequestCycle:
         if task is not None:
             server.tasks.discard(task)
             self.task = None
+        if exc is None and self.response.state is COMPLETE:
+            return  # the common case, without a call
         try:
             self._app_done(exc)
         except Exception:  # pragma: no cover - a bug here must not kill the loop

@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import IntEnum
 
-from ._wire import error_response, status_line
+from ._wire import STATUS_LINES, error_response, status_line
 
 __all__ = [
     "BODY",
@@ -182,7 +182,7 @@ class ResponseFramer:
             raise RuntimeError(
                 "the app sent a response header containing CR or LF; refusing to send it"
             )
-        line = status_line(status)
+        line = STATUS_LINES.get(status) or status_line(status)  # (the latter raises)
         if app_close or close:
             self.keep_alive = False
         self._app_close = app_close

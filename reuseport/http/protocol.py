@@ -888,7 +888,8 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         self.served += 1
         if self.server.access_log:
             cycle.log_access()
-        cycle.wake()
+        if cycle.waiter is not None:
+            cycle.wake()
         if not cycle.response.keep_alive or self.shutting_down:
             if cycle.request is not RECEIVING or self._parser_dead:
                 self.close()
@@ -936,11 +937,13 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         """Let flow control pause or resume reading (see ``flow.py``)."""
         if self.closed:
             return
+        queued = bool(self.queue) or self._unfed is not None
         cycle = self.receiving
         if cycle is None or cycle.response.state is COMPLETE:
-            self.flow.update_reading(bool(self.queue) or self._unfed is not None, 0)
+            if queued or self.flow.read_paused:  # else reading goes on: the common case
+                self.flow.update_reading(queued, 0)
         else:
-            self.flow.update_reading(bool(self.queue) or self._unfed is not None, cycle.body_size)
+            self.flow.update_reading(queued, cycle.body_size)
 
     def _fail(self, status: int) -> None:
         """The peer sent something we cannot take: answer in turn, then close."""

@@ -111,6 +111,7 @@ class HttpServer:
         self.draining = asyncio.Event()
         self.drain_extension: dict[str, Any] = {"event": self.draining}
         self.http_extensions: dict[str, Any] = {"reuseport.drain": self.drain_extension}
+        self.asgi_info: dict[str, str] = {"version": "3.0", "spec_version": "2.4"}
         self.upgrades = Upgrades(self, config)
         self._refresh()
 
