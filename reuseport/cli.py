@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import logging
 import os
 import sys
@@ -490,11 +491,24 @@ def _from_toml(path: str) -> dict[str, object]:
         name = key.replace("-", "_")
         name = _ALIASES.get(name, name)
         if name not in names and name not in _BIND_KEYS:
-            raise ConfigError(f"config file {path!r}: unknown option {key!r}")
+            near = _nearest(name, _option_keys())
+            hint = f" (did you mean {near.replace('_', '-')!r}?)" if near else ""
+            raise ConfigError(f"config file {path!r}: unknown option {key!r}{hint}")
         if name in _LIST_FIELDS and isinstance(value, str):
             value = [value]
         values[name] = tuple(value) if isinstance(value, list) else value
     return _bind_aliases(values)
+
+
+def _option_keys() -> list[str]:
+    """Every key a file or a variable may name, as a field or an alias (``snake_case``)."""
+    return sorted({*Config.field_names(), *_ALIASES, *_BIND_KEYS})
+
+
+def _nearest(word: str, candidates: Sequence[str]) -> str | None:
+    """The candidate closest to a misspelled ``word`` (``difflib``), or None."""
+    found = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return found[0] if found else None
 
 
 # Fields that take several values: a list in TOML, comma-separated in a variable.
@@ -521,15 +535,39 @@ def _bind_aliases(values: dict[str, object]) -> dict[str, object]:
     return values
 
 
-def _from_env(environ: dict[str, str] | os._Environ[str]) -> dict[str, object]:
+_ENV_PREFIX = "REUSEPORT_"
+# REUSEPORT_* variables that are not options (never warned about as unknown).
+_NOT_OPTIONS = frozenset({"REUSEPORT_CONFIG"})
+# What a variable's text must look like, by Config annotation, for the error message.
+_TEXT_KINDS = {"int": "an integer", "int | None": "an integer", "float": "a number"}
+
+
+def _env_annotations() -> dict[str, str]:
     annotations = {f: str(t) for f, t in Config.__annotations__.items()}
     annotations.update({"host": "str", "port": "int", "uds": "str", "fd": "int"})
+    return annotations
+
+
+def _env_field(key: str) -> str:
+    """The field (or bind key) a ``REUSEPORT_*`` variable names, known or not."""
+    raw = key[len(_ENV_PREFIX) :].lower()
+    return _ALIASES.get(raw, raw)
+
+
+def _from_env(
+    environ: dict[str, str] | os._Environ[str], origins: dict[str, str] | None = None
+) -> dict[str, object]:
+    """The options the ``REUSEPORT_*`` variables set; ``origins`` learns each one's variable.
+
+    A value that does not parse is a ``ConfigError`` naming the variable.
+    Unknown variables are skipped here (``env_warnings`` names them).
+    """
+    annotations = _env_annotations()
     values: dict[str, object] = {}
     for key, text in environ.items():
-        if not key.startswith("REUSEPORT_") or key in {"REUSEPORT_CONFIG"}:
+        if not key.startswith(_ENV_PREFIX) or key in _NOT_OPTIONS:
             continue
-        raw = key[len("REUSEPORT_") :].lower()
-        name = _ALIASES.get(raw, raw)
+        name = _env_field(key)
         if name not in annotations:
             continue
         kind = annotations[name]
@@ -543,29 +581,91 @@ def _from_env(environ: dict[str, str] | os._Environ[str]) -> dict[str, object]:
             else:
                 values[name] = text
         except ValueError:
-            raise ConfigError(f"cannot parse {key}={text!r}: expected {kind}") from None
+            raise ConfigError(
+                f"{key}: cannot parse {text!r} as {_TEXT_KINDS.get(kind, kind)}"
+            ) from None
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        if origins is not None:
+            field = "binds" if name in _BIND_KEYS else name
+            origins[field] = f"{origins[field]}, {key}" if field in origins else key
     return _bind_aliases(values)
 
 
+def env_warnings(environ: dict[str, str] | os._Environ[str]) -> list[str]:
+    """One warning per ``REUSEPORT_*`` variable that is no option (a typo, most likely).
+
+    Such a variable is ignored, not refused: the environment is shared with
+    other programs.  The warning names the nearest valid variable.
+    """
+    annotations = _env_annotations()
+    # Compared without the prefix, which every candidate shares.
+    valid = sorted({*_option_keys(), *(k[len(_ENV_PREFIX) :].lower() for k in _NOT_OPTIONS)})
+    warnings = []
+    for key in sorted(environ):
+        if not key.startswith(_ENV_PREFIX) or key in _NOT_OPTIONS:
+            continue
+        if _env_field(key) in annotations:
+            continue
+        near = _nearest(key[len(_ENV_PREFIX) :].lower(), valid)
+        hint = (
+            f"did you mean {_ENV_PREFIX}{near.upper()}?"
+            if near
+            else "a variable is REUSEPORT_ and a long flag's name, e.g. REUSEPORT_WORKERS"
+        )
+        warnings.append(f"{key} is not a reuseport setting, ignored ({hint})")
+    return warnings
+
+
 def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
-    """Merge file < environment < command line into a validated Config."""
+    """Merge file < environment < command line into a validated Config.
+
+    A value the Config refuses is named by where it came from (the variable,
+    or the file and key) when it came from the environment or the file.
+    """
     env = os.environ if environ is None else environ
     given = dict(vars(args))
     for key in ("command", "func"):
         given.pop(key, None)
     config_file = given.pop("config_file", None) or env.get("REUSEPORT_CONFIG")
     values: dict[str, object] = {}
+    origins: dict[str, str] = {}  # field: the variable or file key that set it
     if config_file:
-        values.update(_from_toml(config_file))
-    values.update(_from_env(env))
+        from_file = _from_toml(config_file)
+        values.update(from_file)
+        origins.update(
+            {name: f"config file {config_file!r}, {name.replace('_', '-')}" for name in from_file}
+        )
+    values.update(_from_env(env, origins))
     for name in _LIST_FIELDS:
         if name in given:
             given[name] = tuple(given[name])
-    values.update(_bind_aliases(given))
+    from_flags = _bind_aliases(given)
+    values.update(from_flags)
+    for name in from_flags:
+        origins.pop(name, None)
     try:
         return Config(**values)  # type: ignore[arg-type]
     except TypeError as exc:
         raise ConfigError(f"bad configuration: {exc}") from None
+    except ConfigError as exc:
+        origin = _culprit(exc, values, origins)
+        if origin is None:
+            raise
+        raise ConfigError(f"{origin}: {exc}") from None
+
+
+def _culprit(exc: ConfigError, values: dict[str, object], origins: dict[str, str]) -> str | None:
+    """Which variable or file key alone gives the error ``exc`` (None: a flag, or several)."""
+    for name, origin in origins.items():
+        try:
+            Config(**{name: values[name]})  # type: ignore[arg-type]
+        except ConfigError as alone:
+            if str(alone) == str(exc):
+                return origin
+        except TypeError:
+            continue
+    return None
 
 
 def _with_activation(config: Config) -> tuple[Config, tuple[FdBind, ...]]:
@@ -638,6 +738,8 @@ def check_startup(config: Config) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     config, activated = _with_activation(build_config(args))
     logs.setup(config)
+    for warning in env_warnings(os.environ):
+        log.warning("%s", warning)
     if activated:
         log.info(
             "systemd socket activation: %s",
