@@ -52,6 +52,7 @@ from .listeners import Listeners
 from .pidfile import PidFile
 from .policy import CrashBackoff, PoolPolicy, PoolView, Replacements, Resize
 from .scoreboard import Scoreboard
+from .signals import SignalQueue
 from .status import (
     MasterEvents,
     MasterStatus,
@@ -77,16 +78,20 @@ log = logging.getLogger("reuseport.master")
 _TICK = 0.5
 _KILL_AFTER_ABORT = 2.0
 _STOP_GRACE = 5.0  # on top of --graceful-timeout before a stopping worker is killed
-_SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGHUP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-    signal.SIGUSR1,
-    signal.SIGCHLD,
-)
+# A worker that never became ready serves nothing: stopped, it gets this
+# long (to cancel its boot, see worker.py) before it is killed, not the
+# whole --graceful-timeout.
+_BOOT_STOP_GRACE = 3.0
+
+
+def _failure_key(code: int, message: str) -> tuple[int, str]:
+    """What makes two boot failures "the same": the exit code and the message's last line.
+
+    The last line of a traceback is the exception; earlier lines may differ
+    by worker (a pid, a slot) without the cause differing.
+    """
+    lines = [line for line in message.splitlines() if line.strip()]
+    return code, lines[-1].strip() if lines else ""
 
 
 def _describe_status(status: int) -> str:
@@ -97,7 +102,15 @@ def _describe_status(status: int) -> str:
 class Arbiter:
     """The master process: ``Arbiter(config, mode, why).run()`` returns its exit code."""
 
-    def __init__(self, config: Config, mode: Mode, mode_reason: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        mode: Mode,
+        mode_reason: str,
+        *,
+        signals: SignalQueue | None = None,
+    ) -> None:
+        """``signals``: the queue the CLI installed first thing (else one is made in ``run``)."""
         if mode is Mode.AUTO:
             raise ValueError("the arbiter needs a resolved mode")
         self.config = config
@@ -113,31 +126,44 @@ class Arbiter:
         self.replacements = Replacements()
         self.traffic = Traffic(config, mode, self.listeners)
         self.events = MasterEvents(initial=config.initial_workers)
-        self.signals: collections.deque[int] = collections.deque()  # filled by handlers
+        self._sigq = signals if signals is not None else SignalQueue()
+        self.signals: collections.deque[int] = self._sigq.pending  # filled by handlers
         self.stopping = False
         self.stop_deadline = 0.0
         self.exit_code: int = ExitCode.OK
+        # Halting for a boot error: (exit code, last line) of the one shown,
+        # and how many other workers failed the same way (counted, not shown).
+        self.boot_failure: tuple[int, str] | None = None
+        self.same_boot_failures = 0
         self.announced_ready = False
+        self.announced_listening = False
         self.scoreboard: Scoreboard | None = None
         self.control: ControlServer | None = None
         self.pidfile = PidFile(config.pid_file, self.pid)
         self.uid, self.gid = worker_mod.resolve_user(config.user, config.group)
-        self._wake_r = -1
-        self._wake_w = -1
         self.watcher: reloader.Watcher | None = None
 
     # ------------------------------------------------------------------ main
     def run(self) -> int:
         """Serve until stopped; returns the master's exit code."""
+        self._sigq.install()  # done already when the CLI made the queue
+        early = self._sigq.stop_requested()
+        if early is not None:
+            # Nothing bound, nothing forked: nothing to wind down.
+            log.info(
+                "%s while starting: stopped before binding anything or starting a worker",
+                signal.Signals(early).name,
+            )
+            self._sigq.restore()
+            return ExitCode.OK
         name = self.config.proc_name or self.config.app_label
         setproctitle.setproctitle(f"reuseport: master [{name}]")
         if self.config.reload:
             self._start_watcher()  # first: it must inherit no socket
-        self._install_signals()
         try:
             self.listeners.bind(anchor=self.config.pm is ProcessManager.ONDEMAND)
-            for line in self.listeners.describe("https" if self.config.tls else "http"):
-                log.info("Listening at %s", line)
+            for line in self._bind_lines():
+                log.info("Bound %s", line)
             log.info("Mode %s: %s", self.mode.value, self.mode_reason)
             self.pidfile.write()
             path = self.config.control or default_control_path(self.pid)
@@ -147,6 +173,8 @@ class Arbiter:
             if self.mode is Mode.REUSEPORT:
                 self.traffic.setup(self.scoreboard.size)
             if self.config.pm is ProcessManager.ONDEMAND:
+                # Connections wait in the queue until the worker they start is ready.
+                self._announce_listening()
                 log.info(
                     "Ready: 0 workers (ondemand pool: the first connection starts one, "
                     "up to %d) (%s mode)",
@@ -155,6 +183,7 @@ class Arbiter:
                 )
                 self.announced_ready = True
             self._loop()
+            self._report_boot_failures()
         finally:
             self._stop_watcher()
             self._terminate_all(signal.SIGKILL)
@@ -163,29 +192,28 @@ class Arbiter:
                 self.control.close()
             self.listeners.close()
             self.pidfile.remove()
-            signal.set_wakeup_fd(-1)
-            for fd in (self._wake_r, self._wake_w):
-                if fd >= 0:
-                    os.close(fd)
+            self._sigq.restore()
         return self.exit_code
 
-    def _install_signals(self) -> None:
-        self._wake_r, self._wake_w = os.pipe()
-        for fd in (self._wake_r, self._wake_w):
-            os.set_blocking(fd, False)
-            os.set_inheritable(fd, False)
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        queue = self.signals
+    def _bind_lines(self) -> list[str]:
+        return self.listeners.describe("https" if self.config.tls else "http")
 
-        def enqueue(signum: int, _frame: object) -> None:
-            queue.append(signum)
+    def _announce_listening(self) -> None:
+        """ "Listening at": once, when the first worker is ready (ondemand: at start).
 
-        for sig in _SIGNALS:
-            signal.signal(sig, enqueue)
+        Not at bind time: until a worker has imported the app and run its
+        startup, nothing serves (the "Bound" lines say what was bound).
+        """
+        if self.announced_listening:
+            return
+        self.announced_listening = True
+        for line in self._bind_lines():
+            log.info("Listening at %s", line)
 
     def _loop(self) -> None:
         poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
+        wake_r = self._sigq.wake_r
+        poller.register(wake_r, select.POLLIN)
         if self.control is not None:
             poller.register(self.control.fileno(), select.POLLIN)
         if self.watcher is not None:
@@ -234,10 +262,8 @@ class Arbiter:
             except InterruptedError:
                 continue
             for fd, _mask in events:
-                if fd == self._wake_r:
-                    with contextlib.suppress(BlockingIOError):
-                        while os.read(self._wake_r, 4096):
-                            pass
+                if fd == wake_r:
+                    self._sigq.clear_wakeups()
                 elif fd in registered:
                     self._read_channel(registered[fd])
                 elif self.control is not None and fd == self.control.fileno():
@@ -320,6 +346,7 @@ class Arbiter:
         if pid == 0:  # child
             code: int = ExitCode.ERROR
             try:
+                self._sigq.forget_in_child()
                 os.close(read_fd)
                 code = reloader.run_watcher(self.config, self.pid, write_fd)
             except BaseException:
@@ -367,16 +394,32 @@ class Arbiter:
             return
         self.stopping = True
         self.stop_deadline = time.monotonic() + self.config.graceful_timeout
+        booting = sum(1 for h in self.workers.values() if h.ready_since is None)
         log.info(
-            "%s: graceful stop, waiting up to %.1fs for %d worker(s)",
+            "%s: graceful stop, waiting up to %.1fs for %d worker(s)%s",
             why,
             self.config.graceful_timeout,
             len(self.workers),
+            f" ({booting} still booting, with nothing in flight: they stop at once)"
+            if booting
+            else "",
         )
         self._terminate_all(signal.SIGTERM)
 
     def _enforce_stop_deadline(self) -> None:
-        if time.monotonic() >= self.stop_deadline:
+        now = time.monotonic()
+        for handle in list(self.workers.values()):
+            overdue = handle.stop_deadline is not None and now >= handle.stop_deadline
+            if handle.state is WorkerState.STOPPING and handle.ready_since is None and overdue:
+                log.warning(
+                    "Worker %d (pid %d) was still booting and did not stop within %.1fs; "
+                    "killing it (it served nothing: nothing is lost)",
+                    handle.slot,
+                    handle.pid,
+                    _BOOT_STOP_GRACE,
+                )
+                self._abort(handle, signal.SIGKILL, ExitCause.STOP)
+        if now >= self.stop_deadline:
             alive = [h.pid for h in self.workers.values()]
             if alive:
                 log.warning(
@@ -386,13 +429,16 @@ class Arbiter:
                 self.stop_deadline = time.monotonic() + _STOP_GRACE
 
     def _terminate_all(self, sig: int) -> None:
+        booted = self.stop_deadline
+        booting = min(booted, time.monotonic() + _BOOT_STOP_GRACE)
         for handle in list(self.workers.values()):
             if sig == signal.SIGKILL:
                 self._abort(handle, sig, ExitCause.STOP)
             elif handle.leaving:
                 self._kill(handle, sig)
             else:
-                handle.leave(WorkerState.STOPPING, ExitCause.STOP, deadline=self.stop_deadline)
+                deadline = booted if handle.ready_since is not None else booting
+                handle.leave(WorkerState.STOPPING, ExitCause.STOP, deadline=deadline)
                 self._kill(handle, sig)
 
     def _stop(self, handle: WorkerHandle, cause: ExitCause) -> None:
@@ -678,14 +724,13 @@ class Arbiter:
         return limit
 
     def _after_fork_in_child(self, parent_ch: socket.socket, slot: int) -> None:
-        signal.set_wakeup_fd(-1)
-        for sig in _SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
+        self._sigq.forget_in_child()
         # Relayed to workers to reopen logs; its default action would kill a
         # worker that has not installed its handler yet.
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        # A stop signal before the worker's loop handles signals is recorded,
+        # not fatal: the worker then stops before it serves.
+        worker_mod.install_boot_signals()
         if self.watcher is not None:
             self.watcher.close()
         parent_ch.close()
@@ -734,6 +779,7 @@ class Arbiter:
         if handle.state is not WorkerState.STARTING:
             return  # told to go meanwhile: it stays on its way out
         handle.to(WorkerState.READY)
+        self._announce_listening()
         for slot in sorted(self.traffic.rescuing):  # join the rescues under way
             self._tell_rescuers(slot, on=True, only=handle)
         if handle.replaces is not None:
@@ -825,6 +871,8 @@ class Arbiter:
         if handle.replaces is not None:
             self._replacement_failed(handle, how)
             return
+        if self._another_boot_failure(handle, code):
+            return
         if cause not in (ExitCause.CRASH, ExitCause.HEARTBEAT, ExitCause.BOOT):
             log.info("Worker %d (pid %d) %s", slot, handle.pid, how)
             return
@@ -838,10 +886,36 @@ class Arbiter:
                     "Shutting down: a worker that cannot boot would only be respawned in a loop"
                 )
                 self.exit_code = exit_code
+                self.boot_failure = _failure_key(exit_code, message)
                 self._begin_stop("boot error")
                 return
             how = f"failed to boot: {message}"
         self._note_crash(handle, how)
+
+    def _another_boot_failure(self, handle: WorkerHandle, code: int) -> bool:
+        """While halting for a boot error: count a worker that failed the same way.
+
+        One report per failure, however many workers: the first is shown,
+        the same failure again is only counted (``_report_boot_failures``);
+        a different one is shown too.  False if ``handle`` is no such worker.
+        """
+        if self.boot_failure is None or not handle.failed_to_boot(code):
+            return False
+        exit_code, message = handle.boot_error or (code, f"exited with code {code}")
+        if _failure_key(exit_code, message) == self.boot_failure:
+            self.same_boot_failures += 1
+        else:
+            log.error("Worker %d failed to boot too, differently: %s", handle.slot, message)
+        return True
+
+    def _report_boot_failures(self) -> None:
+        count = self.same_boot_failures
+        if count:
+            log.error(
+                "%d more worker%s failed the same way (not shown again)",
+                count,
+                "" if count == 1 else "s",
+            )
 
     def _replacement_failed(self, handle: WorkerHandle, how: str) -> None:
         """A reload/recycle worker died before it was ready: keep the one it was to replace."""

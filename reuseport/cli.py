@@ -30,7 +30,7 @@ import tomllib
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from . import __version__, logs
+from . import __version__, logs, signals
 from .activation import systemd_binds
 from .config import (
     DEFAULT_BIND,
@@ -749,7 +749,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     mode, reason = resolve_mode(config)
     from .arbiter import Arbiter
 
-    return Arbiter(config, mode, reason).run()
+    return Arbiter(config, mode, reason, signals=signals.take_early()).run()
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
@@ -800,16 +800,25 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "func", None) is None:
-        parser.print_help(sys.stderr)
-        return ExitCode.USAGE
-    func: Callable[[argparse.Namespace], int] = args.func
+    # ``serve``: the master's signal handlers first (see signals.py); handed
+    # over to the arbiter, or put back if the server never starts.
+    if signals.serving(sys.argv[1:] if argv is None else argv):
+        signals.install_early()
     try:
-        return func(args)
-    except ReuseportError as exc:
-        print(f"reuseport: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return ExitCode.INTERRUPTED
+        parser = make_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "func", None) is None:
+            parser.print_help(sys.stderr)
+            return ExitCode.USAGE
+        func: Callable[[argparse.Namespace], int] = args.func
+        try:
+            return func(args)
+        except ReuseportError as exc:
+            print(f"reuseport: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            return ExitCode.INTERRUPTED
+    finally:
+        early = signals.take_early()
+        if early is not None:
+            early.restore()

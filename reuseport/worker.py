@@ -25,6 +25,21 @@ master dies (PR_SET_PDEATHSIG), the loop also stops when the channel to the
 master reaches EOF, and a small watchdog thread that notices the parent is
 gone enforces a hard deadline in case the loop is stuck.
 
+Stopping while booting.  A worker that does not serve yet has nothing in
+flight, so a stop signal during its boot ends it at once: the boot (an app
+import, a lifespan startup waiting on a database) is cancelled and the
+worker exits with code 0, without waiting for ``--graceful-timeout``.  Once
+it has begun to serve, the boot completes and the stop is the usual
+graceful one.  Between the fork and the moment the event loop handles
+signals, a stop signal is recorded by ``install_boot_signals`` (the master
+puts it in place right after the fork) instead of killing the worker.
+
+One report per boot failure: a worker that cannot boot sends the whole
+story (the traceback included) to the master in its ``boot_error`` message
+and prints nothing itself, so the master can show it once however many
+workers fail the same way; only when the master cannot be told (the
+channel is gone) does the worker log it.
+
 Messages from the master arrive on the channel: ``drain`` means "the kernel no
 longer sends you new connections (a BPF program steers them away): accept
 what is still queued for you, then stop".  Messages to the master:
@@ -70,6 +85,7 @@ from .sockets import adopt, bind_reuseport, listen_queue_depth
 __all__ = [
     "WorkerSpec",
     "drop_privileges",
+    "install_boot_signals",
     "recv_messages",
     "resolve_user",
     "run",
@@ -87,6 +103,30 @@ _DRAIN_QUIET = 1.0  # the queue must stay empty this long: handshakes in flight 
 # (on a starved machine the final ACK of a handshake can sit in softirq for
 # well over 100 ms; a connection that lands after we close would be reset)
 _RECYCLE_POLL = 0.05
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+# A stop signal that arrived before the event loop handled signals (the
+# first one), recorded by the handler ``install_boot_signals`` puts in place.
+_early_stop: int | None = None
+
+
+def _record_stop(signum: int, _frame: object) -> None:
+    global _early_stop
+    if _early_stop is None:
+        _early_stop = signum
+
+
+def install_boot_signals() -> None:
+    """In a freshly forked worker: a stop signal is recorded until the loop handles it.
+
+    Its default action would kill the worker mid-boot (the master would see
+    a worker "killed by SIGTERM"); recorded, it makes the worker stop before
+    it serves, with exit code 0.
+    """
+    global _early_stop
+    _early_stop = None
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _record_stop)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -246,6 +286,7 @@ class _Worker:
             self.siblings[slot] = [socket.socket(fileno=fd) for fd in fds]
         self.rescuer: Rescuer | None = None
         self.stop_reason = StopReason.STOP  # the master says otherwise before it signals
+        self.serving = False  # the app accepts connections: a stop is a graceful one now
 
     def beat(self) -> None:
         s = self.stats
@@ -319,6 +360,7 @@ class _Worker:
         board = spec.board
         if board is not None and spec.slot < board.capacity:
             self.stats.lane = board.lane(spec.slot, spec.lane)
+        self.serving = True
         try:
             await hosted.serve(socks)
         except OSError as exc:
@@ -352,19 +394,28 @@ class _Worker:
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
         self.stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGUSR1, logs.reopen)  # relayed by the master
+        if _early_stop is not None:  # before the loop handled signals
+            self.stop.set()
         self.spec.channel.setblocking(False)
         loop.add_reader(self.spec.channel.fileno(), self._on_channel)
         self.beat()
         try:
-            hosted = await self._boot()
+            hosted = await self._boot_unless_stopped()
         except ReuseportError as exc:
             return self._boot_failed(exc.exit_code, str(exc))
         except Exception as exc:
             text = "".join(traceback.format_exception(exc)).rstrip()
             return self._boot_failed(ExitCode.BOOT_ERROR, f"worker failed to start:\n{text}")
+        if hosted is None:
+            log.info(
+                "Worker %d (pid %d) stopped while booting, before it served: nothing was in flight",
+                self.spec.slot,
+                self.pid,
+            )
+            return ExitCode.OK
         interval = self._beat_interval()
         limit = self.spec.max_requests
         poll = min(interval, _RECYCLE_POLL) if limit else interval
@@ -391,6 +442,34 @@ class _Worker:
             self.rescuer.close()
         self.beat()
         return ExitCode.OK
+
+    async def _boot_unless_stopped(self) -> HostedApp | None:
+        """Boot, unless a stop comes first: then give the boot up at once (None).
+
+        A worker that does not serve yet has nothing in flight.  Once it has
+        begun to serve (connections may be accepted), the boot completes and
+        the caller stops it gracefully.
+        """
+        assert self.stop is not None
+        if self.stop.is_set():
+            return None
+        boot = asyncio.ensure_future(self._boot())
+        stopped = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({boot, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if boot.done() or self.serving:
+            return await boot
+        boot.cancel()
+        await asyncio.wait({boot})
+        if boot.cancelled():
+            return None
+        error = boot.exception()
+        if error is not None:  # raised while being cancelled: the stop is what counts
+            log.debug("worker %d: its boot ended with %r as it was stopped", self.spec.slot, error)
+            return None
+        return boot.result()  # it finished anyway: stopped gracefully by the caller
 
     def _on_channel(self) -> None:
         assert self.stop is not None
@@ -501,11 +580,28 @@ class _Worker:
         return min(_BEAT_INTERVAL, timeout / 4) if timeout > 0 else _BEAT_INTERVAL
 
     def _boot_failed(self, code: int, message: str) -> int:
-        with contextlib.suppress(OSError):
+        """Tell the master why we cannot boot (it shows it); say it ourselves if it cannot hear."""
+        try:
             send_message(
-                self.spec.channel, {"type": "boot_error", "code": code, "message": message}
+                self.spec.channel,
+                {"type": "boot_error", "code": code, "message": _fit_message(message)},
             )
+        except OSError:
+            log.error("Worker %d could not boot: %s", self.spec.slot, message)
         return code
+
+
+# A boot error travels in one datagram the master reads 64 KiB at a time; JSON
+# may spell a character in six bytes.  A traceback's end says the most.
+_MESSAGE_HEAD = 2000
+_MESSAGE_TAIL = 8000
+
+
+def _fit_message(message: str) -> str:
+    if len(message) <= _MESSAGE_HEAD + _MESSAGE_TAIL:
+        return message
+    cut = len(message) - _MESSAGE_HEAD - _MESSAGE_TAIL
+    return f"{message[:_MESSAGE_HEAD]}\n[... {cut} characters cut ...]\n{message[-_MESSAGE_TAIL:]}"
 
 
 def run(spec: WorkerSpec) -> int:
