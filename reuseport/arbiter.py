@@ -52,7 +52,7 @@ from .listeners import Listeners
 from .pidfile import PidFile
 from .policy import CrashBackoff, PoolPolicy, PoolView, Replacements, Resize
 from .scoreboard import Scoreboard
-from .signals import SignalQueue
+from .signals import SignalQueue, blocked
 from .status import (
     MasterEvents,
     MasterStatus,
@@ -671,16 +671,19 @@ class Arbiter:
             if self.traffic.rescue
             else (),
         )
-        pid = os.fork()
-        if pid == 0:  # child
-            code: int = ExitCode.ERROR
-            try:
-                self._after_fork_in_child(parent_ch, slot)
-                code = worker_mod.run(spec)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
+        # The child keeps the stop signals blocked until its event loop
+        # handles them (worker.py): one sent the instant it exists waits.
+        with blocked():
+            pid = os.fork()
+            if pid == 0:  # child
+                code: int = ExitCode.ERROR
+                try:
+                    self._after_fork_in_child(parent_ch, slot)
+                    code = worker_mod.run(spec)
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    os._exit(code)
         child_ch.close()
         parent_ch.setblocking(False)
         opens_socket = self.listeners.needs_socket(slot)
@@ -724,13 +727,11 @@ class Arbiter:
         return limit
 
     def _after_fork_in_child(self, parent_ch: socket.socket, slot: int) -> None:
+        # (The stop signals stay blocked until the worker's loop handles them.)
         self._sigq.forget_in_child()
         # Relayed to workers to reopen logs; its default action would kill a
         # worker that has not installed its handler yet.
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-        # A stop signal before the worker's loop handles signals is recorded,
-        # not fatal: the worker then stops before it serves.
-        worker_mod.install_boot_signals()
         if self.watcher is not None:
             self.watcher.close()
         parent_ch.close()

@@ -17,8 +17,9 @@ the arbiter (``Arbiter(..., signals=queue)``), so no signal is lost between
 the two.
 
 After ``fork`` a child holds copies of the handlers and of the wake-up
-pipe: ``forget_in_child`` puts the defaults back and closes the copies
-(the worker then installs its own; see ``worker.install_boot_signals``).
+pipe: ``forget_in_child`` puts the defaults back and closes the copies.
+A worker is forked with the stop signals blocked (``blocked``), so none is
+lost or fatal before its event loop handles them (see ``worker.py``).
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ import collections
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import FrameType
 
 __all__ = [
     "MASTER_SIGNALS",
     "STOP_SIGNALS",
     "SignalQueue",
+    "blocked",
     "install_early",
     "serving",
     "take_early",
@@ -120,6 +122,22 @@ class SignalQueue:
             if fd >= 0:
                 os.close(fd)
         self.wake_r = self.wake_w = -1
+
+
+@contextlib.contextmanager
+def blocked(signals: Iterable[int] = STOP_SIGNALS) -> Iterator[None]:
+    """Block ``signals`` in this thread for the ``with`` block; they wait, pending.
+
+    Around ``fork``: a child inherits the mask, so a signal sent the moment
+    it exists waits for it to unblock (Python would otherwise drop one its
+    handler caught in the child before its after-fork cleanup).  The parent
+    gets any that came meanwhile when the block ends.
+    """
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 _early: SignalQueue | None = None

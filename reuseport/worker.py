@@ -30,9 +30,12 @@ flight, so a stop signal during its boot ends it at once: the boot (an app
 import, a lifespan startup waiting on a database) is cancelled and the
 worker exits with code 0, without waiting for ``--graceful-timeout``.  Once
 it has begun to serve, the boot completes and the stop is the usual
-graceful one.  Between the fork and the moment the event loop handles
-signals, a stop signal is recorded by ``install_boot_signals`` (the master
-puts it in place right after the fork) instead of killing the worker.
+graceful one.  From the fork to the moment the event loop handles signals,
+stop signals are blocked (the master blocks them around ``fork``, so even
+one sent the instant the child exists waits): it stays pending and reaches
+the loop's handler as soon as ``main`` unblocks it, instead of killing the
+worker mid-boot with its default action (or being dropped by Python's own
+after-fork cleanup of signals caught in the child before it).
 
 One report per boot failure: a worker that cannot boot sends the whole
 story (the traceback included) to the master in its ``boot_error`` message
@@ -85,7 +88,6 @@ from .sockets import adopt, bind_reuseport, listen_queue_depth
 __all__ = [
     "WorkerSpec",
     "drop_privileges",
-    "install_boot_signals",
     "recv_messages",
     "resolve_user",
     "run",
@@ -104,29 +106,6 @@ _DRAIN_QUIET = 1.0  # the queue must stay empty this long: handshakes in flight 
 # well over 100 ms; a connection that lands after we close would be reset)
 _RECYCLE_POLL = 0.05
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
-
-# A stop signal that arrived before the event loop handled signals (the
-# first one), recorded by the handler ``install_boot_signals`` puts in place.
-_early_stop: int | None = None
-
-
-def _record_stop(signum: int, _frame: object) -> None:
-    global _early_stop
-    if _early_stop is None:
-        _early_stop = signum
-
-
-def install_boot_signals() -> None:
-    """In a freshly forked worker: a stop signal is recorded until the loop handles it.
-
-    Its default action would kill the worker mid-boot (the master would see
-    a worker "killed by SIGTERM"); recorded, it makes the worker stop before
-    it serves, with exit code 0.
-    """
-    global _early_stop
-    _early_stop = None
-    for sig in _STOP_SIGNALS:
-        signal.signal(sig, _record_stop)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -397,8 +376,11 @@ class _Worker:
         for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGUSR1, logs.reopen)  # relayed by the master
-        if _early_stop is not None:  # before the loop handled signals
+        # Blocked since the fork (the master's doing): one that came meanwhile
+        # stops us before the boot begins (it also reaches the loop now).
+        if set(signal.sigpending()) & set(_STOP_SIGNALS):
             self.stop.set()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         self.spec.channel.setblocking(False)
         loop.add_reader(self.spec.channel.fileno(), self._on_channel)
         self.beat()

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -64,6 +65,31 @@ def test_restore_puts_the_previous_wakeup_fd_back() -> None:
         signal.set_wakeup_fd(previous)
         os.close(r)
         os.close(w)
+
+
+def test_forget_in_child_puts_the_defaults_back() -> None:
+    before = signal.getsignal(signal.SIGUSR2)
+    queue = SignalQueue((signal.SIGUSR2,))
+    queue.install()
+    try:
+        queue.pending.append(signal.SIGTERM)  # the parent's, not the child's
+        queue.forget_in_child()
+        assert not queue.pending
+        assert not queue.installed
+        assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+
+
+def test_blocked_signals_wait_and_arrive_when_the_block_ends(queue: SignalQueue) -> None:
+    # The mask is this thread's: a signal sent to the process could go to
+    # another thread of the test run, so this one is sent to this thread.
+    with signals.blocked((signal.SIGUSR1,)):
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+        assert signal.SIGUSR1 in signal.sigpending()
+        assert not queue.pending
+    assert list(queue.pending) == [signal.SIGUSR1]
+    assert signal.SIGUSR1 not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 @pytest.mark.parametrize(
