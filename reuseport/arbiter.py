@@ -124,6 +124,10 @@ class Arbiter:
         self.backoff = CrashBackoff()
         self.generation = 0
         self.replacements = Replacements()
+        # Workers that reached --max-requests: they take no new requests
+        # (paused, keep-alive off) until their replacement is ready, so
+        # steering keeps new connections away from their slots.
+        self.at_limit: set[int] = set()  # pids
         self.traffic = Traffic(config, mode, self.listeners)
         self.events = MasterEvents(initial=config.initial_workers)
         self._sigq = signals if signals is not None else SignalQueue()
@@ -305,7 +309,7 @@ class Arbiter:
             self._log_resize(self.policy.fewer())
             return
         live = sorted(self._live(), key=lambda h: -h.slot)
-        ready = [h for h in live if h.state is WorkerState.READY]
+        ready = [h for h in live if h.state is WorkerState.READY and h.pid not in self.at_limit]
         if len(live) <= 1:
             log.warning("SIGTTOU ignored: keeping the last worker")
         elif not ready or not self._retire(ready[0], "SIGTTOU"):
@@ -514,27 +518,42 @@ class Arbiter:
         return started
 
     def _run_replacements(self) -> None:
-        """Reload/recycle: one slot at a time, new worker first, old one after it is ready."""
-        if any(h.replaces is not None and not h.leaving for h in self.workers.values()):
-            return  # one in progress
-        if self.replacements.reload_complete():
+        """Reload/recycle: new worker first, old one stopped once the new one is ready.
+
+        A reload goes one slot at a time; recycles start as soon as there is
+        room, several at once (``policy.Replacements``): at most
+        ``--max-workers`` replacements boot together, and each needs a free
+        scoreboard row.
+        """
+        booting = [h for h in self.workers.values() if h.replaces is not None and not h.leaving]
+        reloading = any(h.cause is SpawnCause.RELOAD for h in booting)
+        if not reloading and self.replacements.reload_complete():
             self.events.reloads += 1
             log.info("Reload complete: %d worker(s) of the new code", len(self._live()))
-        ready = {h.slot: h for h in self.workers.values() if h.state is WorkerState.READY}
-        job = self.replacements.next({slot: h.pid for slot, h in ready.items()})
-        if job is None:
+        assert self.scoreboard is not None
+        room = min(self.config.pool_limit - len(booting), self.scoreboard.size - len(self.workers))
+        if room <= 0:
             return
-        old = ready[job.slot]
-        log.info(
-            "%s: starting a new worker %d to replace pid %d",
-            job.cause.value.capitalize(),
-            job.slot,
-            old.pid,
+        ready = {h.slot: h for h in self.workers.values() if h.state is WorkerState.READY}
+        jobs = self.replacements.take(
+            {slot: h.pid for slot, h in ready.items()},
+            replacing={h.slot for h in booting},
+            reloading=reloading,
+            room=room,
         )
-        old.to(WorkerState.REPLACING)
-        if not self._spawn(job.slot, job.cause, replaces=old.pid):
-            old.to(WorkerState.READY)
-            self.replacements.retry(job)
+        for index, job in enumerate(jobs):
+            old = ready[job.slot]
+            log.info(
+                "%s: starting a new worker %d to replace pid %d",
+                job.cause.value.capitalize(),
+                job.slot,
+                old.pid,
+            )
+            old.to(WorkerState.REPLACING)
+            if not self._spawn(job.slot, job.cause, replaces=old.pid):
+                old.to(WorkerState.READY)
+                self.replacements.retry(*jobs[index:])
+                return
 
     def _retire(self, handle: WorkerHandle, why: str) -> bool:
         """Stop a worker for good, losing nothing queued for it.
@@ -544,14 +563,14 @@ class Arbiter:
         reload) or opening a socket the master does not hold yet (which could
         then not be drained); retire it once it serves.
         """
-        if handle.state is not WorkerState.READY:
-            return False
+        if handle.state is not WorkerState.READY or handle.pid in self.at_limit:
+            return False  # (at its limit: its replacement comes; the pool asks again)
         slot = handle.slot
         if self.listeners.drainable(slot):
             if not self.listeners.may_drain():
                 return False  # the pool asks again
             try:
-                serving = {h.slot for h in self.workers.values() if h.serving}
+                serving = self._serving_slots()
                 self.listeners.begin_drain(slot, self.traffic.allowed(serving, time.monotonic()))
             except OSError as exc:
                 log.warning(
@@ -598,7 +617,7 @@ class Arbiter:
         beats: dict[int, float] = {}
         if self.scoreboard is not None:
             for handle in self.workers.values():
-                if handle.serving:
+                if handle.serving and handle.pid not in self.at_limit:
                     beats[handle.slot] = now - self.scoreboard.read(handle.row).heartbeat
         changes = self.traffic.tick(beats.keys(), beats, now)
         self.events.rescues += len(changes.started)
@@ -759,14 +778,19 @@ class Arbiter:
             os.close(fd)
         if kind == "ready":
             self._on_ready(handle, str(message.get("interface", "")))
-        elif kind == "recycle" and handle.state is WorkerState.READY:
-            log.info(
-                "Worker %d (pid %d) served %s requests (--max-requests): recycling it",
-                handle.slot,
-                handle.pid,
-                message.get("requests"),
-            )
-            self.replacements.recycle(handle.slot, handle.pid)
+        elif kind == "recycle" and not handle.leaving:
+            # It has paused already; a worker being replaced (a reload) is not
+            # recycled on top, but resumed if that replacement fails.
+            self.at_limit.add(handle.pid)
+            if handle.state is WorkerState.READY:
+                log.info(
+                    "Worker %d (pid %d) served %s requests (--max-requests): recycling it; "
+                    "it takes no new requests meanwhile",
+                    handle.slot,
+                    handle.pid,
+                    message.get("requests"),
+                )
+                self.replacements.recycle(handle.slot, handle.pid)
         elif kind == "boot_error":
             handle.boot_error = (
                 int(message.get("code", ExitCode.BOOT_ERROR)),
@@ -808,6 +832,10 @@ class Arbiter:
                 self.mode.value,
             )
 
+    def _serving_slots(self) -> set[int]:
+        """Slots a worker serves that may get new connections (not one at its limit)."""
+        return {h.slot for h in self.workers.values() if h.serving and h.pid not in self.at_limit}
+
     def _ready_count(self) -> int:
         return sum(1 for h in self.workers.values() if h.serving)
 
@@ -838,6 +866,7 @@ class Arbiter:
                 continue
             self._read_channel(handle)  # a boot error or its sockets may still sit there
             handle.channel.close()
+            self.at_limit.discard(pid)
             if self.scoreboard is not None:
                 self.scoreboard.clear(handle.row)
             if self.listeners.board is not None and handle.slot < self.listeners.board.capacity:
@@ -921,8 +950,12 @@ class Arbiter:
     def _replacement_failed(self, handle: WorkerHandle, how: str) -> None:
         """A reload/recycle worker died before it was ready: keep the one it was to replace."""
         old = self.workers.get(handle.replaces or 0)
+        if handle.exit_cause is not None:  # told to go (the master stops): no failure
+            log.info("Worker %d (pid %d) %s", handle.slot, handle.pid, how)
+            return
         if old is not None and old.state is WorkerState.REPLACING:
             old.to(WorkerState.READY)
+            self._resume(old)
         message = handle.boot_error[1] if handle.boot_error else f"the new worker {how}"
         log.error(
             "%s of worker %d failed: %s. The running worker (pid %s) keeps serving.",
@@ -933,6 +966,14 @@ class Arbiter:
         )
         if handle.cause is SpawnCause.RELOAD and self.replacements.reload_failed():
             self.events.reloads_failed += 1
+
+    def _resume(self, handle: WorkerHandle) -> None:
+        """A worker paused at its --max-requests serves on (its replacement failed)."""
+        if handle.pid not in self.at_limit:
+            return
+        self.at_limit.discard(handle.pid)
+        with contextlib.suppress(OSError):  # gone: reaping finds out
+            worker_mod.send_message(handle.channel, {"type": "resume"})
 
     def _note_crash(self, handle: WorkerHandle, how: str) -> None:
         log.warning("Worker %d (pid %d) %s; starting a replacement", handle.slot, handle.pid, how)

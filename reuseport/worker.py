@@ -43,11 +43,22 @@ and prints nothing itself, so the master can show it once however many
 workers fail the same way; only when the master cannot be told (the
 channel is gone) does the worker log it.
 
+``--max-requests``: the request that reaches the limit calls ``_on_limit``
+at once (the adapter that counts it calls ``WorkerStats.reached_limit``; a
+poll of the counter would let a keep-alive client get in hundreds more).
+From then on the worker takes no new requests while its replacement
+boots: keep-alive goes off (each connection closes after its next
+response, which says ``Connection: close``, so its client reconnects to
+another worker), accepting pauses (the master also steers new connections
+away from the slot), rescues end, and the master is asked for a
+replacement (``recycle``).  If the replacement fails, the master says
+``resume`` and the worker serves on.
+
 Messages from the master arrive on the channel: ``drain`` means "the kernel no
 longer sends you new connections (a BPF program steers them away): accept
-what is still queued for you, then stop".  Messages to the master:
-``listening`` (with the new socket fds), ``ready``, ``recycle`` (the request
-limit is reached) and ``boot_error``.  Each is one JSON object in one
+what is still queued for you, then stop"; ``resume`` (above).  Messages to
+the master: ``listening`` (with the new socket fds), ``ready``, ``recycle``
+(the request limit is reached) and ``boot_error``.  Each is one JSON object in one
 SOCK_SEQPACKET datagram (``send_message`` / ``recv_messages``).
 
 --user/--group come in two halves: the master resolves the names before it
@@ -70,7 +81,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -266,6 +277,14 @@ class _Worker:
         self.rescuer: Rescuer | None = None
         self.stop_reason = StopReason.STOP  # the master says otherwise before it signals
         self.serving = False  # the app accepts connections: a stop is a graceful one now
+        self.hosted: HostedApp | None = None
+        # --max-requests reached (see the module docstring): whether the
+        # master was told yet, whether we accept, and the pause under way.
+        self.recycling = False
+        self.recycle_asked = False
+        self.accepting = True
+        self.pause_task: asyncio.Future[bool] | None = None
+        self._tasks: set[asyncio.Future[None]] = set()  # started from the channel
 
     def beat(self) -> None:
         s = self.stats
@@ -335,6 +354,9 @@ class _Worker:
         else:
             interface, reason = config.interface, "from --interface"
         hosted = apps.build(obj, interface, ctx)
+        self.hosted = hosted
+        self.stats.request_limit = spec.max_requests
+        self.stats.on_limit = self._on_limit
         await hosted.startup()
         board = spec.board
         if board is not None and spec.slot < board.capacity:
@@ -402,28 +424,73 @@ class _Worker:
         limit = self.spec.max_requests
         poll = min(interval, _RECYCLE_POLL) if limit else interval
         next_beat = 0.0
-        recycling = False
         while not self.stop.is_set():
             now = time.monotonic()
             if now >= next_beat:
                 self.beat()
                 next_beat = now + interval
-            if limit and not recycling and self.stats.requests >= limit:
-                recycling = True
-                send_message(
-                    self.spec.channel, {"type": "recycle", "requests": self.stats.requests}
-                )
+            if limit and not self.recycling and self.stats.requests >= limit:
+                self._on_limit()  # an adapter that does not call it itself
+            if self.recycling and not self.recycle_asked:
+                self._ask_recycle()  # the channel was full: again
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), poll)
         loop.remove_reader(self.spec.channel.fileno())
         self.state = SlotState.STOPPING
         self.beat()
         self._on_channel()  # the master says why before it signals: read it now
+        if self.pause_task is not None:
+            await self.pause_task  # the shutdown closes what the pause may still hold
+        if self._tasks:  # a resume under way: let it finish, the shutdown closes it all
+            await asyncio.wait(set(self._tasks))
         await hosted.shutdown(self.spec.config.graceful_timeout, self.stop_reason)
         if self.rescuer is not None:
             self.rescuer.close()
         self.beat()
         return ExitCode.OK
+
+    def _on_limit(self) -> None:
+        """``--max-requests`` reached: no new requests here while the replacement boots."""
+        hosted = self.hosted
+        stop = self.stop
+        if self.recycling or hosted is None or stop is None or stop.is_set():
+            return
+        if self.drain_task is not None:
+            return  # leaving anyway
+        self.recycling = True
+        self.accepting = False
+        hosted.set_keep_alive(False)
+        if self.rescuer is not None:
+            for slot in list(self.rescuer.wanted):
+                self.rescuer.end(slot)
+        self.pause_task = asyncio.ensure_future(hosted.pause_accepting())
+        self._ask_recycle()
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _ask_recycle(self) -> None:
+        try:
+            send_message(self.spec.channel, {"type": "recycle", "requests": self.stats.requests})
+        except OSError:  # full (tried again each poll), or the master is gone (we stop)
+            return
+        self.recycle_asked = True
+
+    async def _accept_again(self) -> None:
+        """After a pause for ``--max-requests``: serve the same sockets again, keep-alive on."""
+        if self.pause_task is not None:
+            await self.pause_task
+            self.pause_task = None
+        hosted = self.hosted
+        if hosted is None or self.accepting:
+            return
+        self.accepting = True
+        if hosted.paused is not None:
+            self.sockets = await hosted.resume_accepting()
+        if self.drain_task is None and self.stop is not None and not self.stop.is_set():
+            hosted.set_keep_alive(True)
 
     async def _boot_unless_stopped(self) -> HostedApp | None:
         """Boot, unless a stop comes first: then give the boot up at once (None).
@@ -487,7 +554,7 @@ class _Worker:
         for fd in fds:
             os.close(fd)
         if kind == "rescue" and isinstance(slot, int):
-            running = self.stop is not None and not self.stop.is_set()
+            running = self.stop is not None and not self.stop.is_set() and self.accepting
             if self.rescuer is not None and self.drain_task is None and running:
                 if message.get("on"):
                     self.rescuer.begin(slot)
@@ -496,6 +563,13 @@ class _Worker:
         elif kind == "stop":
             with contextlib.suppress(ValueError):
                 self.stop_reason = StopReason(message.get("reason"))
+        elif kind == "resume" and not self.accepting:
+            log.info(
+                "Worker %d (pid %d): its replacement failed; serving on past --max-requests",
+                self.spec.slot,
+                self.pid,
+            )
+            self._later(self._accept_again())
         elif kind == "sibling_gone" and isinstance(slot, int):
             if self.rescuer is not None:
                 self.rescuer.remove(slot)
@@ -511,6 +585,8 @@ class _Worker:
     async def _drain(self) -> None:
         """Accept what is still queued on our (steered-away) sockets, then stop."""
         assert self.stop is not None
+        if not self.accepting:  # paused for --max-requests: the queue needs us
+            await self._accept_again()
         self.state = SlotState.DRAINING
         self.beat()
         started = time.monotonic()

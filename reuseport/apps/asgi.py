@@ -232,6 +232,10 @@ class AsgiApp(HostedApp):
     def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
         return self.http_server()
 
+    def set_keep_alive(self, allowed: bool) -> None:
+        if self.http is not None:
+            self.http.connections.set_keep_alive(allowed)
+
     def serving_ssl(self) -> ssl.SSLContext | None:
         return tls.offer_http11(self.ctx.tls) if self.ctx.tls is not None else None
 
@@ -247,7 +251,9 @@ class AsgiApp(HostedApp):
             http.draining.set()
         await self.stop_accepting()
         if http is not None:
-            if not await http.connections.drain(max(0.0, deadline - loop.time()), reason):
+            left = max(0.0, deadline - loop.time())
+            grace = self.ctx.config.timeout_keep_alive
+            if not await http.connections.drain(left, reason, grace):
                 logger.warning(
                     "graceful timeout (%.1f s) expired: closed the connections still busy",
                     timeout,

@@ -14,6 +14,12 @@ worker drives every adapter through the same three steps:
    ``timeout``.  ``reason`` (``StopReason``: stop, scale-down, reload,
    recycle) is what a protocol may tell its peer (a WebSocket's close code).
 
+``--max-requests``: the worker turns keep-alive off (``set_keep_alive``:
+every connection closes after its next response) and pauses accepting
+(``pause_accepting``) while its replacement boots; ``resume_accepting``
+serves the same sockets again if the replacement fails.  Both need a
+protocol factory; an app that accepts by itself keeps accepting.
+
 Sibling rescue: an adapter whose connections come from a protocol factory
 says so in ``protocol_factory()``; the worker may then ``rescue(sock)``: serve
 a stalled sibling's listening socket for a while with the same factory, each
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import os
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -69,6 +76,7 @@ class HostedApp(abc.ABC):
         self.ctx = ctx
         self.servers: list[asyncio.Server] = []
         self.rescue_servers: set[asyncio.Server] = set()
+        self.paused: list[socket.socket] | None = None  # what resume_accepting serves again
 
     async def startup(self) -> None:  # noqa: B027 - optional hook
         """Prepare the app before serving (default: nothing to do)."""
@@ -126,6 +134,39 @@ class HostedApp(abc.ABC):
             factory, sock=sock, backlog=self.ctx.config.backlog, ssl=self.serving_ssl()
         )
 
+    def set_keep_alive(self, allowed: bool) -> None:  # noqa: B027 - optional hook
+        """Off: each connection closes after its next response (default: nothing to do)."""
+
+    async def pause_accepting(self) -> bool:
+        """Accept nothing new for now; False if this app cannot (it accepts by itself).
+
+        The servers close, rescues end; duplicates of the listening sockets
+        stay here, so ``resume_accepting`` can serve them again (closing a
+        duplicate loses nothing queued: the master holds the socket too).
+        """
+        if self.protocol_factory() is None or self.paused is not None:
+            return False
+        kept: list[socket.socket] = []
+        try:
+            for server in self.servers:
+                for sock in server.sockets:
+                    kept.append(socket.socket(fileno=os.dup(sock.fileno())))
+        except OSError:
+            for sock in kept:
+                sock.close()
+            return False
+        await self.stop_accepting()
+        self.servers = []
+        self.paused = kept
+        return True
+
+    async def resume_accepting(self) -> list[socket.socket]:
+        """Serve the paused sockets again; returns them (the ones now served), in order."""
+        paused, self.paused = self.paused or [], None
+        for sock in paused:
+            self.servers.append(await self.listen(sock))
+        return paused
+
     def end_rescue(self, server: asyncio.Server) -> None:
         self.rescue_servers.discard(server)
         server.close()
@@ -143,6 +184,9 @@ class HostedApp(abc.ABC):
         close the servers, and let their ``connection_made`` calls run.
         """
         loop = asyncio.get_running_loop()
+        for sock in self.paused or ():
+            sock.close()
+        self.paused = None
         servers = [*self.servers, *self.rescue_servers]
         self.rescue_servers.clear()
         for server in servers:

@@ -115,9 +115,12 @@ class DemoApp(HostedApp):
     def serving_ssl(self) -> ssl.SSLContext | None:
         return tls.offer_http11(self.ctx.tls) if self.ctx.tls is not None else None
 
+    def set_keep_alive(self, allowed: bool) -> None:
+        self.connections.set_keep_alive(allowed)
+
     async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         await self.stop_accepting()
-        await self.connections.drain(timeout, reason)
+        await self.connections.drain(timeout, reason, self.ctx.config.timeout_keep_alive)
 
 
 class DemoProtocol(asyncio.Protocol, ManagedConnection):
@@ -184,9 +187,12 @@ class DemoProtocol(asyncio.Protocol, ManagedConnection):
             app.burn(self.url)
         elif self.url.startswith(b"/stall"):
             app.stall(self.url)
-        keep = self.parser.should_keep_alive() and not app.connections.shutting_down
+        keep = self.parser.should_keep_alive() and app.connections.keep_alive
         self.out.append(app.response(keep, self.parser.get_method() == b"HEAD"))
-        app.ctx.stats.requests += 1
+        stats = app.ctx.stats
+        stats.requests += 1
+        if stats.requests == stats.request_limit:
+            stats.reached_limit()
         self.served += 1
         if not keep:
             self.closing = True
