@@ -63,6 +63,7 @@ from .metrics import Lifetime, MetricsServer, QueueSample, Readiness
 from .pidfile import PidFile
 from .policy import CrashBackoff, PoolPolicy, PoolView, Replacements, Resize
 from .scoreboard import Scoreboard
+from .signals import SignalQueue, blocked
 from .status import (
     MasterEvents,
     MasterStatus,
@@ -88,17 +89,20 @@ log = logging.getLogger("reuseport.master")
 _TICK = 0.5
 _KILL_AFTER_ABORT = 2.0
 _STOP_GRACE = 5.0  # on top of --graceful-timeout before a stopping worker is killed
-_SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGHUP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGCHLD,
-)
+# A worker that never became ready serves nothing: stopped, it gets this
+# long (to cancel its boot, see worker.py) before it is killed, not the
+# whole --graceful-timeout.
+_BOOT_STOP_GRACE = 3.0
+
+
+def _failure_key(code: int, message: str) -> tuple[int, str]:
+    """What makes two boot failures "the same": the exit code and the message's last line.
+
+    The last line of a traceback is the exception; earlier lines may differ
+    by worker (a pid, a slot) without the cause differing.
+    """
+    lines = [line for line in message.splitlines() if line.strip()]
+    return code, lines[-1].strip() if lines else ""
 
 
 def _describe_status(status: int) -> str:
@@ -116,7 +120,13 @@ class Arbiter:
         mode_reason: str,
         *,
         handover: upgrade.Handover | None = None,
+        signals: SignalQueue | None = None,
     ) -> None:
+        """``handover``: this master takes over from another one (SIGUSR2).
+
+        ``signals``: the queue the CLI installed first thing (else one is made
+        in ``run``).
+        """
         if mode is Mode.AUTO:
             raise ValueError("the arbiter needs a resolved mode")
         self.config = config
@@ -130,19 +140,27 @@ class Arbiter:
         self.backoff = CrashBackoff()
         self.generation = 0
         self.replacements = Replacements()
+        # Workers that reached --max-requests: they take no new requests
+        # (paused, keep-alive off) until their replacement is ready, so
+        # steering keeps new connections away from their slots.
+        self.at_limit: set[int] = set()  # pids
         self.traffic = Traffic(config, mode, self.listeners)
         self.events = MasterEvents(initial=config.initial_workers)
-        self.signals: collections.deque[int] = collections.deque()  # filled by handlers
+        self._sigq = signals if signals is not None else SignalQueue()
+        self.signals: collections.deque[int] = self._sigq.pending  # filled by handlers
         self.stopping = False
         self.stop_deadline = 0.0
         self.exit_code: int = ExitCode.OK
+        # Halting for a boot error: (exit code, last line) of the one shown,
+        # and how many other workers failed the same way (counted, not shown).
+        self.boot_failure: tuple[int, str] | None = None
+        self.same_boot_failures = 0
         self.announced_ready = False
+        self.announced_listening = False
         self.scoreboard: Scoreboard | None = None
         self.control: ControlServer | None = None
         self.pidfile = PidFile(config.pid_file, self.pid)
         self.uid, self.gid = worker_mod.resolve_user(config.user, config.group)
-        self._wake_r = -1
-        self._wake_w = -1
         self.watcher: reloader.Watcher | None = None
         # Operations: metrics, systemd, SIGUSR2.
         self.lifetime = Lifetime()  # what reaped workers counted
@@ -156,18 +174,27 @@ class Arbiter:
     # ------------------------------------------------------------------ main
     def run(self) -> int:
         """Serve until stopped; returns the master's exit code."""
+        self._sigq.install()  # done already when the CLI made the queue
+        early = self._sigq.stop_requested()
+        if early is not None:
+            # Nothing bound, nothing forked: nothing to wind down.
+            log.info(
+                "%s while starting: stopped before binding anything or starting a worker",
+                signal.Signals(early).name,
+            )
+            self._sigq.restore()
+            return ExitCode.OK
         name = self.config.proc_name or self.config.app_label
         setproctitle.setproctitle(f"reuseport: master [{name}]")
         if self.config.reload:
             self._start_watcher()  # first: it must inherit no socket
-        self._install_signals()
         try:
             if self.inheritance is not None:
                 self._adopt(self.inheritance.handover)
             else:
                 self.listeners.bind(anchor=self.config.pm is ProcessManager.ONDEMAND)
-            for line in self.listeners.describe("https" if self.config.tls else "http"):
-                log.info("Listening at %s", line)
+            for line in self._bind_lines():
+                log.info("Bound %s", line)
             log.info("Mode %s: %s", self.mode.value, self.mode_reason)
             if self.inheritance is None:
                 self.pidfile.write()  # an upgrade's new master writes it once it is ready
@@ -177,6 +204,8 @@ class Arbiter:
             if self.mode is Mode.REUSEPORT:
                 self.traffic.setup(self.scoreboard.size)
             if self.config.pm is ProcessManager.ONDEMAND:
+                # Connections wait in the queue until the worker they start is ready.
+                self._announce_listening()
                 log.info(
                     "Ready: 0 workers (ondemand pool: the first connection starts one, "
                     "up to %d) (%s mode)",
@@ -185,6 +214,7 @@ class Arbiter:
                 )
                 self.announced_ready = True
             self._loop()
+            self._report_boot_failures()
         finally:
             self._stop_watcher()
             self._terminate_all(signal.SIGKILL)
@@ -199,29 +229,28 @@ class Arbiter:
                 self.inheritance.close_pipe()
             self.listeners.close()
             self.pidfile.remove()
-            signal.set_wakeup_fd(-1)
-            for fd in (self._wake_r, self._wake_w):
-                if fd >= 0:
-                    os.close(fd)
+            self._sigq.restore()
         return self.exit_code
 
-    def _install_signals(self) -> None:
-        self._wake_r, self._wake_w = os.pipe()
-        for fd in (self._wake_r, self._wake_w):
-            os.set_blocking(fd, False)
-            os.set_inheritable(fd, False)
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        queue = self.signals
+    def _bind_lines(self) -> list[str]:
+        return self.listeners.describe("https" if self.config.tls else "http")
 
-        def enqueue(signum: int, _frame: object) -> None:
-            queue.append(signum)
+    def _announce_listening(self) -> None:
+        """ "Listening at": once, when the first worker is ready (ondemand: at start).
 
-        for sig in _SIGNALS:
-            signal.signal(sig, enqueue)
+        Not at bind time: until a worker has imported the app and run its
+        startup, nothing serves (the "Bound" lines say what was bound).
+        """
+        if self.announced_listening:
+            return
+        self.announced_listening = True
+        for line in self._bind_lines():
+            log.info("Listening at %s", line)
 
     def _loop(self) -> None:
         poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
+        wake_r = self._sigq.wake_r
+        poller.register(wake_r, select.POLLIN)
         if self.watcher is not None:
             poller.register(self.watcher.fd, select.POLLIN)
         registered: dict[int, WorkerHandle] = {}
@@ -288,10 +317,8 @@ class Arbiter:
                 # How late the kernel woke us: the machine's scheduling delay.
                 self.traffic.woke_late(max(0.0, time.monotonic() - due))
             for fd, mask in events:
-                if fd == self._wake_r:
-                    with contextlib.suppress(BlockingIOError):
-                        while os.read(self._wake_r, 4096):
-                            pass
+                if fd == wake_r:
+                    self._sigq.clear_wakeups()
                 elif fd in registered:
                     self._read_channel(registered[fd])
                 elif fd in extras:
@@ -333,7 +360,7 @@ class Arbiter:
             self._log_resize(self.policy.fewer())
             return
         live = sorted(self._live(), key=lambda h: -h.slot)
-        ready = [h for h in live if h.state is WorkerState.READY]
+        ready = [h for h in live if h.state is WorkerState.READY and h.pid not in self.at_limit]
         if len(live) <= 1:
             log.warning("SIGTTOU ignored: keeping the last worker")
         elif not ready or not self._retire(ready[0], "SIGTTOU"):
@@ -374,6 +401,7 @@ class Arbiter:
         if pid == 0:  # child
             code: int = ExitCode.ERROR
             try:
+                self._sigq.forget_in_child()
                 os.close(read_fd)
                 code = reloader.run_watcher(self.config, self.pid, write_fd)
             except BaseException:
@@ -423,16 +451,32 @@ class Arbiter:
             return
         self.stopping = True
         self.stop_deadline = time.monotonic() + self.config.graceful_timeout
+        booting = sum(1 for h in self.workers.values() if h.ready_since is None)
         log.info(
-            "%s: graceful stop, waiting up to %.1fs for %d worker(s)",
+            "%s: graceful stop, waiting up to %.1fs for %d worker(s)%s",
             why,
             self.config.graceful_timeout,
             len(self.workers),
+            f" ({booting} still booting, with nothing in flight: they stop at once)"
+            if booting
+            else "",
         )
         self._terminate_all(signal.SIGTERM)
 
     def _enforce_stop_deadline(self) -> None:
-        if time.monotonic() >= self.stop_deadline:
+        now = time.monotonic()
+        for handle in list(self.workers.values()):
+            overdue = handle.stop_deadline is not None and now >= handle.stop_deadline
+            if handle.state is WorkerState.STOPPING and handle.ready_since is None and overdue:
+                log.warning(
+                    "Worker %d (pid %d) was still booting and did not stop within %.1fs; "
+                    "killing it (it served nothing: nothing is lost)",
+                    handle.slot,
+                    handle.pid,
+                    _BOOT_STOP_GRACE,
+                )
+                self._abort(handle, signal.SIGKILL, ExitCause.STOP)
+        if now >= self.stop_deadline:
             alive = [h.pid for h in self.workers.values()]
             if alive:
                 log.warning(
@@ -442,13 +486,16 @@ class Arbiter:
                 self.stop_deadline = time.monotonic() + _STOP_GRACE
 
     def _terminate_all(self, sig: int) -> None:
+        booted = self.stop_deadline
+        booting = min(booted, time.monotonic() + _BOOT_STOP_GRACE)
         for handle in list(self.workers.values()):
             if sig == signal.SIGKILL:
                 self._abort(handle, sig, ExitCause.STOP)
             elif handle.leaving:
                 self._kill(handle, sig)
             else:
-                handle.leave(WorkerState.STOPPING, ExitCause.STOP, deadline=self.stop_deadline)
+                deadline = booted if handle.ready_since is not None else booting
+                handle.leave(WorkerState.STOPPING, ExitCause.STOP, deadline=deadline)
                 self._kill(handle, sig)
 
     def _stop(self, handle: WorkerHandle, cause: ExitCause) -> None:
@@ -524,27 +571,42 @@ class Arbiter:
         return started
 
     def _run_replacements(self) -> None:
-        """Reload/recycle: one slot at a time, new worker first, old one after it is ready."""
-        if any(h.replaces is not None and not h.leaving for h in self.workers.values()):
-            return  # one in progress
-        if self.replacements.reload_complete():
+        """Reload/recycle: new worker first, old one stopped once the new one is ready.
+
+        A reload goes one slot at a time; recycles start as soon as there is
+        room, several at once (``policy.Replacements``): at most
+        ``--max-workers`` replacements boot together, and each needs a free
+        scoreboard row.
+        """
+        booting = [h for h in self.workers.values() if h.replaces is not None and not h.leaving]
+        reloading = any(h.cause is SpawnCause.RELOAD for h in booting)
+        if not reloading and self.replacements.reload_complete():
             self.events.reloads += 1
             log.info("Reload complete: %d worker(s) of the new code", len(self._live()))
-        ready = {h.slot: h for h in self.workers.values() if h.state is WorkerState.READY}
-        job = self.replacements.next({slot: h.pid for slot, h in ready.items()})
-        if job is None:
+        assert self.scoreboard is not None
+        room = min(self.config.pool_limit - len(booting), self.scoreboard.size - len(self.workers))
+        if room <= 0:
             return
-        old = ready[job.slot]
-        log.info(
-            "%s: starting a new worker %d to replace pid %d",
-            job.cause.value.capitalize(),
-            job.slot,
-            old.pid,
+        ready = {h.slot: h for h in self.workers.values() if h.state is WorkerState.READY}
+        jobs = self.replacements.take(
+            {slot: h.pid for slot, h in ready.items()},
+            replacing={h.slot for h in booting},
+            reloading=reloading,
+            room=room,
         )
-        old.to(WorkerState.REPLACING)
-        if not self._spawn(job.slot, job.cause, replaces=old.pid):
-            old.to(WorkerState.READY)
-            self.replacements.retry(job)
+        for index, job in enumerate(jobs):
+            old = ready[job.slot]
+            log.info(
+                "%s: starting a new worker %d to replace pid %d",
+                job.cause.value.capitalize(),
+                job.slot,
+                old.pid,
+            )
+            old.to(WorkerState.REPLACING)
+            if not self._spawn(job.slot, job.cause, replaces=old.pid):
+                old.to(WorkerState.READY)
+                self.replacements.retry(*jobs[index:])
+                return
 
     def _retire(self, handle: WorkerHandle, why: str) -> bool:
         """Stop a worker for good, losing nothing queued for it.
@@ -554,14 +616,14 @@ class Arbiter:
         reload) or opening a socket the master does not hold yet (which could
         then not be drained); retire it once it serves.
         """
-        if handle.state is not WorkerState.READY:
-            return False
+        if handle.state is not WorkerState.READY or handle.pid in self.at_limit:
+            return False  # (at its limit: its replacement comes; the pool asks again)
         slot = handle.slot
         if self.listeners.drainable(slot):
             if not self.listeners.may_drain():
                 return False  # the pool asks again
             try:
-                serving = {h.slot for h in self.workers.values() if h.serving}
+                serving = self._serving_slots()
                 self.listeners.begin_drain(slot, self.traffic.allowed(serving, time.monotonic()))
             except OSError as exc:
                 log.warning(
@@ -608,7 +670,7 @@ class Arbiter:
         beats: dict[int, float] = {}
         if self.scoreboard is not None:
             for handle in self.workers.values():
-                if handle.serving:
+                if handle.serving and handle.pid not in self.at_limit:
                     beats[handle.slot] = now - self.scoreboard.read(handle.row).heartbeat
         changes = self.traffic.tick(beats.keys(), beats, now)
         self.events.rescues += len(changes.started)
@@ -681,16 +743,19 @@ class Arbiter:
             if self.traffic.rescue
             else (),
         )
-        pid = os.fork()
-        if pid == 0:  # child
-            code: int = ExitCode.ERROR
-            try:
-                self._after_fork_in_child(parent_ch, slot)
-                code = worker_mod.run(spec)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
+        # The child keeps the stop signals blocked until its event loop
+        # handles them (worker.py): one sent the instant it exists waits.
+        with blocked():
+            pid = os.fork()
+            if pid == 0:  # child
+                code: int = ExitCode.ERROR
+                try:
+                    self._after_fork_in_child(parent_ch, slot)
+                    code = worker_mod.run(spec)
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    os._exit(code)
         child_ch.close()
         parent_ch.setblocking(False)
         opens_socket = self.listeners.needs_socket(slot)
@@ -734,14 +799,11 @@ class Arbiter:
         return limit
 
     def _after_fork_in_child(self, parent_ch: socket.socket, slot: int) -> None:
-        signal.set_wakeup_fd(-1)
-        for sig in _SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
+        # (The stop signals stay blocked until the worker's loop handles them.)
+        self._sigq.forget_in_child()
         # Relayed to workers to reopen logs; its default action would kill a
         # worker that has not installed its handler yet.
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
         if self.watcher is not None:
             self.watcher.close()
         parent_ch.close()
@@ -778,14 +840,19 @@ class Arbiter:
             os.close(fd)
         if kind == "ready":
             self._on_ready(handle, str(message.get("interface", "")))
-        elif kind == "recycle" and handle.state is WorkerState.READY:
-            log.info(
-                "Worker %d (pid %d) served %s requests (--max-requests): recycling it",
-                handle.slot,
-                handle.pid,
-                message.get("requests"),
-            )
-            self.replacements.recycle(handle.slot, handle.pid)
+        elif kind == "recycle" and not handle.leaving:
+            # It has paused already; a worker being replaced (a reload) is not
+            # recycled on top, but resumed if that replacement fails.
+            self.at_limit.add(handle.pid)
+            if handle.state is WorkerState.READY:
+                log.info(
+                    "Worker %d (pid %d) served %s requests (--max-requests): recycling it; "
+                    "it takes no new requests meanwhile",
+                    handle.slot,
+                    handle.pid,
+                    message.get("requests"),
+                )
+                self.replacements.recycle(handle.slot, handle.pid)
         elif kind == "boot_error":
             handle.boot_error = (
                 int(message.get("code", ExitCode.BOOT_ERROR)),
@@ -799,6 +866,7 @@ class Arbiter:
         if handle.state is not WorkerState.STARTING:
             return  # told to go meanwhile: it stays on its way out
         handle.to(WorkerState.READY)
+        self._announce_listening()
         for slot in sorted(self.traffic.rescuing):  # join the rescues under way
             self._tell_rescuers(slot, on=True, only=handle)
         if handle.replaces is not None:
@@ -825,6 +893,10 @@ class Arbiter:
                 handle.interface,
                 self.mode.value,
             )
+
+    def _serving_slots(self) -> set[int]:
+        """Slots a worker serves that may get new connections (not one at its limit)."""
+        return {h.slot for h in self.workers.values() if h.serving and h.pid not in self.at_limit}
 
     def _ready_count(self) -> int:
         return sum(1 for h in self.workers.values() if h.serving)
@@ -858,6 +930,7 @@ class Arbiter:
                 continue
             self._read_channel(handle)  # a boot error or its sockets may still sit there
             handle.channel.close()
+            self.at_limit.discard(pid)
             if self.scoreboard is not None:
                 row = self.scoreboard.read(handle.row)
                 if row.pid == handle.pid:  # its last beat: the counters survive it
@@ -900,6 +973,8 @@ class Arbiter:
         if handle.replaces is not None:
             self._replacement_failed(handle, how)
             return
+        if self._another_boot_failure(handle, code):
+            return
         if cause not in (ExitCause.CRASH, ExitCause.HEARTBEAT, ExitCause.BOOT):
             log.info("Worker %d (pid %d) %s", slot, handle.pid, how)
             return
@@ -913,16 +988,46 @@ class Arbiter:
                     "Shutting down: a worker that cannot boot would only be respawned in a loop"
                 )
                 self.exit_code = exit_code
+                self.boot_failure = _failure_key(exit_code, message)
                 self._begin_stop("boot error")
                 return
             how = f"failed to boot: {message}"
         self._note_crash(handle, how)
 
+    def _another_boot_failure(self, handle: WorkerHandle, code: int) -> bool:
+        """While halting for a boot error: count a worker that failed the same way.
+
+        One report per failure, however many workers: the first is shown,
+        the same failure again is only counted (``_report_boot_failures``);
+        a different one is shown too.  False if ``handle`` is no such worker.
+        """
+        if self.boot_failure is None or not handle.failed_to_boot(code):
+            return False
+        exit_code, message = handle.boot_error or (code, f"exited with code {code}")
+        if _failure_key(exit_code, message) == self.boot_failure:
+            self.same_boot_failures += 1
+        else:
+            log.error("Worker %d failed to boot too, differently: %s", handle.slot, message)
+        return True
+
+    def _report_boot_failures(self) -> None:
+        count = self.same_boot_failures
+        if count:
+            log.error(
+                "%d more worker%s failed the same way (not shown again)",
+                count,
+                "" if count == 1 else "s",
+            )
+
     def _replacement_failed(self, handle: WorkerHandle, how: str) -> None:
         """A reload/recycle worker died before it was ready: keep the one it was to replace."""
         old = self.workers.get(handle.replaces or 0)
+        if handle.exit_cause is not None:  # told to go (the master stops): no failure
+            log.info("Worker %d (pid %d) %s", handle.slot, handle.pid, how)
+            return
         if old is not None and old.state is WorkerState.REPLACING:
             old.to(WorkerState.READY)
+            self._resume(old)
         message = handle.boot_error[1] if handle.boot_error else f"the new worker {how}"
         log.error(
             "%s of worker %d failed: %s. The running worker (pid %s) keeps serving.",
@@ -933,6 +1038,14 @@ class Arbiter:
         )
         if handle.cause is SpawnCause.RELOAD and self.replacements.reload_failed():
             self.events.reloads_failed += 1
+
+    def _resume(self, handle: WorkerHandle) -> None:
+        """A worker paused at its --max-requests serves on (its replacement failed)."""
+        if handle.pid not in self.at_limit:
+            return
+        self.at_limit.discard(handle.pid)
+        with contextlib.suppress(OSError):  # gone: reaping finds out
+            worker_mod.send_message(handle.channel, {"type": "resume"})
 
     def _note_crash(self, handle: WorkerHandle, how: str) -> None:
         log.warning("Worker %d (pid %d) %s; starting a replacement", handle.slot, handle.pid, how)

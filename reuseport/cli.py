@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import enum
 import json
 import logging
@@ -41,7 +42,7 @@ import tomllib
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from . import __version__, cgroups, logs, upgrade
+from . import __version__, cgroups, logs, signals, upgrade
 from .activation import systemd_binds
 from .config import (
     DEFAULT_BIND,
@@ -547,11 +548,24 @@ def _from_toml(path: str) -> dict[str, object]:
         name = key.replace("-", "_")
         name = _ALIASES.get(name, name)
         if name not in names and name not in _BIND_KEYS:
-            raise ConfigError(f"config file {path!r}: unknown option {key!r}")
+            near = _nearest(name, _option_keys())
+            hint = f" (did you mean {near.replace('_', '-')!r}?)" if near else ""
+            raise ConfigError(f"config file {path!r}: unknown option {key!r}{hint}")
         if name in _LIST_FIELDS and isinstance(value, str):
             value = [value]
         values[name] = tuple(value) if isinstance(value, list) else value
     return _bind_aliases(values)
+
+
+def _option_keys() -> list[str]:
+    """Every key a file or a variable may name, as a field or an alias (``snake_case``)."""
+    return sorted({*Config.field_names(), *_ALIASES, *_BIND_KEYS})
+
+
+def _nearest(word: str, candidates: Sequence[str]) -> str | None:
+    """The candidate closest to a misspelled ``word`` (``difflib``), or None."""
+    found = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return found[0] if found else None
 
 
 # Fields that take several values: a list in TOML, comma-separated in a variable.
@@ -578,23 +592,41 @@ def _bind_aliases(values: dict[str, object]) -> dict[str, object]:
     return values
 
 
+_ENV_PREFIX = "REUSEPORT_"
+# REUSEPORT_* variables that are not options (never warned about as unknown).
+_NOT_OPTIONS = frozenset({"REUSEPORT_CONFIG", upgrade.ENV})
+# What a variable's text must look like, by Config annotation, for the error message.
+_TEXT_KINDS = {"int": "an integer", "int | None": "an integer", "float": "a number"}
+
+
+def _env_annotations() -> dict[str, str]:
+    annotations = {f: str(t) for f, t in Config.__annotations__.items()}
+    annotations.update({"host": "str", "port": "int", "uds": "str", "fd": "int"})
+    return annotations
+
+
+def _env_field(key: str) -> str:
+    """The field (or bind key) a ``REUSEPORT_*`` variable names, known or not."""
+    raw = key[len(_ENV_PREFIX) :].lower()
+    return _ALIASES.get(raw, raw)
+
+
 def _from_env(
     environ: dict[str, str] | os._Environ[str], names: dict[str, str] | None = None
 ) -> dict[str, object]:
-    """The settings in ``REUSEPORT_*`` variables; ``names`` gets field -> variable."""
-    annotations = {f: str(t) for f, t in Config.__annotations__.items()}
-    annotations.update({"host": "str", "port": "int", "uds": "str", "fd": "int"})
+    """The options the ``REUSEPORT_*`` variables set; ``names`` learns field -> variable(s).
+
+    A value that does not parse is a ``ConfigError`` naming the variable.
+    Unknown variables are skipped here (``env_warnings`` names them).
+    """
+    annotations = _env_annotations()
     values: dict[str, object] = {}
     for key, text in environ.items():
-        if not key.startswith("REUSEPORT_") or key in {"REUSEPORT_CONFIG", upgrade.ENV}:
+        if not key.startswith(_ENV_PREFIX) or key in _NOT_OPTIONS:
             continue
-        raw = key[len("REUSEPORT_") :].lower()
-        name = _ALIASES.get(raw, raw)
+        name = _env_field(key)
         if name not in annotations:
             continue
-        if names is not None:
-            field = "binds" if name in _BIND_KEYS else name
-            names[field] = ", ".join(filter(None, [names.get(field), key]))
         kind = annotations[name]
         try:
             if name in _LIST_FIELDS:
@@ -606,8 +638,40 @@ def _from_env(
             else:
                 values[name] = text
         except ValueError:
-            raise ConfigError(f"cannot parse {key}={text!r}: expected {kind}") from None
+            raise ConfigError(
+                f"{key}: cannot parse {text!r} as {_TEXT_KINDS.get(kind, kind)}"
+            ) from None
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        if names is not None:
+            field = "binds" if name in _BIND_KEYS else name
+            names[field] = f"{names[field]}, {key}" if field in names else key
     return _bind_aliases(values)
+
+
+def env_warnings(environ: dict[str, str] | os._Environ[str]) -> list[str]:
+    """One warning per ``REUSEPORT_*`` variable that is no option (a typo, most likely).
+
+    Such a variable is ignored, not refused: the environment is shared with
+    other programs.  The warning names the nearest valid variable.
+    """
+    annotations = _env_annotations()
+    # Compared without the prefix, which every candidate shares.
+    valid = sorted({*_option_keys(), *(k[len(_ENV_PREFIX) :].lower() for k in _NOT_OPTIONS)})
+    warnings = []
+    for key in sorted(environ):
+        if not key.startswith(_ENV_PREFIX) or key in _NOT_OPTIONS:
+            continue
+        if _env_field(key) in annotations:
+            continue
+        near = _nearest(key[len(_ENV_PREFIX) :].lower(), valid)
+        hint = (
+            f"did you mean {_ENV_PREFIX}{near.upper()}?"
+            if near
+            else "a variable is REUSEPORT_ and a long flag's name, e.g. REUSEPORT_WORKERS"
+        )
+        warnings.append(f"{key} is not a reuseport setting, ignored ({hint})")
+    return warnings
 
 
 # argparse destinations that are actions of ``serve``, not settings.
@@ -624,7 +688,9 @@ def build_config_with_sources(
 ) -> tuple[Config, dict[str, str]]:
     """The validated Config, and where each field that is not a default came from.
 
-    Sources read ``flag``, ``environment (REUSEPORT_X)`` or ``file (PATH)``.
+    Sources read ``flag``, ``environment (REUSEPORT_X)`` or ``file (PATH)``.  A
+    value the Config refuses is named by where it came from (the variable,
+    or the file and key) when it came from the environment or the file.
     """
     env = os.environ if environ is None else environ
     given = dict(vars(args))
@@ -633,24 +699,49 @@ def build_config_with_sources(
     config_file = given.pop("config_file", None) or env.get("REUSEPORT_CONFIG")
     values: dict[str, object] = {}
     sources: dict[str, str] = {}
+    origins: dict[str, str] = {}  # field: the variable or file key that set it
     if config_file:
         layer = _from_toml(config_file)
         values.update(layer)
         sources.update(dict.fromkeys(layer, f"file ({config_file})"))
+        origins.update(
+            {name: f"config file {config_file!r}, {name.replace('_', '-')}" for name in layer}
+        )
     names: dict[str, str] = {}
     layer = _from_env(env, names)
     values.update(layer)
     sources.update({key: f"environment ({names.get(key, '?')})" for key in layer})
+    origins.update(names)
     for name in _LIST_FIELDS:
         if name in given:
             given[name] = tuple(given[name])
     layer = _bind_aliases(given)
     values.update(layer)
     sources.update(dict.fromkeys(layer, "flag"))
+    for name in layer:
+        origins.pop(name, None)
     try:
         return Config(**values), sources  # type: ignore[arg-type]
     except TypeError as exc:
         raise ConfigError(f"bad configuration: {exc}") from None
+    except ConfigError as exc:
+        origin = _culprit(exc, values, origins)
+        if origin is None:
+            raise
+        raise ConfigError(f"{origin}: {exc}") from None
+
+
+def _culprit(exc: ConfigError, values: dict[str, object], origins: dict[str, str]) -> str | None:
+    """Which variable or file key alone gives the error ``exc`` (None: a flag, or several)."""
+    for name, origin in origins.items():
+        try:
+            Config(**{name: values[name]})  # type: ignore[arg-type]
+        except ConfigError as alone:
+            if str(alone) == str(exc):
+                return origin
+        except TypeError:
+            continue
+    return None
 
 
 def apply_cpu_limit(
@@ -757,6 +848,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logs.setup(config)
     if workers_line is not None:
         log.info("%s", workers_line)
+    for warning in env_warnings(os.environ):
+        log.warning("%s", warning)
     if activated:
         log.info(
             "systemd socket activation: %s",
@@ -771,7 +864,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         mode, reason = resolve_mode(config)
     from .arbiter import Arbiter
 
-    return Arbiter(config, mode, reason, handover=handover).run()
+    return Arbiter(config, mode, reason, handover=handover, signals=signals.take_early()).run()
 
 
 def _inherit(config: Config, handover: upgrade.Handover) -> tuple[Config, Mode, str]:
@@ -937,24 +1030,33 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "func", None) is None:
-        parser.print_help(sys.stderr)
-        return ExitCode.USAGE
-    func: Callable[[argparse.Namespace], int] = args.func
+    # ``serve``: the master's signal handlers first (see signals.py); handed
+    # over to the arbiter, or put back if the server never starts.
+    if signals.serving(sys.argv[1:] if argv is None else argv):
+        signals.install_early()
     try:
-        return func(args)
-    except ReuseportError as exc:
-        print(f"reuseport: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return ExitCode.INTERRUPTED
-    except BrokenPipeError:
-        # The reader went away (`reuseport status | head`): nothing left to say
-        # to it.  Point stdout at /dev/null so the interpreter's final flush
-        # does not fail again on the closed pipe.
-        with contextlib.suppress(OSError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        return ExitCode.OK
+        parser = make_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "func", None) is None:
+            parser.print_help(sys.stderr)
+            return ExitCode.USAGE
+        func: Callable[[argparse.Namespace], int] = args.func
+        try:
+            return func(args)
+        except ReuseportError as exc:
+            print(f"reuseport: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            return ExitCode.INTERRUPTED
+        except BrokenPipeError:
+            # The reader went away (`reuseport status | head`): nothing left to
+            # say to it.  Point stdout at /dev/null so the interpreter's final
+            # flush does not fail again on the closed pipe.
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            return ExitCode.OK
+    finally:
+        early = signals.take_early()
+        if early is not None:
+            early.restore()

@@ -10,13 +10,24 @@ connection-owning adapter shares:
 * ``ManagedConnection``: what a connection must offer for a graceful drain
   (``shutdown()`` when idle or after the current request, ``abort()`` at the
   deadline).
-* ``Connections``: the live set of one adapter, with the drained event.
+* ``Connections``: the live set of one adapter, with the drained event and
+  the keep-alive switch (``set_keep_alive``): off, every connection closes
+  after its next response, which says so (``Connection: close``), so its
+  client reconnects, elsewhere; idle connections are not closed under a
+  client that may be sending (that is the drain's business).  A worker
+  that reaches ``--max-requests`` turns it off (``WorkerStats.request_limit``
+  tells it, from the adapter that counts the request, at once).
 * ``StopReason``: why the worker stops.  A connection that can say so to its
   peer (a WebSocket closes with 1001 "going away" or 1012 "service restart")
   is told in ``going_away()`` shortly before the graceful deadline.
 
 The graceful drain, for ``timeout`` seconds: every connection gets
-``shutdown()`` at once; whatever is still open ``going_away_grace(timeout)``
+``shutdown()`` at once (which closes an idle keep-alive connection: a
+client may retry a request sent as it closes, see RFC 9112 9.3.1), but when
+keep-alive was off already (``--max-requests``: the worker's clients were
+told to go with their next response), an idle connection first gets
+``idle_grace`` (the keep-alive timeout) to send that request, since its
+client has no way to know; whatever is still open ``going_away_grace(timeout)``
 before the deadline gets ``going_away(reason)`` (a WebSocket starts its
 closing handshake, which needs that moment to complete, so it ends *by* the
 deadline: the master kills a stopping worker at ``--graceful-timeout``);
@@ -28,7 +39,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -90,6 +101,10 @@ class WorkerStats:
     rescue_pending: int = 0  # rescued connections whose protocol is not made yet
     datagrams: int = 0  # UDP datagrams received since start (each is also one request)
     lane: LoadPublisher | None = None
+    # --max-requests of this worker (0: none).  An adapter that counts a
+    # request checks ``requests == request_limit`` and calls ``reached_limit``.
+    request_limit: int = 0
+    on_limit: Callable[[], None] | None = None
 
     def opened(self) -> None:
         self.connections += 1
@@ -110,6 +125,11 @@ class WorkerStats:
         if lane is not None:
             lane.publish(self.accepted - self.rescued, self.connections)
 
+    def reached_limit(self) -> None:
+        """``requests`` just reached ``request_limit``: tell the worker (once per count)."""
+        if self.on_limit is not None:
+            self.on_limit()
+
 
 class ManagedConnection(abc.ABC):
     """A client connection the adapter owns and can wind down on shutdown."""
@@ -121,6 +141,14 @@ class ManagedConnection(abc.ABC):
     @abc.abstractmethod
     def abort(self) -> None:
         """Close at once (graceful timeout expired)."""
+
+    def close_after_response(self) -> None:  # noqa: B027 - optional hook
+        """No keep-alive: close after the next response, which says ``Connection: close``.
+
+        A response whose head is already out keeps its word; the request after
+        it gets the close.  The default does nothing (a connection that carries
+        one request, or none: a WebSocket).
+        """
 
     def going_away(self, reason: StopReason) -> bool:
         """The graceful deadline is near: start a polite close if the protocol has one.
@@ -139,6 +167,7 @@ class Connections:
         self._empty = asyncio.Event()
         self._empty.set()
         self.shutting_down = False
+        self.keep_alive = True  # new requests may keep their connection (see set_keep_alive)
 
     def __len__(self) -> int:
         return len(self._live)
@@ -152,18 +181,37 @@ class Connections:
         if self.shutting_down:
             conn.shutdown()
 
+    def set_keep_alive(self, allowed: bool) -> None:
+        """Off: every connection closes after its next response (see the module docstring)."""
+        if allowed == self.keep_alive or (allowed and self.shutting_down):
+            return
+        self.keep_alive = allowed
+        if not allowed:
+            for conn in list(self._live):
+                conn.close_after_response()
+
     def discard(self, conn: ManagedConnection) -> None:
         self._live.discard(conn)
         if not self._live:
             self._empty.set()
 
-    async def drain(self, timeout: float, reason: StopReason = StopReason.STOP) -> bool:
+    async def drain(
+        self, timeout: float, reason: StopReason = StopReason.STOP, idle_grace: float = 0.0
+    ) -> bool:
         """Ask every connection to wind down; abort the rest after ``timeout``.
 
         Returns True when all closed by themselves in time (see the module
-        docstring for ``going_away``).
+        docstring for ``going_away`` and ``idle_grace``).
         """
+        wound_down = not self.keep_alive
         self.shutting_down = True
+        self.keep_alive = False
+        if wound_down and idle_grace > 0 and self._live:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            if await self._wait_empty(min(idle_grace, timeout / 2)):
+                return True
+            timeout -= loop.time() - started
         for conn in list(self._live):
             conn.shutdown()
         grace = going_away_grace(timeout)

@@ -27,10 +27,17 @@ The three pools, as php-fpm has them:
   second, ``max_workers`` in all); retire a worker idle longer than
   ``idle_timeout`` (the longest idle first, one per second).
 
-Rolling reloads and recycles (``Replacements``): one slot at a time, the new
-worker first, the old one stopped once the new one is ready; a reload is
-complete when no slot is left to replace, and abandoned when a new worker
-fails (the old generation keeps serving).
+Rolling reloads and recycles (``Replacements``): the new worker first, the
+old one stopped once the new one is ready.  A reload goes one slot at a
+time; it is complete when no slot is left to replace, and abandoned when a
+new worker fails (the old generation keeps serving).  Recycles do not
+wait their turn: a worker that reached ``--max-requests`` has stopped taking
+requests, so its slot waits on its replacement, and when several workers
+reach their limits together their replacements boot together (as many as
+the arbiter has room for: ``--max-workers`` booting at once, and free
+scoreboard rows).  A slot is never replaced twice at once: a job for a slot
+whose replacement still boots waits (a reload must also replace a worker
+started just before it).
 
 Crash loops (``CrashBackoff``): a worker that dies within a second of its
 start, or before it was ready, makes its slot wait before the next try, 0.1 s
@@ -42,7 +49,7 @@ would otherwise be respawned in a tight loop.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .config import Config, ProcessManager
@@ -283,9 +290,9 @@ class Replacement:
 class Replacements:
     """The queue of slots waiting for a new worker (reload, recycle).
 
-    The arbiter queues jobs, and whenever no replacement is in progress asks
-    ``reload_complete`` and then ``next``; it reports a failed reload with
-    ``reload_failed``.
+    The arbiter queues jobs, asks ``reload_complete`` whenever no reload
+    replacement boots, and ``take`` for the jobs to start now; it reports a
+    failed reload with ``reload_failed``.
     """
 
     def __init__(self) -> None:
@@ -305,24 +312,49 @@ class Replacements:
     def recycle(self, slot: int, pid: int) -> None:
         self._jobs.append(Replacement(slot=slot, cause=SpawnCause.RECYCLE, pid=pid))
 
-    def next(self, ready: Mapping[int, int]) -> Replacement | None:
-        """The next job to start; ``ready`` maps each slot with a ready worker to its pid.
+    def take(
+        self,
+        ready: Mapping[int, int],
+        *,
+        replacing: Collection[int] = (),
+        reloading: bool = False,
+        room: int = 1,
+    ) -> list[Replacement]:
+        """The jobs to start now, in queue order; the others stay queued.
 
-        Jobs for slots without a ready worker are dropped (the slot is gone or
-        its worker is new anyway), and so is a recycle whose worker was
-        replaced meanwhile.
+        ``ready`` maps each slot with a ready worker to its pid;
+        ``replacing``: slots whose replacement boots now; ``reloading``: one
+        of them is a reload's; ``room``: how many new workers may start.
+        Recycles start while there is room, a reload only when no reload
+        replacement boots (see the module docstring).  Dropped: a job for a
+        slot with neither a ready worker nor a replacement under way (the
+        slot is gone), a recycle whose worker was replaced meanwhile.
         """
-        while self._jobs:
-            job = self._jobs.popleft()
+        started: list[Replacement] = []
+        kept: deque[Replacement] = deque()
+        busy = set(replacing)
+        for job in self._jobs:
+            reload = job.cause is SpawnCause.RELOAD
+            if len(started) >= room or job.slot in busy or (reload and reloading):
+                kept.append(job)  # its turn comes (after the replacement in its slot)
+                continue
             pid = ready.get(job.slot)
             if pid is None or (job.pid is not None and job.pid != pid):
                 continue
-            return job
-        return None
+            started.append(job)
+            busy.add(job.slot)
+            reloading = reloading or reload
+        self._jobs = kept
+        return started
 
-    def retry(self, job: Replacement) -> None:
-        """``job`` could not start now: it goes first next time."""
-        self._jobs.appendleft(job)
+    def next(self, ready: Mapping[int, int]) -> Replacement | None:
+        """The next job to start, one at a time (``take`` with room for one)."""
+        jobs = self.take(ready)
+        return jobs[0] if jobs else None
+
+    def retry(self, *jobs: Replacement) -> None:
+        """``jobs`` could not start now: they go first next time, in this order."""
+        self._jobs.extendleft(reversed(jobs))
 
     def reload_complete(self) -> bool:
         """True once when a reload has no slot left to replace."""

@@ -25,11 +25,40 @@ master dies (PR_SET_PDEATHSIG), the loop also stops when the channel to the
 master reaches EOF, and a small watchdog thread that notices the parent is
 gone enforces a hard deadline in case the loop is stuck.
 
+Stopping while booting.  A worker that does not serve yet has nothing in
+flight, so a stop signal during its boot ends it at once: the boot (an app
+import, a lifespan startup waiting on a database) is cancelled and the
+worker exits with code 0, without waiting for ``--graceful-timeout``.  Once
+it has begun to serve, the boot completes and the stop is the usual
+graceful one.  From the fork to the moment the event loop handles signals,
+stop signals are blocked (the master blocks them around ``fork``, so even
+one sent the instant the child exists waits): it stays pending and reaches
+the loop's handler as soon as ``main`` unblocks it, instead of killing the
+worker mid-boot with its default action (or being dropped by Python's own
+after-fork cleanup of signals caught in the child before it).
+
+One report per boot failure: a worker that cannot boot sends the whole
+story (the traceback included) to the master in its ``boot_error`` message
+and prints nothing itself, so the master can show it once however many
+workers fail the same way; only when the master cannot be told (the
+channel is gone) does the worker log it.
+
+``--max-requests``: the request that reaches the limit calls ``_on_limit``
+at once (the adapter that counts it calls ``WorkerStats.reached_limit``; a
+poll of the counter would let a keep-alive client get in hundreds more).
+From then on the worker takes no new requests while its replacement
+boots: keep-alive goes off (each connection closes after its next
+response, which says ``Connection: close``, so its client reconnects to
+another worker), accepting pauses (the master also steers new connections
+away from the slot), rescues end, and the master is asked for a
+replacement (``recycle``).  If the replacement fails, the master says
+``resume`` and the worker serves on.
+
 Messages from the master arrive on the channel: ``drain`` means "the kernel no
 longer sends you new connections (a BPF program steers them away): accept
-what is still queued for you, then stop".  Messages to the master:
-``listening`` (with the new socket fds), ``ready``, ``recycle`` (the request
-limit is reached) and ``boot_error``.  Each is one JSON object in one
+what is still queued for you, then stop"; ``resume`` (above).  Messages to
+the master: ``listening`` (with the new socket fds), ``ready``, ``recycle``
+(the request limit is reached) and ``boot_error``.  Each is one JSON object in one
 SOCK_SEQPACKET datagram (``send_message`` / ``recv_messages``).
 
 --user/--group come in two halves: the master resolves the names before it
@@ -52,7 +81,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +118,7 @@ _DRAIN_QUIET = 1.0  # the queue must stay empty this long: handshakes in flight 
 # well over 100 ms; a connection that lands after we close would be reset)
 _RECYCLE_POLL = 0.05
 _COST_REQUESTS = 8  # fewest requests a cost figure is measured over
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -251,6 +281,15 @@ class _Worker:
         self._cost = 0  # ns of CPU per request, smoothed (see _measure_cost)
         self._cost_cpu = time.process_time_ns()
         self._cost_requests = 0
+        self.serving = False  # the app accepts connections: a stop is a graceful one now
+        self.hosted: HostedApp | None = None
+        # --max-requests reached (see the module docstring): whether the
+        # master was told yet, whether we accept, and the pause under way.
+        self.recycling = False
+        self.recycle_asked = False
+        self.accepting = True
+        self.pause_task: asyncio.Future[bool] | None = None
+        self._tasks: set[asyncio.Future[None]] = set()  # started from the channel
 
     def beat(self) -> None:
         s = self.stats
@@ -336,6 +375,9 @@ class _Worker:
             datagrams=any(sock.type == socket.SOCK_DGRAM for sock in socks),
         )
         hosted, interface, reason = hosting.app, hosting.interface, hosting.reason
+        self.hosted = hosted
+        self.stats.request_limit = spec.max_requests
+        self.stats.on_limit = self._on_limit
         if interface == "wsgi" and spec.slot == 0:
             log.info(
                 "serving %s on %d app threads per worker (%s)",
@@ -347,6 +389,7 @@ class _Worker:
         board = spec.board
         if board is not None and spec.slot < board.capacity:
             self.stats.lane = board.lane(spec.slot, spec.lane)
+        self.serving = True
         try:
             await hosted.serve(socks)
         except OSError as exc:
@@ -378,45 +421,130 @@ class _Worker:
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
         self.stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGUSR1, logs.reopen)  # relayed by the master
+        # Blocked since the fork (the master's doing): one that came meanwhile
+        # stops us before the boot begins (it also reaches the loop now).
+        if set(signal.sigpending()) & set(_STOP_SIGNALS):
+            self.stop.set()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         self.spec.channel.setblocking(False)
         loop.add_reader(self.spec.channel.fileno(), self._on_channel)
         self.beat()
         try:
-            hosted = await self._boot()
+            hosted = await self._boot_unless_stopped()
         except ReuseportError as exc:
             return self._boot_failed(exc.exit_code, str(exc))
         except Exception as exc:
             text = "".join(traceback.format_exception(exc)).rstrip()
             return self._boot_failed(ExitCode.BOOT_ERROR, f"worker failed to start:\n{text}")
+        if hosted is None:
+            log.info(
+                "Worker %d (pid %d) stopped while booting, before it served: nothing was in flight",
+                self.spec.slot,
+                self.pid,
+            )
+            return ExitCode.OK
         interval = self._beat_interval()
         limit = self.spec.max_requests
         poll = min(interval, _RECYCLE_POLL) if limit else interval
         next_beat = 0.0
-        recycling = False
         while not self.stop.is_set():
             now = time.monotonic()
             if now >= next_beat:
                 self.beat()
                 next_beat = now + interval
-            if limit and not recycling and self.stats.requests >= limit:
-                recycling = True
-                send_message(
-                    self.spec.channel, {"type": "recycle", "requests": self.stats.requests}
-                )
+            if limit and not self.recycling and self.stats.requests >= limit:
+                self._on_limit()  # an adapter that does not call it itself
+            if self.recycling and not self.recycle_asked:
+                self._ask_recycle()  # the channel was full: again
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), poll)
         loop.remove_reader(self.spec.channel.fileno())
         self.state = SlotState.STOPPING
         self.beat()
         self._on_channel()  # the master says why before it signals: read it now
+        if self.pause_task is not None:
+            await self.pause_task  # the shutdown closes what the pause may still hold
+        if self._tasks:  # a resume under way: let it finish, the shutdown closes it all
+            await asyncio.wait(set(self._tasks))
         if self.rescuer is not None:
             self.rescuer.close()  # rescue no one while stopping
         await hosted.shutdown(self.spec.config.graceful_timeout, self.stop_reason)
         self.beat()
         return ExitCode.OK
+
+    def _on_limit(self) -> None:
+        """``--max-requests`` reached: no new requests here while the replacement boots."""
+        hosted = self.hosted
+        stop = self.stop
+        if self.recycling or hosted is None or stop is None or stop.is_set():
+            return
+        if self.drain_task is not None:
+            return  # leaving anyway
+        self.recycling = True
+        self.accepting = False
+        hosted.set_keep_alive(False)
+        if self.rescuer is not None:
+            for slot in list(self.rescuer.watches):
+                self.rescuer.end(slot)
+        self.pause_task = asyncio.ensure_future(hosted.pause_accepting())
+        self._ask_recycle()
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _ask_recycle(self) -> None:
+        try:
+            send_message(self.spec.channel, {"type": "recycle", "requests": self.stats.requests})
+        except OSError:  # full (tried again each poll), or the master is gone (we stop)
+            return
+        self.recycle_asked = True
+
+    async def _accept_again(self) -> None:
+        """After a pause for ``--max-requests``: serve the same sockets again, keep-alive on."""
+        if self.pause_task is not None:
+            await self.pause_task
+            self.pause_task = None
+        hosted = self.hosted
+        if hosted is None or self.accepting:
+            return
+        self.accepting = True
+        if hosted.paused is not None:
+            self.sockets = await hosted.resume_accepting()
+        if self.drain_task is None and self.stop is not None and not self.stop.is_set():
+            hosted.set_keep_alive(True)
+
+    async def _boot_unless_stopped(self) -> HostedApp | None:
+        """Boot, unless a stop comes first: then give the boot up at once (None).
+
+        A worker that does not serve yet has nothing in flight.  Once it has
+        begun to serve (connections may be accepted), the boot completes and
+        the caller stops it gracefully.
+        """
+        assert self.stop is not None
+        if self.stop.is_set():
+            return None
+        boot = asyncio.ensure_future(self._boot())
+        stopped = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({boot, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if boot.done() or self.serving:
+            return await boot
+        boot.cancel()
+        await asyncio.wait({boot})
+        if boot.cancelled():
+            return None
+        error = boot.exception()
+        if error is not None:  # raised while being cancelled: the stop is what counts
+            log.debug("worker %d: its boot ended with %r as it was stopped", self.spec.slot, error)
+            return None
+        return boot.result()  # it finished anyway: stopped gracefully by the caller
 
     def _on_channel(self) -> None:
         assert self.stop is not None
@@ -452,7 +580,7 @@ class _Worker:
         for fd in fds:
             os.close(fd)
         if kind == "rescue" and isinstance(slot, int):
-            running = self.stop is not None and not self.stop.is_set()
+            running = self.stop is not None and not self.stop.is_set() and self.accepting
             if self.rescuer is not None and self.drain_task is None and running:
                 if message.get("on"):
                     self.rescuer.begin(slot)
@@ -461,6 +589,13 @@ class _Worker:
         elif kind == "stop":
             with contextlib.suppress(ValueError):
                 self.stop_reason = StopReason(message.get("reason"))
+        elif kind == "resume" and not self.accepting:
+            log.info(
+                "Worker %d (pid %d): its replacement failed; serving on past --max-requests",
+                self.spec.slot,
+                self.pid,
+            )
+            self._later(self._accept_again())
         elif kind == "sibling_gone" and isinstance(slot, int):
             if self.rescuer is not None:
                 self.rescuer.remove(slot)
@@ -476,6 +611,8 @@ class _Worker:
     async def _drain(self) -> None:
         """Accept what is still queued on our (steered-away) sockets, then stop."""
         assert self.stop is not None
+        if not self.accepting:  # paused for --max-requests: the queue needs us
+            await self._accept_again()
         self.state = SlotState.DRAINING
         self.beat()
         started = time.monotonic()
@@ -530,10 +667,14 @@ class _Worker:
         return min(_BEAT_INTERVAL, timeout / 4) if timeout > 0 else _BEAT_INTERVAL
 
     def _boot_failed(self, code: int, message: str) -> int:
-        with contextlib.suppress(OSError):
+        """Tell the master why we cannot boot (it shows it); say it ourselves if it cannot hear."""
+        try:
             send_message(
-                self.spec.channel, {"type": "boot_error", "code": code, "message": message}
+                self.spec.channel,
+                {"type": "boot_error", "code": code, "message": _fit_message(message)},
             )
+        except OSError:
+            log.error("Worker %d could not boot: %s", self.spec.slot, message)
         return code
 
 
@@ -543,6 +684,19 @@ def _queued(sock: socket.socket) -> int | None:
         return datagram_queue(sock)
     depth = listen_queue_depth(sock)
     return None if depth is None else depth[0]
+
+
+# A boot error travels in one datagram the master reads 64 KiB at a time; JSON
+# may spell a character in six bytes.  A traceback's end says the most.
+_MESSAGE_HEAD = 2000
+_MESSAGE_TAIL = 8000
+
+
+def _fit_message(message: str) -> str:
+    if len(message) <= _MESSAGE_HEAD + _MESSAGE_TAIL:
+        return message
+    cut = len(message) - _MESSAGE_HEAD - _MESSAGE_TAIL
+    return f"{message[:_MESSAGE_HEAD]}\n[... {cut} characters cut ...]\n{message[-_MESSAGE_TAIL:]}"
 
 
 def run(spec: WorkerSpec) -> int:

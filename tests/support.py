@@ -286,8 +286,10 @@ def read_responses(socks: Sequence[socket.socket], timeout: float) -> list[tuple
 
 
 # --------------------------------------------------------------------- Server
+# "Bound http://127.0.0.1:PORT (reuseport mode)" at bind time; the same address
+# again in "Listening at ..." once the first worker is ready.
 _LISTENING = re.compile(
-    r"Listening at https?://(\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\s]+)):(?P<port>\d+) "
+    r"(?:Bound|Listening at) https?://(\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\s]+)):(?P<port>\d+) "
 )
 _LISTENING_UDP = re.compile(
     r"Listening at udp://(\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\s]+)):(?P<port>\d+) "
@@ -434,15 +436,15 @@ class Server:
     # -- addresses
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        """(host, port) of every ``Listening at`` line so far, in order."""
-        found = []
+        """(host, port) of every TCP bind so far (``Bound`` lines, at bind time), in order."""
+        found: dict[tuple[str, int], None] = {}
         with self._cond:
             lines = list(self.lines)
         for line in lines:
             match = _LISTENING.search(line)
             if match:
-                found.append((match["v6"] or match["v4"], int(match["port"])))
-        return found
+                found[(match["v6"] or match["v4"], int(match["port"]))] = None
+        return list(found)
 
     @property
     def udp_addresses(self) -> list[tuple[str, int]]:
@@ -458,13 +460,13 @@ class Server:
     @property
     def port(self) -> int:
         addresses = self.addresses
-        assert addresses, f"no 'Listening at' line yet\n{self._tail()}"
+        assert addresses, f"no 'Bound' line yet\n{self._tail()}"
         return addresses[0][1]
 
     @property
     def address(self) -> tuple[str, int]:
         addresses = self.addresses
-        assert addresses, f"no 'Listening at' line yet\n{self._tail()}"
+        assert addresses, f"no 'Bound' line yet\n{self._tail()}"
         return addresses[0]
 
     # -- processes

@@ -105,6 +105,18 @@ def test_a_pool_with_a_worker_draining_or_starting_has_not_settled() -> None:
     assert PoolState.from_snapshot(snap).changing == 1
 
 
+def test_a_static_pool_short_of_its_target_has_not_settled() -> None:
+    """A killed worker's slot waits out the crash backoff with no worker in it."""
+    snap = snapshot(2)
+    snap["pool"]["running"] = 1
+    snap["workers"].pop()
+    state = PoolState.from_snapshot(snap)
+    assert (state.missing, state.changing) == (1, 0)
+    assert not state.settled
+    snap["pool"]["running"] = 3  # a TTOU's worker still counted: its state says it
+    assert PoolState.from_snapshot(snap).missing == 0
+
+
 def test_workers_fall_back_to_the_worker_list_and_to_unknown() -> None:
     assert PoolState.from_snapshot({"workers": [{}, {}, {}]}).workers == 3
     assert PoolState.from_snapshot({"pool": {"running": "x"}}).workers is None

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from support import child_env
 
-from reuseport.cli import build_config, main, make_parser
+from reuseport.cli import build_config, env_warnings, main, make_parser
 from reuseport.config import (
     CertReqs,
     Config,
@@ -312,9 +312,9 @@ def test_env_values_are_typed(name: str, text: str, field: str, expected: object
 @pytest.mark.parametrize(
     ("toml", "environ", "message"),
     [
-        ("wokers = 2\n", {}, r"unknown option 'wokers'"),
+        ("wokers = 2\n", {}, r"unknown option 'wokers' \(did you mean 'workers'\?\)"),
         ("workers = \n", {}, r"is not valid TOML"),
-        ("", {"REUSEPORT_WORKERS": "many"}, r"cannot parse REUSEPORT_WORKERS='many'"),
+        ("", {"REUSEPORT_WORKERS": "many"}, r"REUSEPORT_WORKERS: cannot parse 'many'"),
         ("", {"REUSEPORT_ACCESS_LOG": "perhaps"}, r"cannot parse 'perhaps' as a boolean"),
         ("workers = 0\n", {}, r"invalid --workers 0"),
         ('ws = "wsproto"\n', {}, r"invalid ws 'wsproto': choose one of auto, none, websockets"),
@@ -326,6 +326,61 @@ def test_bad_file_or_env(tmp_path: Path, toml: str, environ: dict[str, str], mes
     path = _write(tmp_path / "rp.toml", toml)
     with pytest.raises(ConfigError, match=message):
         _config("--config", path, environ=environ)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"REUSEPORT_ACCESS_LOG": "maybe"},
+            "REUSEPORT_ACCESS_LOG: cannot parse 'maybe' as a boolean: use true or false",
+        ),
+        ({"REUSEPORT_WORKERS": "many"}, "REUSEPORT_WORKERS: cannot parse 'many' as an integer"),
+        ({"REUSEPORT_GRACEFUL_TIMEOUT": "soon"}, "REUSEPORT_GRACEFUL_TIMEOUT: cannot parse 'soon'"),
+        ({"REUSEPORT_WORKERS": "0"}, "REUSEPORT_WORKERS: invalid --workers 0"),
+        ({"REUSEPORT_MODE": "fast"}, "REUSEPORT_MODE: invalid mode 'fast'"),
+        ({"REUSEPORT_BIND": "nonsense"}, "REUSEPORT_BIND: cannot parse bind 'nonsense'"),
+    ],
+)
+def test_env_errors_name_the_variable(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _config(environ=environ)
+    assert str(caught.value).startswith(message), caught.value
+
+
+def test_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
+    path = _write(tmp_path / "rp.toml", "max-spawn-rate = 0\n")
+    with pytest.raises(ConfigError) as caught:
+        _config("--config", path)
+    assert str(caught.value).startswith(f"config file {path!r}, max-spawn-rate: invalid")
+
+
+def test_a_bad_flag_is_not_blamed_on_the_environment() -> None:
+    with pytest.raises(ConfigError) as caught:
+        _config("-w", "0", environ={"REUSEPORT_WORKERS": "0"})
+    assert str(caught.value).startswith("invalid --workers 0"), caught.value
+
+
+def test_unknown_env_variables_are_warned_with_the_nearest_name() -> None:
+    environ = {
+        "REUSEPORT_WORKRES": "3",
+        "REUSEPORT_ACESS_LOG": "1",
+        "REUSEPORT_XYZZY": "1",
+        "REUSEPORT_WORKERS": "2",  # valid ones are not warned about
+        "REUSEPORT_PORT": "8001",
+        "REUSEPORT_LIMIT_MAX_REQUESTS": "5",
+        "REUSEPORT_CONFIG": "",  # no file, but not an unknown variable either
+        "NOT_OURS": "1",
+    }
+    assert env_warnings(environ) == [
+        "REUSEPORT_ACESS_LOG is not a reuseport setting, ignored "
+        "(did you mean REUSEPORT_ACCESS_LOG?)",
+        "REUSEPORT_WORKRES is not a reuseport setting, ignored (did you mean REUSEPORT_WORKERS?)",
+        "REUSEPORT_XYZZY is not a reuseport setting, ignored (a variable is REUSEPORT_ and a "
+        "long flag's name, e.g. REUSEPORT_WORKERS)",
+    ]
+    # Ignored, not refused: the rest of the environment still counts.
+    assert _config(environ=environ).workers == 2
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
@@ -379,6 +434,26 @@ def test_no_command_prints_usage_and_exits_2() -> None:
     result = _run()
     assert result.returncode == 2
     assert "usage: reuseport" in result.stderr
+
+
+@pytest.mark.e2e
+def test_serve_warns_about_a_misspelled_variable_and_goes_on() -> None:
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "reuseport", "serve", "no_such_module_4242:app"),
+            *("-b", "127.0.0.1:0", "--mode", "shared", "-w", "1"),
+        ],
+        capture_output=True,
+        env=child_env({"REUSEPORT_WORKRES": "3"}),
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 4, result.stderr  # it started: the app import failed
+    assert (
+        "WARNING REUSEPORT_WORKRES is not a reuseport setting, ignored "
+        "(did you mean REUSEPORT_WORKERS?)" in result.stderr
+    )
 
 
 @pytest.mark.e2e

@@ -58,6 +58,48 @@ def test_pipelined_requests_are_answered_in_order() -> None:
     run(main())
 
 
+def test_keep_alive_off_answers_what_was_received_and_the_last_says_close() -> None:
+    """--max-requests turns keep-alive off: pipelined requests already here are all answered."""
+
+    async def main() -> None:
+        probe = Probe()
+        async with serving(probe) as srv:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            try:
+                writer.write(get("/wait") + get("/second") + get("/third"))
+                await wait_for(probe.event("wait-entered").wait())
+                assert srv.ctx.stats.in_flight == 3  # one read, all parsed before the app runs
+                srv.hosted.set_keep_alive(False)
+                probe.event("release").set()
+                responses = parse_responses(await wait_for(reader.read()))  # then it closes
+            finally:
+                writer.close()
+            assert [r.body for r in responses] == [b"released", b"/second", b"/third"]
+            assert [r.header(b"connection") for r in responses] == [None, None, b"close"]
+
+    run(main())
+
+
+def test_keep_alive_off_closes_an_idle_connection_after_its_next_answer() -> None:
+    async def main() -> None:
+        async with serving(Probe()) as srv:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            try:
+                writer.write(get("/first"))
+                first = await read_response_head(reader)
+                assert b"connection: close" not in first.lower()
+                await wait_for(reader.readexactly(len(b"/first")))
+                srv.hosted.set_keep_alive(False)  # idle: not closed under its client
+                writer.write(get("/next"))
+                (answer,) = parse_responses(await wait_for(reader.read()))
+            finally:
+                writer.close()
+            assert (answer.status, answer.body) == (200, b"/next")
+            assert answer.header(b"connection") == b"close"
+
+    run(main())
+
+
 def test_keep_alive_connection_serves_many_requests() -> None:
     async def main() -> None:
         async with serving(Probe()) as srv, httpx.AsyncClient() as client:

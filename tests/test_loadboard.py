@@ -216,6 +216,10 @@ def test_p2c_avoids_a_slot_whose_queue_stands_still_but_not_one_that_accepts(
     port = by_slot[2].getsockname()[1]
     board.set_active([2, 5])
     board.lane(2, 0).publish(accepted=0, open_=3)  # busy: 3 open, accepting
+    # ... and never stalled while this test connects (which may take longer than
+    # STALL_NS on a loaded machine): its last accept is dated in the future,
+    # which the program reads as "not stalled" (a clock step back).
+    board.cells[board._cell(2, loadboard._LAST)] = time.monotonic_ns() + 60 * 10**9
     queued = board._cell(5, 0)
     board.cells[queued] = 1  # one connection waits in slot 5's queue ...
     since = board._cell(5, loadboard._SINCE)

@@ -458,6 +458,60 @@ def test_a_failed_reload_drops_its_slots_but_keeps_recycles() -> None:
     )
 
 
+def test_recycles_of_several_slots_start_together_within_the_room() -> None:
+    jobs = Replacements()
+    for slot in (0, 1, 2):
+        jobs.recycle(slot, pid=10 + slot)
+    ready = {0: 10, 1: 11, 2: 12}
+    assert [job.slot for job in jobs.take(ready, room=2)] == [0, 1]
+    # Slots 0 and 1 now boot their replacements; slot 2 had no room.
+    assert [job.slot for job in jobs.take(ready, replacing={0, 1}, room=1)] == [2]
+    assert jobs.take(ready, replacing={0, 1, 2}, room=3) == []
+
+
+def test_a_reload_goes_one_slot_at_a_time_beside_recycles() -> None:
+    jobs = Replacements()
+    jobs.reload([0, 1, 2])
+    jobs.recycle(3, pid=13)
+    ready = {0: 10, 1: 11, 2: 12, 3: 13}
+    started = jobs.take(ready, room=4)
+    assert [(job.slot, job.cause) for job in started] == [
+        (0, SpawnCause.RELOAD),
+        (3, SpawnCause.RECYCLE),
+    ]
+    assert jobs.take(ready, replacing={0, 3}, reloading=True, room=4) == []
+    assert [job.slot for job in jobs.take(ready, replacing={3}, room=4)] == [1]
+
+
+def test_a_reload_waits_for_the_recycle_under_way_in_its_slot() -> None:
+    """The recycle's new worker may have been forked before the reload: it is replaced too."""
+    jobs = Replacements()
+    jobs.recycle(0, pid=10)
+    assert [job.slot for job in jobs.take({0: 10, 1: 11}, room=2)] == [0]
+    jobs.reload([0, 1])  # SIGHUP while slot 0's replacement boots
+    started = jobs.take({1: 11}, replacing={0}, room=2)  # slot 0: nothing ready meanwhile
+    assert [(job.slot, job.cause) for job in started] == [(1, SpawnCause.RELOAD)]
+    assert not jobs.reload_complete()
+    # Slot 0's replacement (pid 20) is ready, slot 1's reload is done.
+    started = jobs.take({0: 20, 1: 21}, room=2)
+    assert [(job.slot, job.cause) for job in started] == [(0, SpawnCause.RELOAD)]
+    assert jobs.reload_complete()
+
+
+def test_jobs_that_could_not_start_go_back_first_in_order() -> None:
+    jobs = Replacements()
+    for slot in (0, 1, 2):
+        jobs.recycle(slot, pid=10 + slot)
+    ready = {0: 10, 1: 11, 2: 12}
+    first, second = jobs.take(ready, room=2)
+    jobs.retry(first, second)
+    assert jobs.take(ready, room=3) == [
+        first,
+        second,
+        Replacement(slot=2, cause=SpawnCause.RECYCLE, pid=12),
+    ]
+
+
 # ------------------------------------------------------------------ crash backoff
 def test_quick_crashes_double_the_wait_up_to_the_cap() -> None:
     backoff = CrashBackoff(max_delay=1.0)

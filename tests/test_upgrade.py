@@ -468,7 +468,11 @@ def test_a_new_master_that_is_not_ready_in_time_is_stopped(place: Path) -> None:
         match = server.wait_for_line(r"started the new master, pid (\d+)")
         new.append(int(match[1]))
         server.wait_for_line(r"was not ready within --upgrade-timeout 1s", timeout=20)
-        server.wait_for_line(r"Upgrade failed: the new master .* exited", timeout=30)
+        # Stopped: a clean exit once its signal handlers are in, or SIGTERM's
+        # default action if it came before them (a slow interpreter start).
+        server.wait_for_line(
+            r"Upgrade failed: the new master .* (exited|was killed by signal 15)", timeout=30
+        )
         assert server.returncode is None
         status, body = server.request("/")
         assert (status, body["version"]) == (200, "one")

@@ -4,8 +4,10 @@ Rules: the app is always called as ASGI 3 (``app(scope, receive, send)``);
 ASGI 2 double-callables get a shim.  Lifespan runs in its own Task for the
 whole life of the worker; its ``state`` dict is shared (shallow-copied per
 request) into every HTTP scope.  A lifespan startup failure is the app's fault
-and becomes ``BootError`` with the app's own message, so the master halts
-instead of respawning forever.
+and becomes ``BootError`` with the app's own message (and its traceback, if
+it raised), so the master halts instead of respawning forever; the worker
+logs nothing of it itself: the master shows it once, however many workers
+fail the same way.  A worker stopped while its startup runs cancels it.
 
 Graceful stop (``shutdown(timeout, reason)``): first the drain signal
 (``scope["extensions"]["reuseport.drain"]["event"]``, set now, so streaming
@@ -23,6 +25,7 @@ import inspect
 import logging
 import socket
 import ssl
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -88,14 +91,24 @@ class _LifespanRunner:
         self.sent_anything = False
         self.supported = True
         self.error: BaseException | None = None
+        self.started = False  # the app sent lifespan.startup.complete
         self.task: asyncio.Task[None] | None = None
 
     async def startup(self) -> None:
         self.inbox.put_nowait({"type": "lifespan.startup"})
         self.task = asyncio.get_running_loop().create_task(self._run(), name="asgi-lifespan")
-        failure = await self.startup_done
+        try:
+            failure = await self.startup_done
+        except asyncio.CancelledError:  # the worker is stopped while it boots
+            self.task.cancel()
+            raise
         if failure is not None:
-            raise BootError(f"the ASGI app's lifespan startup failed: {failure}")
+            failure = failure.rstrip()
+            error = self.error
+            if error is not None and str(error) not in failure:
+                failure = f"{failure}\n{_format(error)}"  # it said one thing and raised another
+            sep = "\n" if "\n" in failure else " "
+            raise BootError(f"the ASGI app's lifespan startup failed:{sep}{failure}")
         if not self.supported:
             return
         if self.task.done() and not self.sent_anything:
@@ -134,6 +147,8 @@ class _LifespanRunner:
         }
         try:
             await self.app(scope, self._receive, self._send)
+        except asyncio.CancelledError:
+            raise
         except BaseException as exc:
             self.error = exc
             if not self.sent_anything and self.mode is Lifespan.AUTO:
@@ -145,9 +160,10 @@ class _LifespanRunner:
                     exc,
                 )
                 logger.debug("lifespan error details", exc_info=exc)
-            elif not self.startup_done.done():
-                logger.error("Exception in the ASGI app's lifespan startup", exc_info=exc)
-                self._resolve(self.startup_done, f"{type(exc).__name__}: {exc}")
+            elif not self.started:
+                # A boot error: ``startup`` reports it, traceback included,
+                # to the master (see the module docstring); not logged here.
+                self._resolve(self.startup_done, _format(exc))
             else:
                 logger.error("Exception in the ASGI app's lifespan", exc_info=exc)
                 self._resolve(self.shutdown_done, f"{type(exc).__name__}: {exc}")
@@ -164,6 +180,7 @@ class _LifespanRunner:
         self.sent_anything = True
         kind = message.get("type")
         if kind == "lifespan.startup.complete":
+            self.started = True
             self._resolve(self.startup_done, None)
         elif kind == "lifespan.startup.failed":
             self._resolve(self.startup_done, str(message.get("message", "")) or "(no message)")
@@ -178,6 +195,10 @@ class _LifespanRunner:
     def _resolve(fut: asyncio.Future[str | None], value: str | None) -> None:
         if not fut.done():
             fut.set_result(value)
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)).rstrip()
 
 
 class AsgiApp(HostedApp):
@@ -211,6 +232,10 @@ class AsgiApp(HostedApp):
     def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
         return self.http_server()
 
+    def set_keep_alive(self, allowed: bool) -> None:
+        if self.http is not None:
+            self.http.connections.set_keep_alive(allowed)
+
     def serving_ssl(self) -> ssl.SSLContext | None:
         return tls.offer_http11(self.ctx.tls) if self.ctx.tls is not None else None
 
@@ -226,7 +251,9 @@ class AsgiApp(HostedApp):
             http.draining.set()
         await self.stop_accepting()
         if http is not None:
-            if not await http.connections.drain(max(0.0, deadline - loop.time()), reason):
+            left = max(0.0, deadline - loop.time())
+            grace = self.ctx.config.timeout_keep_alive
+            if not await http.connections.drain(left, reason, grace):
                 logger.warning(
                     "graceful timeout (%.1f s) expired: closed the connections still busy",
                     timeout,

@@ -19,6 +19,12 @@ and ``datagrams`` (UDP sockets), class attributes the worker checks before
 serving (``apps.host``).  Most adapters serve streams only; the datagram
 adapter serves UDP only; the demo and the socket adapter serve both.
 
+``--max-requests``: the worker turns keep-alive off (``set_keep_alive``:
+every connection closes after its next response) and pauses accepting
+(``pause_accepting``) while its replacement boots; ``resume_accepting``
+serves the same sockets again if the replacement fails.  Both need a
+protocol factory; an app that accepts by itself keeps accepting.
+
 Sibling rescue: an adapter whose connections come from a protocol factory
 says so in ``protocol_factory()``; the worker may then ``serve_rescued(conn)``
 a connection it accepted from a stalled sibling's queue, with the same
@@ -37,6 +43,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -83,6 +90,7 @@ class HostedApp(abc.ABC):
         self.servers: list[asyncio.Server] = []
         self._rescuing: set[asyncio.Task[Any]] = set()  # rescued connections being set up
         self._accepting = True
+        self.paused: list[socket.socket] | None = None  # what resume_accepting serves again
 
     async def startup(self) -> None:  # noqa: B027 - optional hook
         """Prepare the app before serving (default: nothing to do)."""
@@ -145,6 +153,41 @@ class HostedApp(abc.ABC):
             factory, sock=sock, backlog=self.ctx.config.backlog, ssl=self.serving_ssl()
         )
 
+    def set_keep_alive(self, allowed: bool) -> None:  # noqa: B027 - optional hook
+        """Off: each connection closes after its next response (default: nothing to do)."""
+
+    async def pause_accepting(self) -> bool:
+        """Accept nothing new for now; False if this app cannot (it accepts by itself).
+
+        The servers close and no rescued connection is taken meanwhile;
+        duplicates of the listening sockets stay here, so ``resume_accepting``
+        can serve them again (closing a duplicate loses nothing queued: the
+        master holds the socket too).
+        """
+        if self.protocol_factory() is None or self.paused is not None:
+            return False
+        kept: list[socket.socket] = []
+        try:
+            for server in self.servers:
+                for sock in server.sockets:
+                    kept.append(socket.socket(fileno=os.dup(sock.fileno())))
+        except OSError:
+            for sock in kept:
+                sock.close()
+            return False
+        await self.stop_accepting()
+        self.servers = []
+        self.paused = kept
+        return True
+
+    async def resume_accepting(self) -> list[socket.socket]:
+        """Serve the paused sockets again; returns them (the ones now served), in order."""
+        paused, self.paused = self.paused or [], None
+        self._accepting = True
+        for sock in paused:
+            self.servers.append(await self.listen(sock))
+        return paused
+
     async def stop_accepting(self) -> None:
         """Accept no more connections; return once every accepted one is known.
 
@@ -160,6 +203,9 @@ class HostedApp(abc.ABC):
         """
         loop = asyncio.get_running_loop()
         self._accepting = False
+        for sock in self.paused or ():
+            sock.close()
+        self.paused = None
         for server in self.servers:
             for sock in server.sockets:
                 loop.remove_reader(sock.fileno())

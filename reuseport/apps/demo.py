@@ -134,9 +134,15 @@ class DemoApp(HostedApp):
             else:
                 self.servers.append(await self.listen(sock))
 
+    def set_keep_alive(self, allowed: bool) -> None:
+        self.connections.set_keep_alive(allowed)
+
     async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         await self.stop_accepting()
-        await asyncio.gather(self.connections.drain(timeout, reason), self.endpoints.close(timeout))
+        await asyncio.gather(
+            self.connections.drain(timeout, reason, self.ctx.config.timeout_keep_alive),
+            self.endpoints.close(timeout),
+        )
 
 
 class DemoDatagram(Endpoint):
@@ -224,9 +230,12 @@ class DemoProtocol(asyncio.Protocol, ManagedConnection):
             app.burn(self.url)
         elif self.url.startswith(b"/stall"):
             app.stall(self.url)
-        keep = self.parser.should_keep_alive() and not app.connections.shutting_down
+        keep = self.parser.should_keep_alive() and app.connections.keep_alive
         self.out.append(app.response(keep, self.parser.get_method() == b"HEAD"))
-        app.ctx.stats.requests += 1
+        stats = app.ctx.stats
+        stats.requests += 1
+        if stats.requests == stats.request_limit:
+            stats.reached_limit()
         self.served += 1
         if not keep:
             self.closing = True

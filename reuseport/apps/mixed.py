@@ -29,12 +29,14 @@ class MixedApp(HostedApp):
         super().__init__(ctx)
         self.stream = stream
         self.datagram = datagram
+        self.sockets: list[socket.socket] = []  # as served, in the worker's order
 
     async def startup(self) -> None:
         await self.stream.startup()
         await self.datagram.startup()
 
     async def serve(self, sockets: Sequence[socket.socket]) -> None:
+        self.sockets = list(sockets)
         udp = [s for s in sockets if s.type == socket.SOCK_DGRAM]
         await self.stream.serve([s for s in sockets if s.type != socket.SOCK_DGRAM])
         await self.datagram.serve(udp)
@@ -43,6 +45,24 @@ class MixedApp(HostedApp):
         await asyncio.gather(
             self.stream.shutdown(timeout, reason), self.datagram.shutdown(timeout, reason)
         )
+
+    def set_keep_alive(self, allowed: bool) -> None:
+        self.stream.set_keep_alive(allowed)
+
+    async def pause_accepting(self) -> bool:
+        """``--max-requests``: the stream app pauses; datagrams go on (a datagram is no accept)."""
+        paused = await self.stream.pause_accepting()
+        self.paused = self.stream.paused
+        return paused
+
+    async def resume_accepting(self) -> list[socket.socket]:
+        """The stream app serves its sockets again: every socket, in the order served."""
+        served = iter(await self.stream.resume_accepting())
+        self.paused = None
+        self.sockets = [
+            sock if sock.type == socket.SOCK_DGRAM else next(served, sock) for sock in self.sockets
+        ]
+        return list(self.sockets)
 
     async def stop_accepting(self) -> None:
         await asyncio.gather(self.stream.stop_accepting(), self.datagram.stop_accepting())

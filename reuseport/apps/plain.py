@@ -71,6 +71,8 @@ class StreamApp(HostedApp):
             stats.closed()
             stats.in_flight -= 1
             stats.requests += 1
+            if stats.requests == stats.request_limit:
+                stats.reached_limit()
             self.tasks.discard(cast("asyncio.Task[None]", task))
             writer.close()
 
@@ -122,6 +124,8 @@ class _Tracked(asyncio.Protocol):
         stats.closed()
         stats.in_flight -= 1
         stats.requests += 1
+        if stats.requests == stats.request_limit:
+            stats.reached_limit()
         if not self.owner.live:
             self.owner.drained.set()
         return True

@@ -70,6 +70,10 @@ class WsgiApp(HostedApp):
     def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
         return self.http_server()
 
+    def set_keep_alive(self, allowed: bool) -> None:
+        if self.http is not None:
+            self.http.connections.set_keep_alive(allowed)
+
     def serving_ssl(self) -> ssl.SSLContext | None:
         return tls.offer_http11(self.ctx.tls) if self.ctx.tls is not None else None
 
@@ -86,7 +90,9 @@ class WsgiApp(HostedApp):
         await self.stop_accepting()
         if http is not None:
             margin = min(_THREADS_MARGIN, timeout / 4)
-            if not await http.connections.drain(max(0.0, deadline - margin - loop.time()), reason):
+            left = max(0.0, deadline - margin - loop.time())
+            grace = self.ctx.config.timeout_keep_alive
+            if not await http.connections.drain(left, reason, grace):
                 logger.warning(
                     "graceful timeout (%.1f s) expired: closed the connections still busy",
                     timeout,

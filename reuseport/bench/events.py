@@ -23,8 +23,10 @@ Counters move when a change *completes*: a worker retired by TTOU counts as
 an exit (and, in reuseport mode, a drain) once it has drained and exited,
 which can be a second or two after the signal.  So a run reads its "after"
 counters once the pool has *settled* (no worker ``starting``, ``draining``
-or ``stopping``), or else a scale-down sent near the end of the load would
-go uncounted.
+or ``stopping``, and none missing: a static pool runs its ``target``), or
+else a scale-down sent near the end of the load would go uncounted, and so
+would the respawn of a worker killed near the end (its slot waits out the
+crash backoff with no worker in it, so no worker state shows it).
 """
 
 from __future__ import annotations
@@ -83,16 +85,18 @@ class PoolState:
     workers: int | None  # live workers; None if the snapshot does not say
     events: dict[str, int] | None  # flattened counters; None: the master counts no events
     changing: int = 0  # workers starting, draining or stopping
+    missing: int = 0  # workers a static pool wants but has not started yet
 
     @property
     def settled(self) -> bool:
-        """No worker is starting, draining or stopping."""
-        return self.changing == 0
+        """No worker is starting, draining or stopping, and none is missing."""
+        return self.changing == 0 and self.missing == 0
 
     @classmethod
     def from_snapshot(cls, snapshot: Mapping[str, Any]) -> PoolState:
         pool = snapshot.get("pool")
         running = pool.get("running") if isinstance(pool, Mapping) else None
+        target = pool.get("target") if isinstance(pool, Mapping) else None
         workers_list = snapshot.get("workers")
         if _is_count(running):
             workers: int | None = running
@@ -115,7 +119,10 @@ class PoolState:
             # Connections served by a sibling of the worker they were queued
             # for (sibling rescue); summed over the live workers.
             flat["rescued"] = rescued
-        return cls(workers=workers, events=flat, changing=changing)
+        missing = 0
+        if isinstance(target, int) and isinstance(workers, int) and _is_count(target):
+            missing = max(0, target - workers)
+        return cls(workers=workers, events=flat, changing=changing, missing=missing)
 
     def events_since(self, earlier: PoolState) -> dict[str, int] | None:
         """The events between ``earlier`` and this state; None if either was not counted."""

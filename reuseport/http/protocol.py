@@ -83,7 +83,7 @@ import httptools
 from ..connections import ManagedConnection
 from .cycle import GONE, RECEIVED, RECEIVING, RequestCycle
 from .flow import FlowControl
-from .framing import COMPLETE, WAITING, ResponseFramer
+from .framing import COMPLETE, HEAD_HELD, WAITING, ResponseFramer
 from .proxy import forwarded_client, forwarded_scheme
 
 if TYPE_CHECKING:
@@ -421,6 +421,17 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         ):
             self.close()
 
+    def close_after_response(self) -> None:
+        # The last request parsed so far says Connection: close (if its head
+        # has not left yet), so every pipelined one before it is still
+        # answered; requests parsed later see ``connections.keep_alive``
+        # (with bytes still unparsed, the first of them closes instead).
+        if self._unfed is not None:
+            return
+        last = self.queue[-1] if self.queue else self.cycle
+        if last is not None and last.response.state <= HEAD_HELD:
+            last.response.keep_alive = False
+
     def abort(self) -> None:
         if not self.closed:
             self.closed = True
@@ -543,7 +554,9 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
                 scheme = forwarded_scheme(self._xfp, scheme)
             if self._xff is not None:
                 client = forwarded_client(self._xff, server.trust, client)
-        keep_alive = parser.should_keep_alive() and not self.shutting_down
+        keep_alive = (
+            parser.should_keep_alive() and not self.shutting_down and server.connections.keep_alive
+        )
         response = ResponseFramer(server.defaults, method == "HEAD", version == "1.0", keep_alive)
         cycle = server.cycle_class(
             self, response, method, version, path, raw_path, query, client, scheme, self._headers
@@ -885,6 +898,8 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         stats = self.stats
         stats.in_flight -= 1
         stats.requests += 1
+        if stats.requests == stats.request_limit:
+            stats.reached_limit()
         self.served += 1
         if self.server.access_log:
             cycle.log_access()
