@@ -7,16 +7,19 @@ Load them with ``reuseport serve apps_lifecycle:NAME --app-dir tests``:
   (it says on stderr when it has begun);
 - (``apps_blocking_import``: an app whose import blocks;)
 - ``keepalive_app``: ``GET /`` answers ``{"pid": <worker pid>}``, a small
-  Starlette app for the ``--max-requests`` test.
+  Starlette app for the ``--max-requests`` test; ``keepalive_wsgi`` the same
+  as a WSGI app.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -48,3 +51,11 @@ async def _root(request: Request) -> Response:
 failing_startup = Starlette(routes=[Route("/", _root)], lifespan=_failing)
 hanging_startup = Starlette(routes=[Route("/", _root)], lifespan=_hanging)
 keepalive_app = Starlette(routes=[Route("/", _root)])
+
+
+def keepalive_wsgi(environ: dict[str, object], start_response: Any) -> list[bytes]:
+    body = json.dumps({"pid": os.getpid()}).encode()
+    start_response(
+        "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    )
+    return [body]

@@ -69,12 +69,13 @@ def _settled(control: str) -> dict[str, Any] | None:
     return None
 
 
-@pytest.mark.parametrize("app", ["demo", "asgi"])
+@pytest.mark.parametrize("app", ["demo", "asgi", "wsgi"])
 @pytest.mark.parametrize("mode", MODES)
 def test_max_requests_holds_under_keep_alive_load(mode: str, app: str, control: str) -> None:
     args = ["-w", "2", "--mode", mode, "--max-requests", str(LIMIT), "--control", control]
-    if app == "asgi":
-        args = ["apps_lifecycle:keepalive_app", "--app-dir", TESTS_DIR, *args]
+    if app in ("asgi", "wsgi"):
+        name = "keepalive_app" if app == "asgi" else "keepalive_wsgi"
+        args = [f"apps_lifecycle:{name}", "--app-dir", TESTS_DIR, *args]
     with Server(*args) as server:
         server.wait_ready()
         with keep_alive_load(server.port, duration=3.0, clients=4) as report:
