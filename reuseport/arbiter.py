@@ -24,15 +24,13 @@ One child is not a worker: with ``--reload``, a file watcher
 a pipe mean "reload" (``_on_watcher``).  SIGUSR1 reopens the log files here
 (``logs.reopen``) and is relayed to every worker, which does the same.
 
-Operations (each kept to its own module, with small hooks here): the
-``--metrics`` server (``metrics.py``, polled like the control socket; a
-reaped worker's last counts are folded into ``Lifetime``), systemd's notify
-protocol (``sdnotify.py``, one ``View`` per turn), and SIGUSR2, the upgrade
-of the master itself (``upgrade.py``): another child that is not a worker,
-the new master, started from the same command line with every socket.  An
-old master freezes its pool and steering while the new one boots, then
-hands over; a master that was started that way adopts the sockets
-(``Listeners.adopt``) and tells the old one when its workers are ready.
+Operations, with small hooks here: the control socket, the ``--metrics``
+server and systemd's notify protocol (``operations.py``, polled beside the
+channels; a reaped worker's last counts are folded into ``Lifetime``), and
+SIGUSR2, the upgrade of the master itself (``succession.py``, which starts
+the new master and holds the upgrade's state).  While an upgrade runs this
+module freezes the pool (``_respawn_held``), reaps the new master with the
+workers, and stops when told to hand over.
 """
 
 from __future__ import annotations
@@ -52,14 +50,15 @@ from typing import Any
 import setproctitle
 
 from . import logs, reloader, sdnotify, upgrade
+from . import succession as succession_mod
 from . import worker as worker_mod
 from .config import Config, Mode, ProcessManager
 from .connections import StopReason
-from .control import ControlServer, default_control_path
-from .errors import BootError, ExitCode, errno_name
+from .errors import ExitCode, errno_name
 from .lifecycle import ExitCause, SpawnCause, WorkerHandle, WorkerState
 from .listeners import Listeners
-from .metrics import Lifetime, MetricsServer, QueueSample, Readiness
+from .metrics import Lifetime, Readiness
+from .operations import Operations
 from .pidfile import PidFile
 from .policy import CrashBackoff, PoolPolicy, PoolView, Replacements, Resize
 from .scoreboard import Scoreboard
@@ -158,18 +157,28 @@ class Arbiter:
         self.announced_ready = False
         self.announced_listening = False
         self.scoreboard: Scoreboard | None = None
-        self.control: ControlServer | None = None
         self.pidfile = PidFile(config.pid_file, self.pid)
         self.uid, self.gid = worker_mod.resolve_user(config.user, config.group)
         self.watcher: reloader.Watcher | None = None
-        # Operations: metrics, systemd, SIGUSR2.
+        # Operations: control, metrics, systemd; SIGUSR2.
         self.lifetime = Lifetime()  # what reaped workers counted
-        self.metrics: MetricsServer | None = None
-        self.notifier = sdnotify.Notifier(os.environ, self.pid)
-        self.upgrade: upgrade.Attempt | None = None  # our own SIGUSR2, under way
-        # Set when this master was started by another one's SIGUSR2.
-        self.inheritance = upgrade.Inheritance(handover) if handover is not None else None
-        self.answering = True  # poll the control and metrics sockets (not after a hand-over)
+        self.operations = Operations(
+            config,
+            self.pid,
+            self.listeners,
+            status=self.status,
+            readiness=lambda: Readiness(ready=self.announced_ready, stopping=self.stopping),
+            lifetime=self.lifetime,
+        )
+        self.succession = succession_mod.Succession(
+            config,
+            self.pid,
+            self.listeners,
+            self.operations,
+            self.pidfile,
+            kill=self._signal_pid,
+            handover=handover,
+        )
 
     # ------------------------------------------------------------------ main
     def run(self) -> int:
@@ -189,17 +198,16 @@ class Arbiter:
         if self.config.reload:
             self._start_watcher()  # first: it must inherit no socket
         try:
-            if self.inheritance is not None:
-                self._adopt(self.inheritance.handover)
+            if self.succession.handover is not None:
+                self._adopt()
             else:
                 self.listeners.bind(anchor=self.config.pm is ProcessManager.ONDEMAND)
             for line in self._bind_lines():
                 log.info("Bound %s", line)
             log.info("Mode %s: %s", self.mode.value, self.mode_reason)
-            if self.inheritance is None:
+            if self.succession.handover is None:
                 self.pidfile.write()  # an upgrade's new master writes it once it is ready
-            self._open_control()
-            self._open_metrics()
+            self.operations.open(self.succession.handover)
             self.scoreboard = Scoreboard(self.config.pool_limit)
             if self.mode is Mode.REUSEPORT:
                 self.traffic.setup(self.scoreboard.size)
@@ -219,14 +227,8 @@ class Arbiter:
             self._stop_watcher()
             self._terminate_all(signal.SIGKILL)
             self._reap_blocking()
-            if self.control is not None:
-                self.control.close()
-            if self.metrics is not None:
-                self.metrics.close()
-            if self.upgrade is not None:
-                self.upgrade.close()
-            if self.inheritance is not None:
-                self.inheritance.close_pipe()
+            self.operations.close()
+            self.succession.close()
             self.listeners.close()
             self.pidfile.remove()
             self._sigq.restore()
@@ -266,7 +268,7 @@ class Arbiter:
                 self._enforce_stop_deadline()
             else:
                 self._check_workers()
-                if self.upgrade is None:
+                if not self.succession.upgrading:
                     self._maintain_pool()
                     if load_steering:
                         self._traffic_tick()
@@ -305,7 +307,7 @@ class Arbiter:
                     poller.register(fd, mask)  # registering again modifies
             extras = wanted_extras
             tick = TICK if load_steering and self.workers else _TICK
-            watchdog = self.notifier.state.time_left(time.monotonic())
+            watchdog = self.operations.time_left(time.monotonic())
             if watchdog is not None:
                 tick = min(tick, max(watchdog, 0.001))
             due = time.monotonic() + tick
@@ -443,8 +445,7 @@ class Arbiter:
 
     # ------------------------------------------------------------------ stopping
     def _begin_stop(self, why: str) -> None:
-        if self.upgrade is not None and self.upgrade.phase is not upgrade.Phase.HANDING_OVER:
-            self._cancel_upgrade(why)
+        self.succession.cancel(why)
         if self.stopping:
             log.warning("%s again: stopping now, killing the workers", why)
             self._terminate_all(signal.SIGKILL)
@@ -809,14 +810,8 @@ class Arbiter:
         parent_ch.close()
         for handle in self.workers.values():
             handle.channel.close()
-        if self.control is not None:
-            self.control.close_in_child()
-        if self.metrics is not None:
-            self.metrics.close_in_child()
-        if self.upgrade is not None:
-            self.upgrade.close()
-        if self.inheritance is not None:
-            self.inheritance.close_pipe()
+        self.operations.close_in_child()
+        self.succession.close()
         # Sent to the master alone; a worker that gets it anyway (a signal
         # to the process group) must not die of the default action.
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
@@ -918,7 +913,7 @@ class Arbiter:
                 return
             handle = self.workers.pop(pid, None)
             if handle is None:
-                if self.upgrade is not None and pid == self.upgrade.pid:
+                if pid == self.succession.new_master:
                     self._new_master_exited(status)
                 elif self.watcher is not None and pid == self.watcher.pid:
                     self.watcher.alive = False
@@ -1117,87 +1112,34 @@ class Arbiter:
                     self.events.orphaned(handle.slot)
 
     # ------------------------------------------------------------------ operations
-    def _open_control(self) -> None:
-        handover = self.inheritance.handover if self.inheritance is not None else None
-        snapshot = lambda: self.status().to_dict()  # noqa: E731
-        if handover is not None and handover.control is not None:
-            path, fd = handover.control
-            self.control = ControlServer(path, snapshot, adopted=socket.socket(fileno=fd))
-        else:
-            path = self.config.control or default_control_path(self.pid)
-            self.control = ControlServer(path, snapshot)
-        log.info("Control socket at %s (reuseport status --control %s)", path, path)
-
-    def _open_metrics(self) -> None:
-        handover = self.inheritance.handover if self.inheritance is not None else None
-        inherited = handover.metrics_fd if handover is not None else None
-        if self.config.metrics is None:
-            if inherited is not None:
-                os.close(inherited)  # the old master served metrics; this one does not
-            return
-        if inherited is not None:
-            sock = socket.socket(fileno=inherited)
-            sock.set_inheritable(False)
-            sock.setblocking(False)
-        else:
-            sock = MetricsServer.open(self.config.metrics)
-        self.metrics = MetricsServer(
-            sock,
-            snapshot=self.status,
-            queues=self._queue_samples,
-            readiness=lambda: Readiness(ready=self.announced_ready, stopping=self.stopping),
-            lifetime=self.lifetime,
-        )
-        log.info("Metrics at %s (also /status, /healthz, /readyz)", self.metrics.url)
-
-    def _queue_samples(self) -> list[QueueSample]:
-        return [
-            QueueSample(listener=bind, slot=slot, queued=queued, backlog=backlog)
-            for bind, slot, queued, backlog in self.listeners.queues()
-        ]
-
     def _pollables(self) -> dict[int, int]:
         """What the loop watches besides the wake-up pipe, the channels and the watcher."""
-        wanted: dict[int, int] = {}
-        if self.answering:
-            if self.control is not None and self.control.fileno() >= 0:
-                wanted[self.control.fileno()] = select.POLLIN
-            if self.metrics is not None:
-                wanted.update(self.metrics.pollables())
-        if self.upgrade is not None and self.upgrade.ready_fd >= 0:
-            wanted[self.upgrade.ready_fd] = select.POLLIN
-        return wanted
+        return self.operations.pollables() | self.succession.pollables()
 
     def _on_pollable(self, fd: int, mask: int) -> None:
-        if self.control is not None and fd == self.control.fileno():
-            self.control.handle()
-        elif self.upgrade is not None and fd == self.upgrade.ready_fd:
-            self._on_new_master_pipe()
-        elif self.metrics is not None:
-            self.metrics.on_event(fd, mask)
+        if fd in self.succession.pollables():
+            if self.succession.on_pipe() is succession_mod.Outcome.HAND_OVER:
+                self._hand_over()
+        else:
+            self.operations.on_event(fd, mask)
 
     def _tend_operations(self) -> None:
-        """Each turn: metrics clients' deadlines, a hand-over in either role, systemd."""
-        now = time.monotonic()
-        if self.metrics is not None:
-            self.metrics.expire(now)
-        if self.inheritance is not None and not self.inheritance.complete:
-            self._tend_inheritance()
-        handing_over = self.upgrade is not None and self.upgrade.phase is upgrade.Phase.HANDING_OVER
-        self.notifier.update(
-            sdnotify.View(
+        """Each turn: a hand-over in either role, metrics clients' deadlines, systemd."""
+        if self.succession.taking_over and not self.stopping:
+            self.succession.tend_inheritance(
                 ready=self.announced_ready,
-                reloading=self.replacements.reloading
-                or (self.upgrade is not None and self.upgrade.phase is upgrade.Phase.STARTED),
-                stopping=self.stopping,
-                status=self._status_text(),
-                # Before an old master has gone, systemd takes it as the main
-                # process; after its hand-over, the new one.
-                muted=handing_over
-                or (self.inheritance is not None and not self.inheritance.complete),
-            ),
-            now,
+                serving=lambda: {h.slot for h in self.workers.values() if h.serving},
+            )
+        view = sdnotify.View(
+            ready=self.announced_ready,
+            reloading=self.replacements.reloading or self.succession.starting,
+            stopping=self.stopping,
+            status=self._status_text(),
+            # Before an old master has gone, systemd takes it as the main
+            # process; after its hand-over, the new one.
+            muted=self.succession.handing_over or self.succession.taking_over,
         )
+        self.operations.tend(view, time.monotonic())
 
     def _status_text(self) -> str:
         text = (
@@ -1205,62 +1147,22 @@ class Arbiter:
         )
         if self.stopping:
             return text + "; stopping"
-        if self.upgrade is not None and self.upgrade.pid is not None:
-            return text + f"; upgrading: new master pid {self.upgrade.pid}"
+        note = self.succession.status_note()
+        if note is not None:
+            return f"{text}; {note}"
         if self.replacements.reloading:
             return text + "; reloading"
         return text
 
-    # ------------------------------------------------------------------ SIGUSR2: the old master
+    # ------------------------------------------------------------------ SIGUSR2 (succession.py)
     def handle_sigusr2(self) -> None:
-        if self.stopping:
-            log.warning("SIGUSR2 ignored: the server is stopping")
-            return
-        if self.inheritance is not None and not self.inheritance.complete:
-            log.warning(
-                "SIGUSR2 ignored: this master is still taking over from pid %d; try again once "
-                "it has exited",
-                self.inheritance.master,
-            )
-            return
-        if self.upgrade is not None:
-            log.warning(
-                "SIGUSR2 ignored: an upgrade is under way (new master pid %s)", self.upgrade.pid
-            )
-            return
-        self.upgrade = upgrade.Attempt(requested=time.monotonic())
-        log.info(
-            "SIGUSR2: upgrading the master: starting a new one from the same command line, "
-            "handing it every listening socket"
-        )
+        self.succession.request(time.monotonic(), stopping=self.stopping)
 
     def _tend_upgrade(self) -> None:
-        """While an upgrade runs: start the new master once the groups are stable, time it out."""
-        attempt = self.upgrade
-        assert attempt is not None
+        """While an upgrade runs: the pool frozen, the new master started and timed."""
         now = time.monotonic()
         self._respawn_held(now)
-        if attempt.phase is upgrade.Phase.WANTED:
-            if self.listeners.stable:
-                self._start_new_master(now)
-            elif not attempt.waited:
-                attempt.waited = True
-                log.info("SIGUSR2: waiting for a slot to finish draining or opening its socket")
-            return
-        if attempt.phase is not upgrade.Phase.STARTED or attempt.pid is None:
-            return
-        if attempt.kill_at is None and now >= attempt.deadline:
-            log.error(
-                "Upgrade failed: the new master (pid %d) was not ready within "
-                "--upgrade-timeout %.0fs; stopping it. This master keeps serving.",
-                attempt.pid,
-                self.config.upgrade_timeout,
-            )
-            attempt.kill_at = now + self.config.graceful_timeout + _STOP_GRACE
-            self._signal_new_master(signal.SIGTERM)
-        elif attempt.kill_at is not None and now >= attempt.kill_at:
-            self._signal_new_master(signal.SIGKILL)
-            attempt.kill_at = now + _KILL_AFTER_ABORT
+        self.succession.tend(now)
 
     def _respawn_held(self, now: float) -> None:
         """The pool during an upgrade: frozen, but a held slot is never left without a worker.
@@ -1276,103 +1178,14 @@ class Arbiter:
             if not self._in_slot(slot, live=True) and self.backoff.may_spawn(slot, now):
                 self._spawn(slot, SpawnCause.RESPAWN)
 
-    def _signal_new_master(self, sig: int) -> None:
-        if self.upgrade is not None and self.upgrade.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.upgrade.pid, sig)
-
-    def _start_new_master(self, now: float) -> None:
-        attempt = self.upgrade
-        assert attempt is not None
-        try:
-            holdings = self.listeners.holdings()
-        except RuntimeError as exc:
-            log.error("SIGUSR2 ignored: cannot hand the sockets over (%s)", exc)
-            self.upgrade = None
-            return
-        control = None
-        if (
-            self.config.control is not None
-            and self.control is not None
-            and self.control.fileno() >= 0
-        ):
-            control = (self.control.path, self.control.fileno())
-        metrics_fd = None
-        if self.metrics is not None and self.metrics.sock is not None:
-            metrics_fd = self.metrics.sock.fileno()
-        read_fd, write_fd = os.pipe()
-        handover = upgrade.Handover(
-            master=self.pid,
-            ready_fd=write_fd,
-            holdings=holdings,
-            control=control,
-            metrics_fd=metrics_fd,
-            configured=tuple(str(b) for b in self.config.binds),
-        )
-        argv = upgrade.command()
-        env = upgrade.environment(os.environ, handover, self.notifier.child_environment())
-        fds = handover.fds()
-        self.listeners.lend()
-        try:
-            for fd in fds:
-                os.set_inheritable(fd, True)
-            pid = os.posix_spawn(argv[0], argv, env)
-        except OSError as exc:
-            log.error(
-                "SIGUSR2: cannot start a new master (%s: %s); this master keeps serving",
-                argv[0],
-                exc,
-            )
-            os.close(read_fd)
-            self.upgrade = None
-            self.listeners.retake()
-            return
-        finally:
-            for fd in fds:
-                if fd != write_fd:
-                    with contextlib.suppress(OSError):
-                        os.set_inheritable(fd, False)
-            os.close(write_fd)
-        os.set_blocking(read_fd, False)
-        os.set_inheritable(read_fd, False)
-        attempt.started(
-            pid, read_fd, deadline=now + self.config.upgrade_timeout, control=control is not None
-        )
-        log.info(
-            "SIGUSR2: started the new master, pid %d (%d descriptor(s) handed over); it must "
-            "be ready within %.0fs",
-            pid,
-            len(fds) - 1,
-            self.config.upgrade_timeout,
-        )
-
-    def _on_new_master_pipe(self) -> None:
-        attempt = self.upgrade
-        assert attempt is not None
-        said_ready, _closed = attempt.read()
-        if said_ready and attempt.phase is upgrade.Phase.STARTED and not attempt.cancelled:
-            self._hand_over()
-
     def _hand_over(self) -> None:
         """The new master is ready: stop our workers gracefully, then exit; close no socket."""
-        attempt = self.upgrade
-        assert attempt is not None
-        assert attempt.pid is not None
-        attempt.phase = upgrade.Phase.HANDING_OVER
         log.info(
-            "The new master (pid %d) is ready: handing over; stopping this master's %d "
+            "The new master (pid %s) is ready: handing over; stopping this master's %d "
             "worker(s) gracefully",
-            attempt.pid,
+            self.succession.new_master,
             len(self.workers),
         )
-        self.notifier.send(
-            f"MAINPID={attempt.pid}\nREADY=1\nSTATUS=handed over to the new master, pid "
-            f"{attempt.pid}"
-        )
-        self.answering = False
-        if self.control is not None and attempt.control_handed:
-            self.control.disown()
-        self.listeners.keep_files()
         self.stopping = True
         self.stop_deadline = time.monotonic() + self.config.graceful_timeout
         for handle in list(self.workers.values()):
@@ -1380,117 +1193,23 @@ class Arbiter:
                 self._stop(handle, ExitCause.RELOAD)
 
     def _new_master_exited(self, status: int) -> None:
-        attempt = self.upgrade
-        assert attempt is not None
-        self.upgrade = None
-        attempt.close()
-        how = _describe_status(status)
-        if attempt.cancelled:
-            log.info("The new master (pid %s) %s", attempt.pid, how)
-            return
-        if attempt.phase is upgrade.Phase.HANDING_OVER:
-            log.error(
-                "The new master (pid %s) %s after it took over; this master (pid %d) keeps "
-                "its sockets and starts workers again",
-                attempt.pid,
-                how,
-                self.pid,
-            )
-            self.stopping = False
-            self.answering = True
-            if self.control is not None and attempt.control_handed:
-                self.control.take_ownership()
-            self.notifier.send(f"MAINPID={self.pid}")
-            try:
-                self.pidfile.write()
-            except BootError as exc:
-                log.error("%s", exc)
-        else:
-            log.error(
-                "Upgrade failed: the new master (pid %s) %s before it was ready (its output "
-                "above says why); this master (pid %d) keeps serving",
-                attempt.pid,
-                how,
-                self.pid,
-            )
-        self.listeners.retake()
+        outcome = self.succession.exited(_describe_status(status))
+        if outcome is succession_mod.Outcome.RESUME:
+            self.stopping = False  # the pool starts workers again on the sockets we hold
 
-    def _cancel_upgrade(self, why: str) -> None:
-        attempt = self.upgrade
-        assert attempt is not None
-        if attempt.pid is None:
-            self.upgrade = None
-            return
-        log.info("%s: stopping the new master (pid %d) too", why, attempt.pid)
-        attempt.cancelled = True
-        self._signal_new_master(signal.SIGTERM)
-
-    # ------------------------------------------------------------------ SIGUSR2: the new master
-    def _adopt(self, handover: upgrade.Handover) -> None:
-        """Take the old master's sockets; start a worker in every slot it had."""
-        slots = len(handover.holdings.slots)
-        if slots > self.config.pool_limit:
-            for fd in handover.fds():
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            raise BootError(
-                f"the running master has {slots} worker slots and --max-workers allows "
-                f"{self.config.pool_limit}; raise --max-workers, or restart the server"
-            )
-        self.listeners.adopt(handover.holdings)
-        log.info(
-            "Took over %d listening socket(s) from the master with pid %d (SIGUSR2)",
-            len(handover.holdings.fds()),
-            handover.master,
-        )
+    def _adopt(self) -> None:
+        """A new master: take the old one's sockets; start a worker in every slot it had."""
+        slots = self.succession.adopt(self.config.pool_limit)
         if self.config.pm is ProcessManager.STATIC:
             self.policy.target = max(self.policy.target, slots)
         else:
             self.policy.extra = max(0, slots - self.config.initial_workers)
 
-    def _tend_inheritance(self) -> None:
-        inheritance = self.inheritance
-        assert inheritance is not None
-        if self.stopping:
-            return
-        if not inheritance.told and self.announced_ready and self._adopted_served():
-            try:
-                self.pidfile.write()
-            except BootError as exc:
-                log.error("%s", exc)
-            try:
-                inheritance.tell_ready()
-            except OSError as exc:
-                log.warning("could not tell the old master we are ready (%s)", errno_name(exc))
-            else:
-                log.info(
-                    "Every worker is ready: told the old master (pid %d) to hand over",
-                    inheritance.master,
-                )
-        if inheritance.parent_gone():
-            if not inheritance.told:
-                inheritance.close_pipe()
-                try:
-                    self.pidfile.write()
-                except BootError as exc:
-                    log.error("%s", exc)
-            inheritance.complete = True
-            self.listeners.own_files()
-            if self.control is not None and inheritance.handover.control is not None:
-                self.control.take_ownership()
-            log.info(
-                "Upgrade complete: the old master (pid %d) has exited; this master (pid %d) "
-                "serves on",
-                inheritance.master,
-                self.pid,
-            )
-
-    def _adopted_served(self) -> bool:
-        """Every slot taken over from the old master has a serving worker of ours."""
-        assert self.inheritance is not None
-        serving = {h.slot for h in self.workers.values() if h.serving}
-        adopted = range(len(self.inheritance.handover.holdings.slots))
-        return all(slot in serving for slot in adopted if self.listeners.holds(slot))
+    @staticmethod
+    def _signal_pid(pid: int, sig: int) -> None:
+        """The new master's signals (``succession.py`` decides them)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
     # ------------------------------------------------------------------ status
     def status(self) -> Status:

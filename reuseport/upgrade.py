@@ -1,11 +1,12 @@
 """SIGUSR2: replace the master itself (new reuseport code, a new Python) without closing a socket.
 
 Rules: this module describes the hand-over and keeps each side's state; it
-never forks or signals (the arbiter starts the new master, reaps it and
-kills it if it must).  The old master's sockets go to the new one as
-inherited descriptors named in one environment variable (``ENV``, JSON), the
-way nginx and gunicorn pass theirs; a pipe (``ready_fd``) carries the one
-message back, "ready".
+never starts or signals a process (``succession.py`` carries the sequence
+out: it starts the new master and decides when to stop it; the arbiter
+reaps it and sends the signals).  The old master's sockets go to the new
+one as inherited descriptors named in one environment variable (``ENV``,
+JSON), the way nginx and gunicorn pass theirs; a pipe (``ready_fd``) carries
+the one message back, "ready".
 
 The sequence, nginx-style:
 
