@@ -123,6 +123,7 @@ _EMPTY_LINES = re.compile(rb"[\r\n]*")
 # instructions on 3.11, on every request.
 _HASH = ord("#")
 _PERCENT = ord("%")
+_QUESTION = ord("?")
 _NONZERO_SIZE = re.compile(rb"0*[1-9a-fA-F]")
 _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]+")
 # Separators and whitespace a raw line may carry beyond the name + value (or
@@ -203,6 +204,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         "_parser_dead",
         "_pending_error",
         "_piece",
+        "_rare",
         "_request_line_tail",
         "_start_scheduled",
         "_starting",
@@ -292,6 +294,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         self._te: bytes | None = None
         self._xff: bytes | None = None
         self._xfp: bytes | None = None
+        self._rare = False  # one of the five above was set
 
     # --- asyncio.Protocol ----------------------------------------------------
 
@@ -473,8 +476,11 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         self._parse_state = _HEADERS
         self._url = b""
         self._headers = []
-        self._expect = self._connection = False
-        self._host = self._te = self._xff = self._xfp = None
+        self._host = None
+        if self._rare:
+            self._rare = False
+            self._expect = self._connection = False
+            self._te = self._xff = self._xfp = None
         # (The header-read deadline is set only if the head is still
         # incomplete once the read is parsed: see _after_feed.)
 
@@ -489,11 +495,12 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         if self._parse_state is not _HEADERS:
             self._on_trailer(name, value)  # not passed on, but held to the same limits
             return
-        headers = self._headers
-        if len(headers) >= self._max_fields or len(name) + len(value) > self._max_field:
+        # (The field count is checked once a read is parsed, and at the end
+        # of the head: _after_piece, on_headers_complete.)
+        if len(name) + len(value) > self._max_field:
             raise _Reject(431)
         name = name.lower()
-        headers.append((name, value))
+        self._headers.append((name, value))
         if name in _REQUEST_SPECIAL:
             if name == b"host":
                 # RFC 9112 3.2: one Host, with a valid value (nothing is left
@@ -504,27 +511,34 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
             elif name == b"content-length":
                 self._content_length = value  # (llhttp checked it: digits, once)
                 self._body_seen = 0
-            elif name == b"connection":
-                self._connection = True
-            elif name == b"expect":
-                self._expect = value.lower() == b"100-continue"
-            elif name == b"transfer-encoding":
-                self._te = value  # llhttp takes nothing but chunked (last) in a request
-                self._chunk = _SIZE  # the first chunk-size line follows the head
-                self._trailers = 0
-                self._trailers_due = None
-                self._body_seen = 0
-                self._chunk_size = -1
-            elif name == b"x-forwarded-for":
-                self._xff = value if self._xff is None else self._xff + b"," + value
-            elif name == b"x-forwarded-proto":
-                self._xfp = value
-            else:  # proxy-connection
-                self._connection = True
+            else:
+                self._rare_field(name, value)
+
+    def _rare_field(self, name: bytes, value: bytes) -> None:
+        """A field of _REQUEST_SPECIAL that few requests have (on_message_begin resets)."""
+        self._rare = True
+        if name == b"connection" or name == b"proxy-connection":
+            self._connection = True
+        elif name == b"expect":
+            self._expect = value.lower() == b"100-continue"
+        elif name == b"transfer-encoding":
+            self._te = value  # llhttp takes nothing but chunked (last) in a request
+            self._chunk = _SIZE  # the first chunk-size line follows the head
+            self._trailers = 0
+            self._trailers_due = None
+            self._body_seen = 0
+            self._chunk_size = -1
+        elif name == b"x-forwarded-for":
+            self._xff = value if self._xff is None else self._xff + b"," + value
+        else:  # x-forwarded-proto
+            self._xfp = value
 
     def on_headers_complete(self) -> None:
         self._parse_state = _BODY
         self.deadline = None
+        headers = self._headers
+        if len(headers) > self._max_fields:
+            raise _Reject(431)
         server = self.server
         parser = self.parser
         keep_alive = parser.should_keep_alive()
@@ -537,22 +551,27 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
             self._check_framing(version)
         url = self._url
         if url[:1] == b"/":
-            raw_path, _, query = url.partition(b"?")
+            if _QUESTION in url:
+                raw_path, _, query = url.partition(b"?")
+            else:
+                raw_path, query = url, b""
         else:
             if url == b"*" and parser.get_method() != b"OPTIONS":
                 raise _Reject(400)  # RFC 9112 3.2.4: asterisk-form is for OPTIONS only
             parsed = httptools.parse_url(url)
             raw_path = parsed.path or b"/"
             query = parsed.query or b""
-        if _PERCENT in raw_path:
+        try:
+            # (UTF-8 without naming it: naming the codec costs a lookup.)
+            path = (unquote_to_bytes(raw_path) if _PERCENT in raw_path else raw_path).decode()
+        except UnicodeDecodeError:
             path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
-        else:
-            path = raw_path.decode("utf-8", "replace")
         method_b = parser.get_method()
         method = _METHODS.get(method_b) or method_b.decode("ascii", "replace")
         client = self.client
         scheme = server.scheme
-        if self.trusted:
+        rare = self._rare
+        if rare and self.trusted:
             if self._xfp is not None:
                 scheme = forwarded_scheme(self._xfp, scheme)
             if self._xff is not None:
@@ -560,9 +579,9 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         keep_alive = keep_alive and not self.shutting_down
         response = ResponseFramer(server.defaults, method == "HEAD", version == "1.0", keep_alive)
         cycle = server.cycle_class(
-            self, response, method, version, path, raw_path, query, client, scheme, self._headers
+            self, response, method, version, path, raw_path, query, client, scheme, headers
         )
-        if self._expect and version == "1.1":
+        if rare and self._expect and version == "1.1":
             cycle.expect_100 = True
         self.stats.in_flight += 1
         self.queue.append(cycle)
@@ -805,6 +824,8 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
                 self._header_bytes += end - start
                 if self._header_bytes > server.max_header_bytes:
                     return 431
+            if len(self._headers) > self._max_fields:
+                return 431
             self._line = line
             if self._in_request_line:
                 tail = self._request_line_tail + data[max(start, end - 15) : end]
@@ -871,17 +892,26 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         self._starting = True
         try:
             if self._unfed is None:  # the common case: the requests of one read
-                while self.cycle is None and self.queue and not self.closed:
-                    cycle = self.cycle = self.queue.popleft()
+                queue = self.queue
+                while queue and self.cycle is None and not self.closed:
+                    cycle = self.cycle = queue.popleft()
                     cycle.run()
             else:
                 self._advance_held()
         finally:
             self._starting = False
-        if self.cycle is None and not self.queue and self._pending_error and not self.closed:
-            self._send_error(self._pending_error)
-            return
-        self.update_reading()
+        # Usually all is done: nothing queued, received or pending, reading on.
+        if (
+            self.queue
+            or self.receiving is not None
+            or self._unfed is not None
+            or self._pending_error
+            or self.flow.read_paused
+        ):
+            if self.cycle is None and not self.queue and self._pending_error and not self.closed:
+                self._send_error(self._pending_error)
+                return
+            self.update_reading()
 
     def _advance_held(self) -> None:
         """``_advance`` with bytes held back: parse them piece by piece.
