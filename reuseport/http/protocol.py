@@ -309,8 +309,9 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         stats.opened()
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
-            self.client = (str(peer[0]), int(peer[1]))
-            self.trusted = self.client[0] in server.trust
+            client = self.client = (str(peer[0]), int(peer[1]))
+            hosts = server.trusted_hosts
+            self.trusted = client[0] in (server.trust if hosts is None else hosts)
         else:  # a Unix socket: the peer is local, trusted as loopback is
             self.trusted = server.trust_local
         sock = transport.get_extra_info("sockname")
@@ -333,8 +334,10 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
             if cycle.response.state is not COMPLETE:
                 stats.in_flight -= 1
             cycle.client_gone()
-        stats.in_flight -= len(self.queue)
-        self.queue.clear()
+        queue = self.queue
+        if queue:
+            stats.in_flight -= len(queue)
+            queue.clear()
         self.cycle = None
         self.receiving = None
         self.deadline = None
@@ -511,13 +514,15 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
             elif name == b"content-length":
                 self._content_length = value  # (llhttp checked it: digits, once)
                 self._body_seen = 0
+            elif name == b"connection":  # (browsers send it: no call for it)
+                self._connection = self._rare = True
             else:
                 self._rare_field(name, value)
 
     def _rare_field(self, name: bytes, value: bytes) -> None:
         """A field of _REQUEST_SPECIAL that few requests have (on_message_begin resets)."""
         self._rare = True
-        if name == b"connection" or name == b"proxy-connection":
+        if name == b"proxy-connection":
             self._connection = True
         elif name == b"expect":
             self._expect = value.lower() == b"100-continue"
