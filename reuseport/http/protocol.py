@@ -24,12 +24,14 @@ Rules of this module:
   piece the unfinished line at its end (request line, header field,
   chunk-size line with its extensions, trailer field) is measured from the
   last LF and carried over to the next piece.  Whole fields are also checked
-  by ``on_header`` (name + value), the URL by ``on_url``, the field count and
-  the header total as they grow.  The one place the measure is a lower
-  bound: a head that begins in the middle of a piece, after another request
-  that ended there, is measured from the next piece on (at most one piece
-  late).  The trailer section of a chunked body obeys the same field size,
-  field count and header-read timeout as the head.
+  by ``on_header`` (name + value), the URL by ``on_url``; the field count
+  and the header total after each piece (so at most a piece's worth of
+  fields is held past the count) and at the end of the head.  The one place
+  the measure is a lower bound: a head that begins in the middle of a
+  piece, after another request that ended there, is measured from the next
+  piece on (at most one piece late).  The trailer section of a chunked
+  body obeys the same field size, field count and header-read timeout as
+  the head.
 * Framing the parser lets through but RFC 9112 forbids is refused here with
   400 (see ``docs/http.md``): HTTP/1.0 with Transfer-Encoding, a missing
   (HTTP/1.1), repeated or malformed Host, HTTP/0.9 (at once, not at the
@@ -37,8 +39,9 @@ Rules of this module:
   in the target, ``*`` outside OPTIONS; another major version gets 505.
 * Timeouts are deadlines checked by the server's tick (one timer per worker,
   not one per request): header_read_timeout from the first byte of a request
-  (or from accept) until its headers are complete, and again for a chunked
-  body's trailer section; body_read_timeout while the app waits for request
+  (or from accept) until its headers are complete (armed only when a read
+  ends inside a head: one that arrives whole never needs it), and again for
+  a chunked body's trailer section; body_read_timeout while the app waits for request
   body bytes that do not come (408 if nothing was answered yet, else close);
   timeout_keep_alive while idle between requests.
 * Graceful shutdown closes at once only connections idle between requests
