@@ -164,8 +164,10 @@ class Connections:
 
     def __init__(self) -> None:
         self._live: set[ManagedConnection] = set()
-        self._empty = asyncio.Event()
-        self._empty.set()
+        # Exists only while drain() waits for the set to empty: add() and
+        # discard() run for every connection, an Event's clear()/set() cost
+        # two Python calls each time.
+        self._empty: asyncio.Event | None = None
         self.shutting_down = False
         self.keep_alive = True  # new requests may keep their connection (see set_keep_alive)
 
@@ -177,7 +179,6 @@ class Connections:
 
     def add(self, conn: ManagedConnection) -> None:
         self._live.add(conn)
-        self._empty.clear()
         if self.shutting_down:
             conn.shutdown()
 
@@ -191,8 +192,9 @@ class Connections:
                 conn.close_after_response()
 
     def discard(self, conn: ManagedConnection) -> None:
-        self._live.discard(conn)
-        if not self._live:
+        live = self._live
+        live.discard(conn)
+        if not live and self._empty is not None:
             self._empty.set()
 
     async def drain(
@@ -227,8 +229,11 @@ class Connections:
     async def _wait_empty(self, timeout: float) -> bool:
         if not self._live:
             return True
+        self._empty = empty = asyncio.Event()
         try:
-            await asyncio.wait_for(self._empty.wait(), max(timeout, 0.0))
+            await asyncio.wait_for(empty.wait(), max(timeout, 0.0))
         except TimeoutError:
             return False
+        finally:
+            self._empty = None
         return True

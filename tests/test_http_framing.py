@@ -247,11 +247,21 @@ def test_defaults_follow_the_date() -> None:
     assert lines[1:3] == [SERVER.strip(), DATE.strip()]
 
 
-@pytest.mark.parametrize("value", [b"a\r\nevil: 1", b"a\nb", b"a\rb"])
-def test_header_with_cr_or_lf_is_refused(value: bytes) -> None:
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (b"x", b"a\r\nevil: 1"),
+        (b"x", b"a\nb"),
+        (b"x", b"a\rb"),
+        (b"x", b"\r\n"),
+        (b"x\r", b"a"),
+        (b"x\ny", b"a"),
+    ],
+)
+def test_header_with_cr_or_lf_is_refused(name: bytes, value: bytes) -> None:
     f = framer()
     with pytest.raises(RuntimeError, match="CR or LF"):
-        f.start(200, [(b"x", value)])
+        f.start(200, [(b"ok", b"1"), (name, value), (b"fine", b"2")])
     assert f.state is ResponseState.WAITING
 
 

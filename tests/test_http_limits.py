@@ -249,6 +249,41 @@ def test_a_pipelining_client_gets_one_piece_of_requests_parsed_ahead() -> None:
         assert conn.transport.reading
 
 
+# --- the header read timeout ----------------------------------------------------
+
+
+def test_header_read_timeout_runs_only_while_a_head_is_unfinished() -> None:
+    # Set when a read leaves a head unfinished (not by every head: protocol.py).
+    with Harness(Probe(), header_read_timeout=7.0, timeout_keep_alive=20.0) as h:
+        conn = h.connect()
+        assert conn.deadline_in() == pytest.approx(7.0, abs=0.5)  # from accept
+        conn.feed(HEAD + b"\r\n")
+        assert conn.deadline_in() == pytest.approx(20.0, abs=0.5)  # idle, kept alive
+        conn.feed(b"GET / HT", b"TP/1.1\r\nHo")  # a head begins, then goes on
+        assert conn.deadline_in() == pytest.approx(7.0, abs=0.5)
+        conn.feed(b"st: t\r\n\r\n")
+        assert conn.statuses() == [200, 200]
+        assert conn.deadline_in() == pytest.approx(20.0, abs=0.5)
+        # One read: a whole request, then the head of the next one.
+        conn.feed(HEAD + b"\r\n" + HEAD)
+        assert conn.statuses() == [200] * 3
+        assert conn.deadline_in() == pytest.approx(7.0, abs=0.5)
+        conn.feed(b"\r\n")
+        assert conn.deadline_in() == pytest.approx(20.0, abs=0.5)
+        # A read parsed in pieces, the head still unfinished at its end.
+        fields = b"".join(b"X-%d: %b\r\n" % (i, b"v" * 4000) for i in range(3))
+        conn.feed(HEAD + fields)
+        assert conn.deadline_in() == pytest.approx(7.0, abs=0.5)
+        conn.feed(b"\r\n")
+        assert conn.statuses() == [200] * 5
+        # The head complete but not the body: no header deadline (the body's
+        # runs only while the app waits for it, and this one does not).
+        conn.feed(b"POST /nobody HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab")
+        assert conn.statuses() == [200] * 6
+        assert conn.deadline_in() == pytest.approx(20.0, abs=0.5)
+        assert not h.errors
+
+
 # --- the body read timeout ------------------------------------------------------
 
 

@@ -183,6 +183,34 @@ def test_accepted(harness: Harness, data: bytes) -> None:
         assert conn.statuses() == [200], conn.output[:200]
 
 
+@pytest.mark.parametrize("version", [b"1.0", b"1.1"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"",
+        b"Connection: keep-alive\r\n",
+        b"Connection: close\r\n",
+        b"Proxy-Connection: keep-alive\r\n",
+    ],
+    ids=["none", "keep-alive", "close", "proxy-keep-alive"],
+)
+def test_scope_version_and_keep_alive_follow_the_request(
+    harness: Harness, version: bytes, field: bytes
+) -> None:
+    # The version is known without asking the parser when llhttp keeps the
+    # connection alive and no Connection field came (protocol.py): each
+    # combination must still give the request's own version and persistence.
+    probe = harness.server.app
+    assert isinstance(probe, Probe)
+    conn = harness.connect().feed(
+        b"GET /scope HTTP/" + version + b"\r\nHost: t\r\n" + field + b"\r\n"
+    )
+    assert conn.statuses() == [200]
+    assert probe.scopes[-1]["http_version"] == version.decode()
+    keep = b"close" not in field and (version == b"1.1" or b"keep-alive" in field)
+    assert conn.closed != keep, (version, field, conn.output[:300])
+
+
 def test_http10_transfer_encoding_refuses_the_requests_after_it(harness: Harness) -> None:
     # RFC 9112 section 6.1: faulty framing, so nothing after it can be trusted.
     data = REFUSED["http10-transfer-encoding-keep-alive"][0]

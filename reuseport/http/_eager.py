@@ -58,6 +58,7 @@ import asyncio
 import collections.abc
 import contextvars
 import sys
+import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
@@ -110,6 +111,8 @@ else:
             if self._loop is None:
                 return f"<Task starting eagerly {id(self):#x}>"
             return super().__repr__()
+
+    _Coroutine = types.CoroutineType  # what an async def app returns: no lookup
 
     class _Unset:
         pass
@@ -187,7 +190,7 @@ else:
         _enter_task(loop, task)
         try:
             coro: Any = awaitable
-            if not hasattr(coro, "send"):
+            if type(coro) is not _Coroutine and not hasattr(coro, "send"):
                 coro = coro.__await__()  # an awaitable object, not a coroutine
             task._first_coro = coro
             first = context.run(coro.send, None)

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from ._eager import start_eager
 from .access import format_client
 from .flow import RECHECK_AFTER
-from .framing import COMPLETE, HEAD_HELD, WAITING, ResponseFramer
+from .framing import BODY, COMPLETE, HEAD_HELD, WAITING, ResponseFramer
 
 if TYPE_CHECKING:
     from .protocol import HttpProtocol
@@ -238,11 +238,11 @@ class RequestCycle:
         kind = message["type"]
         if kind == "http.response.body":
             state = response.state
-            if state is WAITING:
-                raise RuntimeError(
-                    "the ASGI app sent 'http.response.body' before 'http.response.start'"
-                )
-            if state is COMPLETE:
+            if state is not HEAD_HELD and state is not BODY:
+                if state is WAITING:
+                    raise RuntimeError(
+                        "the ASGI app sent 'http.response.body' before 'http.response.start'"
+                    )
                 raise RuntimeError(
                     "the ASGI app sent 'http.response.body' after the response was complete"
                 )

@@ -160,9 +160,7 @@ class ResponseFramer:
         has_server = has_date = app_close = False
         length: int | None = None
         chunked = False
-        count = 0
         for name, value in headers:
-            count += 1
             lname = name.lower()
             if lname in _SPECIAL:
                 if lname == b"content-length":
@@ -178,7 +176,11 @@ class ResponseFramer:
                     has_date = True
             parts += (name, b": ", value, b"\r\n")
         block = b"".join(parts)
-        if block.count(b"\n") != count or block.count(b"\r") != count:
+        # One line per field (four parts each): any other CR or LF, alone or
+        # paired, is the app's and makes another line.  (splitlines() is the
+        # cheapest such test on 3.11: count() parses its arguments the slow
+        # way, two of them or a translate() cost ~1k instructions more.)
+        if len(block.splitlines()) != len(parts) >> 2:
             raise RuntimeError(
                 "the app sent a response header containing CR or LF; refusing to send it"
             )
@@ -215,7 +217,10 @@ class ResponseFramer:
         head = self._held
         if head is not None:
             self._held = None
-            head = self._end_head(head, None if more else len(data))
+            if self._framing is _UNDECIDED or not self.keep_alive or self._http10:
+                head = self._end_head(head, None if more else len(data))
+            else:  # what _end_head adds when it has nothing to add: the common case
+                head += b"\r\n"
         framing = self._framing
         if framing is _LENGTH:
             left = self.left - len(data)

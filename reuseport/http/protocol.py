@@ -24,12 +24,14 @@ Rules of this module:
   piece the unfinished line at its end (request line, header field,
   chunk-size line with its extensions, trailer field) is measured from the
   last LF and carried over to the next piece.  Whole fields are also checked
-  by ``on_header`` (name + value), the URL by ``on_url``, the field count and
-  the header total as they grow.  The one place the measure is a lower
-  bound: a head that begins in the middle of a piece, after another request
-  that ended there, is measured from the next piece on (at most one piece
-  late).  The trailer section of a chunked body obeys the same field size,
-  field count and header-read timeout as the head.
+  by ``on_header`` (name + value), the URL by ``on_url``; the field count
+  and the header total after each piece (so at most a piece's worth of
+  fields is held past the count) and at the end of the head.  The one place
+  the measure is a lower bound: a head that begins in the middle of a
+  piece, after another request that ended there, is measured from the next
+  piece on (at most one piece late).  The trailer section of a chunked
+  body obeys the same field size, field count and header-read timeout as
+  the head.
 * Framing the parser lets through but RFC 9112 forbids is refused here with
   400 (see ``docs/http.md``): HTTP/1.0 with Transfer-Encoding, a missing
   (HTTP/1.1), repeated or malformed Host, HTTP/0.9 (at once, not at the
@@ -37,8 +39,9 @@ Rules of this module:
   in the target, ``*`` outside OPTIONS; another major version gets 505.
 * Timeouts are deadlines checked by the server's tick (one timer per worker,
   not one per request): header_read_timeout from the first byte of a request
-  (or from accept) until its headers are complete, and again for a chunked
-  body's trailer section; body_read_timeout while the app waits for request
+  (or from accept) until its headers are complete (armed only when a read
+  ends inside a head: one that arrives whole never needs it), and again for
+  a chunked body's trailer section; body_read_timeout while the app waits for request
   body bytes that do not come (408 if nothing was answered yet, else close);
   timeout_keep_alive while idle between requests.
 * Graceful shutdown closes at once only connections idle between requests
@@ -105,6 +108,9 @@ _REQUEST_SPECIAL = frozenset(
         b"content-length",
         b"x-forwarded-for",
         b"x-forwarded-proto",
+        # llhttp reads both for keep-alive (see on_headers_complete).
+        b"connection",
+        b"proxy-connection",
     }
 )
 # What a Host value may hold (RFC 3986 reg-name, IP literal, port).
@@ -120,6 +126,7 @@ _EMPTY_LINES = re.compile(rb"[\r\n]*")
 # instructions on 3.11, on every request.
 _HASH = ord("#")
 _PERCENT = ord("%")
+_QUESTION = ord("?")
 _NONZERO_SIZE = re.compile(rb"0*[1-9a-fA-F]")
 _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]+")
 # Separators and whitespace a raw line may carry beyond the name + value (or
@@ -186,6 +193,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         "_chunk",
         "_chunk_mark",
         "_chunk_size",
+        "_connection",
         "_content_length",
         "_expect",
         "_header_bytes",
@@ -199,6 +207,7 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         "_parser_dead",
         "_pending_error",
         "_piece",
+        "_rare",
         "_request_line_tail",
         "_start_scheduled",
         "_starting",
@@ -284,9 +293,11 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         self._headers: list[tuple[bytes, bytes]] = []
         self._host: bytes | None = None
         self._expect = False
+        self._connection = False  # a Connection or Proxy-Connection field came
         self._te: bytes | None = None
         self._xff: bytes | None = None
         self._xfp: bytes | None = None
+        self._rare = False  # one of the five above was set
 
     # --- asyncio.Protocol ----------------------------------------------------
 
@@ -301,8 +312,9 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         stats.opened()
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
-            self.client = (str(peer[0]), int(peer[1]))
-            self.trusted = self.client[0] in server.trust
+            client = self.client = (str(peer[0]), int(peer[1]))
+            hosts = server.trusted_hosts
+            self.trusted = client[0] in (server.trust if hosts is None else hosts)
         else:  # a Unix socket: the peer is local, trusted as loopback is
             self.trusted = server.trust_local
         sock = transport.get_extra_info("sockname")
@@ -325,8 +337,10 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
             if cycle.response.state is not COMPLETE:
                 stats.in_flight -= 1
             cycle.client_gone()
-        stats.in_flight -= len(self.queue)
-        self.queue.clear()
+        queue = self.queue
+        if queue:
+            stats.in_flight -= len(queue)
+            queue.clear()
         self.cycle = None
         self.receiving = None
         self.deadline = None
@@ -479,10 +493,13 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         self._parse_state = _HEADERS
         self._url = b""
         self._headers = []
-        self._expect = False
-        self._host = self._te = self._xff = self._xfp = None
-        timeout = self.server.header_timeout
-        self.deadline = self.loop.time() + timeout if timeout > 0 else None
+        self._host = None
+        if self._rare:
+            self._rare = False
+            self._expect = self._connection = False
+            self._te = self._xff = self._xfp = None
+        # (The header-read deadline is set only if the head is still
+        # incomplete once the read is parsed: see _after_feed.)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -495,11 +512,12 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         if self._parse_state is not _HEADERS:
             self._on_trailer(name, value)  # not passed on, but held to the same limits
             return
-        headers = self._headers
-        if len(headers) >= self._max_fields or len(name) + len(value) > self._max_field:
+        # (The field count is checked once a read is parsed, and at the end
+        # of the head: _after_piece, on_headers_complete.)
+        if len(name) + len(value) > self._max_field:
             raise _Reject(431)
         name = name.lower()
-        headers.append((name, value))
+        self._headers.append((name, value))
         if name in _REQUEST_SPECIAL:
             if name == b"host":
                 # RFC 9112 3.2: one Host, with a valid value (nothing is left
@@ -510,58 +528,79 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
             elif name == b"content-length":
                 self._content_length = value  # (llhttp checked it: digits, once)
                 self._body_seen = 0
-            elif name == b"expect":
-                self._expect = value.lower() == b"100-continue"
-            elif name == b"transfer-encoding":
-                self._te = value  # llhttp takes nothing but chunked (last) in a request
-                self._chunk = _SIZE  # the first chunk-size line follows the head
-                self._trailers = 0
-                self._trailers_due = None
-                self._body_seen = 0
-                self._chunk_size = -1
-            elif name == b"x-forwarded-for":
-                self._xff = value if self._xff is None else self._xff + b"," + value
+            elif name == b"connection":  # (browsers send it: no call for it)
+                self._connection = self._rare = True
             else:
-                self._xfp = value
+                self._rare_field(name, value)
+
+    def _rare_field(self, name: bytes, value: bytes) -> None:
+        """A field of _REQUEST_SPECIAL that few requests have (on_message_begin resets)."""
+        self._rare = True
+        if name == b"proxy-connection":
+            self._connection = True
+        elif name == b"expect":
+            self._expect = value.lower() == b"100-continue"
+        elif name == b"transfer-encoding":
+            self._te = value  # llhttp takes nothing but chunked (last) in a request
+            self._chunk = _SIZE  # the first chunk-size line follows the head
+            self._trailers = 0
+            self._trailers_due = None
+            self._body_seen = 0
+            self._chunk_size = -1
+        elif name == b"x-forwarded-for":
+            self._xff = value if self._xff is None else self._xff + b"," + value
+        else:  # x-forwarded-proto
+            self._xfp = value
 
     def on_headers_complete(self) -> None:
         self._parse_state = _BODY
         self.deadline = None
+        headers = self._headers
+        if len(headers) > self._max_fields:
+            raise _Reject(431)
         server = self.server
         parser = self.parser
-        version = parser.get_http_version()
+        keep_alive = parser.should_keep_alive()
+        # llhttp accepts the versions 0.9, 1.0, 1.1 and 2.0 and keeps only 1.1
+        # alive without a Connection (or Proxy-Connection) field, so that is
+        # 1.1 without asking: get_http_version() formats a str, ~2.3k
+        # instructions a request on 3.11 (scripts/profile_http.py --callgrind).
+        version = "1.1" if keep_alive and not self._connection else parser.get_http_version()
         if version != "1.1" or self._host is None:
             self._check_framing(version)
         url = self._url
         if url[:1] == b"/":
-            raw_path, _, query = url.partition(b"?")
+            if _QUESTION in url:
+                raw_path, _, query = url.partition(b"?")
+            else:
+                raw_path, query = url, b""
         else:
             if url == b"*" and parser.get_method() != b"OPTIONS":
                 raise _Reject(400)  # RFC 9112 3.2.4: asterisk-form is for OPTIONS only
             parsed = httptools.parse_url(url)
             raw_path = parsed.path or b"/"
             query = parsed.query or b""
-        if _PERCENT in raw_path:
+        try:
+            # (UTF-8 without naming it: naming the codec costs a lookup.)
+            path = (unquote_to_bytes(raw_path) if _PERCENT in raw_path else raw_path).decode()
+        except UnicodeDecodeError:
             path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
-        else:
-            path = raw_path.decode("utf-8", "replace")
         method_b = parser.get_method()
         method = _METHODS.get(method_b) or method_b.decode("ascii", "replace")
         client = self.client
         scheme = server.scheme
-        if self.trusted:
+        rare = self._rare
+        if rare and self.trusted:
             if self._xfp is not None:
                 scheme = forwarded_scheme(self._xfp, scheme)
             if self._xff is not None:
                 client = forwarded_client(self._xff, server.trust, client)
-        keep_alive = (
-            parser.should_keep_alive() and not self.shutting_down and server.connections.keep_alive
-        )
+        keep_alive = keep_alive and not self.shutting_down and server.connections.keep_alive
         response = ResponseFramer(server.defaults, method == "HEAD", version == "1.0", keep_alive)
         cycle = server.cycle_class(
-            self, response, method, version, path, raw_path, query, client, scheme, self._headers
+            self, response, method, version, path, raw_path, query, client, scheme, headers
         )
-        if self._expect and version == "1.1":
+        if rare and self._expect and version == "1.1":
             cycle.expect_100 = True
         self.stats.in_flight += 1
         self.queue.append(cycle)
@@ -684,6 +723,14 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
                 self._fail(400)
                 return
         if self._parse_state is not _IDLE:
+            if self._parse_state is _HEADERS and (
+                state is not _HEADERS or len(self.queue) != queued
+            ):
+                # A head began in this piece and is not complete: the
+                # header-read timeout runs from now (a head that came whole,
+                # the common case, never sets it).
+                timeout = self.server.header_timeout
+                self.deadline = self.loop.time() + timeout if timeout > 0 else None
             status = self._after_piece(data, start, end, state, queued)
             if status:
                 self._fail(status)
@@ -796,6 +843,8 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
                 self._header_bytes += end - start
                 if self._header_bytes > server.max_header_bytes:
                     return 431
+            if len(self._headers) > self._max_fields:
+                return 431
             self._line = line
             if self._in_request_line:
                 tail = self._request_line_tail + data[max(start, end - 15) : end]
@@ -862,17 +911,26 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         self._starting = True
         try:
             if self._unfed is None:  # the common case: the requests of one read
-                while self.cycle is None and self.queue and not self.closed:
-                    cycle = self.cycle = self.queue.popleft()
+                queue = self.queue
+                while queue and self.cycle is None and not self.closed:
+                    cycle = self.cycle = queue.popleft()
                     cycle.run()
             else:
                 self._advance_held()
         finally:
             self._starting = False
-        if self.cycle is None and not self.queue and self._pending_error and not self.closed:
-            self._send_error(self._pending_error)
-            return
-        self.update_reading()
+        # Usually all is done: nothing queued, received or pending, reading on.
+        if (
+            self.queue
+            or self.receiving is not None
+            or self._unfed is not None
+            or self._pending_error
+            or self.flow.read_paused
+        ):
+            if self.cycle is None and not self.queue and self._pending_error and not self.closed:
+                self._send_error(self._pending_error)
+                return
+            self.update_reading()
 
     def _advance_held(self) -> None:
         """``_advance`` with bytes held back: parse them piece by piece.

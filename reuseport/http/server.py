@@ -86,6 +86,8 @@ class HttpServer:
         self.root_path = config.root_path
         self.root_path_bytes = config.root_path.encode("utf-8")
         self.trust = TrustedProxies(config.forwarded_allow_ips)
+        # Plain addresses only (the default): a set test, not a Python call.
+        self.trusted_hosts = None if self.trust.all or self.trust.networks else self.trust.hosts
         self.trust_local = "127.0.0.1" in self.trust  # for Unix socket peers
         self.access_log = AccessLog(config.access_log_format) if config.access_log else None
         self.limit_request_line = config.limit_request_line
