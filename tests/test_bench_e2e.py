@@ -227,8 +227,8 @@ def test_churn_kill_reports_lost_requests_apart(
 ) -> None:
     text, doc = bench_json(
         tmp_path, capsys,
-        "--duration", "2", "-w", "2", "--connections", "16", "--scenario", "connect",
-        "--churn-kill", "--load-generator", "builtin",
+        "--duration", "2", "-w", "2", "--connections", "16", "--modes", "reuseport,shared",
+        "--scenario", "connect", "--churn-kill", "--load-generator", "builtin",
     )  # fmt: skip
     assert doc["config"]["scenarios"] == ["connect", "churn-kill"]
     assert "churn-kill: lost with killed workers (median per run): reuseport " in text.out

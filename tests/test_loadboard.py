@@ -159,6 +159,16 @@ def _accept_all(sock: socket.socket) -> int:
         taken += 1
 
 
+def _never_stalled(board: LoadBoard, slot: int) -> None:
+    """Date ``slot``'s last accept a minute ahead: the program reads that as "not stalled".
+
+    Nobody accepts while these tests connect, so after ``STALL_NS`` (1 ms,
+    less than connecting takes on a loaded machine) every slot holding
+    connections would look stalled; tests about something else say so.
+    """
+    board.cells[board._cell(slot, loadboard._LAST)] = time.monotonic_ns() + 60 * 10**9
+
+
 @pytest.fixture
 def steered() -> Iterator[tuple[LoadBoard, KernelSteering, dict[int, socket.socket]]]:
     """Three listeners in slots 2, 5 and 7, the p2c program attached."""
@@ -189,11 +199,14 @@ def test_p2c_keeps_queues_level_when_nobody_accepts(
     Two candidates out of three leave out the shortest queue a third of the
     time, so the spread is not always exact: simulated, 98% of runs end at
     most 2 apart and one in 300,000 more than 6 (hashing alone: more than 6
-    apart in about one run in three).  A slot that looks stalled for a moment
-    (connecting took longer than ``STALL_NS``) only moves a connection or two.
+    apart in about one run in three).  Nobody accepts here, so every slot
+    would look stalled once connecting took longer than ``STALL_NS`` (a
+    loaded machine), which is another test's subject: not here.
     """
     board, _, by_slot = steered
     port = by_slot[2].getsockname()[1]
+    for slot in by_slot:
+        _never_stalled(board, slot)
     clients = _connect(port, 30)
     try:
         assigned = [board.assigned(slot) for slot in by_slot]
@@ -216,10 +229,7 @@ def test_p2c_avoids_a_slot_whose_queue_stands_still_but_not_one_that_accepts(
     port = by_slot[2].getsockname()[1]
     board.set_active([2, 5])
     board.lane(2, 0).publish(accepted=0, open_=3)  # busy: 3 open, accepting
-    # ... and never stalled while this test connects (which may take longer than
-    # STALL_NS on a loaded machine): its last accept is dated in the future,
-    # which the program reads as "not stalled" (a clock step back).
-    board.cells[board._cell(2, loadboard._LAST)] = time.monotonic_ns() + 60 * 10**9
+    _never_stalled(board, 2)  # ... and accepting all along
     queued = board._cell(5, 0)
     board.cells[queued] = 1  # one connection waits in slot 5's queue ...
     since = board._cell(5, loadboard._SINCE)
@@ -247,6 +257,8 @@ def test_p2c_avoids_a_penalised_slot_and_one_that_is_not_active(
     board, _, by_slot = steered
     port = by_slot[2].getsockname()[1]
     board.set_penalty(5, PENALTY_STALE)
+    _never_stalled(board, 2)
+    _never_stalled(board, 7)
     clients = _connect(port, 20)
     try:
         counts = {slot: _accept_all(sock) for slot, sock in by_slot.items()}
@@ -281,9 +293,7 @@ def test_p2c_weighs_what_waits_by_what_a_request_costs(
     fast.publish(accepted=0, open_=10)
     fast.publish_cost(50_000)
     slow.publish_cost(2_000_000)
-    # Nobody accepts here, so slot 2 would look stalled after STALL_NS; say it
-    # accepted "now" for the next minute, to test the weighing alone.
-    board.cells[board._cell(2, loadboard._LAST)] = time.monotonic_ns() + 60_000_000_000
+    _never_stalled(board, 2)  # to test the weighing alone
     clients = _connect(port, 20)
     try:
         # Slot 2 takes connections while (10 + queued + 1) x 50 us < 2 ms: 29 of them.
