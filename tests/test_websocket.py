@@ -8,6 +8,7 @@ client talks to it.  ``test_websocket_serve.py`` drives ``reuseport serve``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import sys
@@ -17,7 +18,10 @@ import pytest
 from apps_websocket import FLOOD_COUNT, FLOOD_PIECE, WsProbe, drain_event, fastapi_app
 from asgi_apps import WAIT, Running, exchange, parse_responses, run, serving, wait_for
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from reuseport.connections import Connections, ManagedConnection, StopReason, going_away_grace
 from reuseport.errors import BootError
@@ -310,6 +314,43 @@ def test_send_waits_for_a_slow_reader() -> None:
             assert probe.errors == []
 
     run(main(), timeout=60)
+
+
+def test_a_message_handed_to_a_cancelled_receive_is_kept_for_the_next() -> None:
+    # A waiting receive() gets the next message handed to its waiter; when its
+    # task is cancelled before it runs, the message goes back to the queue.
+    pending: list[asyncio.Future[Any]] = []
+    kept: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        first = asyncio.ensure_future(receive())
+        pending.append(first)
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        kept.append(await receive())
+        await send({"type": "websocket.send", "text": kept[-1]["text"]})
+
+    client = ClientProtocol(parse_uri("ws://t/"), state=State.OPEN)
+    client.send_text(b"kept")
+    (frame,) = client.data_to_send()
+
+    async def main() -> None:
+        async with (
+            serving(app, lifespan="off") as srv,
+            connect(url(srv, "/"), compression=None) as ws,
+        ):
+            (conn,) = sockets_of(srv)
+            await wait_for(until(lambda: pending and conn.waiter is not None))
+            conn.data_received(frame)  # as a read would: the waiter has it, its task not yet
+            pending[0].cancel()
+            assert await wait_for(ws.recv()) == "kept"
+        assert kept == [{"type": "websocket.receive", "text": "kept"}]
+
+    run(main())
 
 
 # --- graceful stop and the drain signal --------------------------------------------

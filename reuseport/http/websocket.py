@@ -195,7 +195,8 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
         self.connect_delivered = False
         self.queue: deque[Message] = deque()  # received, not yet taken by the app
         self.disconnect: Message | None = None  # queued once the connection ends
-        self.waiter: asyncio.Future[None] | None = None
+        # receive() waiting: completed with the next message, or None to look again
+        self.waiter: asyncio.Future[Message | None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.early = b""  # bytes read before the app accepted
         self.fragments: list[bytes] = []  # the message being received, when fragmented
@@ -328,8 +329,10 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
         events = conn.events_received()
         if events:
             self._handle(events)
-        self._flush()
-        if len(self.queue) >= self.sockets.max_queue and self.phase is _OPEN:
+        if conn.writes:  # a pong, a close, or the end of stream (data frames add none)
+            self._flush()
+        queue = self.queue
+        if queue and len(queue) >= self.sockets.max_queue and self.phase is _OPEN:
             self.flow.pause_reading()
 
     def eof_received(self) -> bool | None:
@@ -371,11 +374,13 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
     # --- received frames -----------------------------------------------------
 
     def _handle(self, events: list[Any]) -> None:
-        queue = self.queue
-        for frame in cast(list[Frame], events):
+        # An OPEN ServerProtocol only gives frames (annotated, not cast()).
+        frame: Frame
+        for frame in events:
             opcode = frame.opcode
-            # The parser gives bytes (BytesLike is what a sender may pass).
-            data = cast(bytes, frame.data)
+            # The parser gives bytes (BytesLike is what a sender may pass);
+            # annotated, not cast(): that would be a call per frame.
+            data: bytes = frame.data  # type: ignore[assignment]
             if opcode is _TEXT or opcode is _BINARY:
                 if frame.fin:
                     self._deliver(data, opcode is _TEXT)
@@ -395,8 +400,6 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
             elif opcode is Opcode.CLOSE:
                 self._cancel_timer()
                 self._queue_disconnect()
-        if queue and self.waiter is not None:
-            self._wake()
 
     def _deliver(self, data: bytes, text: bool) -> None:
         if text:
@@ -409,6 +412,14 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
                 return
         else:
             message = {"type": "websocket.receive", "bytes": data}
+        # A receive() waiting (so nothing is queued) gets the message handed
+        # over: no queue round trip, and it returns as soon as its task runs.
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(message)
+                return
         self.queue.append(message)
 
     def _queue_disconnect(self) -> None:
@@ -422,7 +433,11 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
             if close is not None:
                 code, reason = close.code, close.reason
         self.disconnect = {"type": "websocket.disconnect", "code": code, "reason": reason}
-        self._wake()
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)  # receive() looks again: the disconnect is next
 
     # --- ASGI receive --------------------------------------------------------
 
@@ -442,16 +457,22 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
             if self.phase is _CLOSED:  # gone before the handshake was answered
                 self._queue_disconnect()
                 continue
+            # Whoever completes the waiter clears self.waiter; a cancelled
+            # receive() clears it here, so nothing is handed to a dead waiter.
             waiter = self.waiter = self.loop.create_future()
             try:
-                await waiter
-            finally:
-                self.waiter = None
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+                message = await waiter
+            except BaseException:
+                if self.waiter is waiter:
+                    self.waiter = None
+                elif waiter.done() and not waiter.cancelled():
+                    # handed over, then the task was cancelled: keep it for a later receive()
+                    handed: Message | None = waiter.result()
+                    if handed is not None:
+                        self.queue.appendleft(handed)
+                raise
+            if message is not None:
+                return message  # type: ignore[no-any-return]
 
     # --- ASGI send -----------------------------------------------------------
 
