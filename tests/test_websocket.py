@@ -100,6 +100,31 @@ def test_accept_with_subprotocol_and_headers_then_echo_text_and_bytes() -> None:
     run(main())
 
 
+@pytest.mark.parametrize("compression", [None, "deflate"])
+def test_echo_at_every_frame_length_boundary(compression: str | None) -> None:
+    # Uncompressed data frames are framed here, compressed ones by the
+    # library: lengths 125/126 and 65535/65536 switch the length encoding.
+    probe = WsProbe()
+    sizes = [0, 1, 125, 126, 127, 65535, 65536, 70000]
+
+    async def main() -> None:
+        async with (
+            serving(probe, lifespan="off") as srv,
+            connect(url(srv, "/echo"), compression=compression, max_size=None) as ws,
+        ):
+            for size in sizes:
+                text = ("é" + "x" * size)[:size] if size else ""
+                await ws.send(text)
+                assert await wait_for(ws.recv()) == text
+                data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+                await ws.send(data)
+                assert await wait_for(ws.recv()) == data
+        await wait_for(probe.event("disconnect").wait())
+        assert probe.errors == []
+
+    run(main())
+
+
 def test_close_codes_and_reasons_both_ways() -> None:
     probe = WsProbe()
 

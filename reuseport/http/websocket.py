@@ -9,11 +9,15 @@ Rules of this module:
 
 * Framing and the handshake are the ``websockets`` package's sans-IO
   ``ServerProtocol`` (an optional extra: ``pip install 'reuseport[websockets]'``);
-  nothing here parses or builds a frame.  Two of its objects serve one
-  connection: one in CONNECTING state checks the handshake and builds the
-  ``101`` (or a rejection) from the headers our parser already read, and one
-  created OPEN, holding the negotiated extensions, frames the messages (a
-  CONNECTING ``ServerProtocol`` would parse the request bytes again).
+  nothing here parses a frame.  Two of its objects serve one connection: one
+  in CONNECTING state checks the handshake and builds the ``101`` (or a
+  rejection) from the headers our parser already read, and one created OPEN,
+  holding the negotiated extensions, frames the messages (a CONNECTING
+  ``ServerProtocol`` would parse the request bytes again).  One exception:
+  the app's messages on an OPEN connection without compression are framed
+  here (a 2-10 byte header in front of the payload, RFC 6455 5.2): the
+  library's serializer cost more per echoed message than all of our glue,
+  and copies the payload twice.
 * The app sees the handshake first (``websocket.connect``), and answers with
   ``websocket.accept`` (``subprotocol``, ``headers``), ``websocket.close``
   (answered ``403``), or the denial extension ``websocket.http.response.start``
@@ -98,6 +102,9 @@ _TEXT = Opcode.TEXT
 _BINARY = Opcode.BINARY
 _CONT = Opcode.CONT
 _PONG = Opcode.PONG
+# The two header bytes of an unmasked final text (0x81) or binary (0x82)
+# frame of 0 to 125 bytes, by opcode and length.
+_HEADS = tuple(tuple(bytes((head, length)) for length in range(126)) for head in (0x81, 0x82))
 
 
 class Phase(IntEnum):
@@ -518,13 +525,32 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
         assert conn is not None
         text = message.get("text")
         if text is not None:
-            conn.send_text(text.encode())
+            data = text.encode()
+            head = 0x81
         else:
             data = message.get("bytes")
             if data is None:
                 raise RuntimeError("the ASGI app sent 'websocket.send' without 'bytes' or 'text'")
-            conn.send_binary(data)
-        self._flush()
+            head = 0x82
+        if conn.extensions or conn.state is not State.OPEN:
+            # Compression, or a state the library has to judge: its framing.
+            if head == 0x81:
+                conn.send_text(data)
+            else:
+                conn.send_binary(data)
+            self._flush()
+            return
+        # An unmasked, unfragmented, unextended data frame: FIN + opcode and
+        # the length (RFC 6455 5.2).  The library's serializer costs more per
+        # message than the rest of this send() and copies the payload twice.
+        length = len(data)
+        if length < 126:
+            frame = _HEADS[head - 0x81][length] + data
+        elif length < 65536:
+            frame = struct.pack("!BBH", head, 126, length) + data
+        else:
+            frame = struct.pack("!BBQ", head, 127, length) + data
+        self.transport.write(frame)
 
     def _accept(self, message: Message) -> None:
         self.subprotocol = message.get("subprotocol")
