@@ -125,6 +125,68 @@ def test_echo_at_every_frame_length_boundary(compression: str | None) -> None:
     run(main())
 
 
+def masked(first: int, payload: bytes, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
+    """A client frame: ``first`` is FIN, RSV and opcode; short payloads only."""
+    return (
+        bytes((first, 0x80 | len(payload)))
+        + mask
+        + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    )
+
+
+@pytest.mark.parametrize(
+    ("reads", "echoed", "code"),
+    [
+        # whole frames the server reads itself, then frames split across reads
+        (
+            [masked(0x81, b"one"), masked(0x82, b"two")[:3], masked(0x82, b"two")[3:]],
+            ["one", b"two"],
+            None,
+        ),
+        (
+            [masked(0x81, b"a")[:4], masked(0x81, b"a")[4:] + masked(0x81, b"b")],
+            ["a", "b"],
+            None,
+        ),
+        # the rest of a frame that looks like a whole frame of its own
+        (
+            [
+                masked(0x82, masked(0x81, b"zz"), b"\0\0\0\0")[:6],
+                masked(0x82, masked(0x81, b"zz"), b"\0\0\0\0")[6:],
+            ],
+            [masked(0x81, b"zz")],
+            None,
+        ),
+        ([masked(0x81, b"\xff\xfe")], [], 1007),  # not UTF-8
+        ([bytes((0x81, 2)) + b"hi"], [], 1002),  # unmasked
+        ([masked(0x01, b"ab"), masked(0x81, b"c")], [], 1002),  # a new message mid-fragment
+        ([masked(0xC1, b"x")], [], 1002),  # RSV1 without an extension
+        ([masked(0x01, b"ab"), masked(0x80, b"cd"), masked(0x81, b"e")], ["abcd", "e"], None),
+    ],
+)
+def test_frames_read_whole_or_split_and_protocol_errors(
+    reads: list[bytes], echoed: list[str | bytes], code: int | None
+) -> None:
+    # Reads fed as the transport would: a read holding one whole message
+    # skips the library's parser; anything else goes through it.
+    probe = WsProbe()
+
+    async def main() -> None:
+        async with (
+            serving(probe, lifespan="off") as srv,
+            connect(url(srv, "/echo"), compression=None) as ws,
+        ):
+            (conn,) = sockets_of(srv)
+            for data in reads:
+                conn.data_received(data)
+            for message in echoed:
+                assert await wait_for(ws.recv()) == message
+            if code is not None:
+                assert (await closed_with(ws))[0] == code
+
+    run(main())
+
+
 def test_close_codes_and_reasons_both_ways() -> None:
     probe = WsProbe()
 

@@ -9,15 +9,20 @@ Rules of this module:
 
 * Framing and the handshake are the ``websockets`` package's sans-IO
   ``ServerProtocol`` (an optional extra: ``pip install 'reuseport[websockets]'``);
-  nothing here parses a frame.  Two of its objects serve one connection: one
-  in CONNECTING state checks the handshake and builds the ``101`` (or a
-  rejection) from the headers our parser already read, and one created OPEN,
-  holding the negotiated extensions, frames the messages (a CONNECTING
-  ``ServerProtocol`` would parse the request bytes again).  One exception:
-  the app's messages on an OPEN connection without compression are framed
-  here (a 2-10 byte header in front of the payload, RFC 6455 5.2): the
-  library's serializer cost more per echoed message than all of our glue,
-  and copies the payload twice.
+  Two of its objects serve one connection: one in CONNECTING state checks
+  the handshake and builds the ``101`` (or a rejection) from the headers our
+  parser already read, and one created OPEN, holding the negotiated
+  extensions, frames the messages (a CONNECTING ``ServerProtocol`` would
+  parse the request bytes again).
+* Two exceptions, for speed, on an OPEN connection without compression: the
+  app's messages are framed here (a 2-10 byte header in front of the
+  payload, RFC 6455 5.2), and a read that holds exactly one final, masked,
+  valid-header text or binary frame, while the library's parser is between
+  frames and no fragmented message is in progress, is unmasked and
+  delivered here (``_one_message``).  Everything else (control frames,
+  fragments, partial or several frames, oversized or malformed ones, any
+  protocol error) is the library's.  The library's frame parser and
+  serializer cost more per echoed message than all the rest of our code.
 * The app sees the handshake first (``websocket.connect``), and answers with
   ``websocket.accept`` (``subprotocol``, ``headers``), ``websocket.close``
   (answered ``403``), or the denial extension ``websocket.http.response.start``
@@ -76,6 +81,11 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - built without its C extension
+    from websockets.utils import apply_mask
 
 from ..config import Config
 from ..connections import ManagedConnection, StopReason
@@ -232,6 +242,9 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
             logger=_library_logger,
         )
         self.conn: ServerProtocol | None = None  # the framing side, once accepted
+        # The library's parser has been given whole frames only, so a read
+        # holding one whole message may bypass it (see _one_message).
+        self.aligned = True
 
     # --- the hand-off --------------------------------------------------------
 
@@ -332,6 +345,12 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
                 if len(self.early) > _EARLY_LIMIT:
                     self.flow.pause_reading()
             return
+        if self.aligned:
+            if self._one_message(conn, data):
+                return
+            # The library reads from here on, unless this read ends on a frame
+            # boundary too (its parser then waits for a new frame again).
+            self.aligned = _whole_frames(data)
         conn.receive_data(data)
         events = conn.events_received()
         if events:
@@ -341,6 +360,43 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
         queue = self.queue
         if queue and len(queue) >= self.sockets.max_queue and self.phase is _OPEN:
             self.flow.pause_reading()
+
+    def _one_message(self, conn: ServerProtocol, data: bytes) -> bool:
+        """Deliver ``data`` if it is exactly one whole message the library need not see.
+
+        That is a final, masked, unextended text or binary frame, when no
+        fragmented message is in progress, no extension was negotiated and
+        the library's connection is OPEN with its parser between frames
+        (``self.aligned``): what the library would do with it is exactly
+        unmask and hand it over.  Anything else (control frames, fragments,
+        oversized or malformed frames, part of a frame, several frames) is
+        the library's, which also judges and answers protocol errors.
+        """
+        size = len(data)
+        if size < 6 or self.fragments or conn.extensions or conn.state is not State.OPEN:
+            return False
+        first = data[0]
+        length = data[1] ^ 0x80  # the mask bit must be set: a server reads masked frames only
+        if (first != 0x81 and first != 0x82) or length > 127:
+            return False
+        start = 2
+        if length == 126:
+            if size < 8:
+                return False
+            length, start = int.from_bytes(data[2:4]), 4
+        elif length == 127:
+            if size < 14:
+                return False
+            length, start = int.from_bytes(data[2:10]), 10
+        if size != start + 4 + length or length > self.sockets.max_size:
+            return False
+        self._deliver(apply_mask(data[start + 4 :], data[start : start + 4]), first == 0x81)
+        if self.conn is not None and self.conn.writes:  # invalid UTF-8 failed the connection
+            self._flush()
+        queue = self.queue
+        if queue and len(queue) >= self.sockets.max_queue and self.phase is _OPEN:
+            self.flow.pause_reading()
+        return True
 
     def eof_received(self) -> bool | None:
         conn = self.conn
@@ -692,6 +748,26 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
                 path,
                 status,
             )
+
+
+def _whole_frames(data: bytes) -> bool:
+    """Whether ``data`` is a run of whole frames (their headers only are read)."""
+    size = len(data)
+    at = 0
+    while at < size:
+        if at + 2 > size:
+            return False
+        second = data[at + 1]
+        length = second & 0x7F
+        at += 2
+        if length == 126:
+            length = int.from_bytes(data[at : at + 2])
+            at += 2
+        elif length == 127:
+            length = int.from_bytes(data[at : at + 8])
+            at += 8
+        at += length + (4 if second & 0x80 else 0)
+    return at == size
 
 
 def _text(value: bytes | str) -> str:
