@@ -112,6 +112,7 @@ _TEXT = Opcode.TEXT
 _BINARY = Opcode.BINARY
 _CONT = Opcode.CONT
 _PONG = Opcode.PONG
+_STATE_OPEN = State.OPEN
 # The two header bytes of an unmasked final text (0x81) or binary (0x82)
 # frame of 0 to 125 bytes, by opcode and length.
 _HEADS = tuple(tuple(bytes((head, length)) for length in range(126)) for head in (0x81, 0x82))
@@ -245,6 +246,7 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
         # The library's parser has been given whole frames only, so a read
         # holding one whole message may bypass it (see _one_message).
         self.aligned = True
+        self.compressed = False  # an extension (permessage-deflate) was negotiated
 
     # --- the hand-off --------------------------------------------------------
 
@@ -373,7 +375,7 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
         the library's, which also judges and answers protocol errors.
         """
         size = len(data)
-        if size < 6 or self.fragments or conn.extensions or conn.state is not State.OPEN:
+        if size < 6 or self.fragments or self.compressed or conn.state is not _STATE_OPEN:
             return False
         first = data[0]
         length = data[1] ^ 0x80  # the mask bit must be set: a server reads masked frames only
@@ -391,7 +393,7 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
         if size != start + 4 + length or length > self.sockets.max_size:
             return False
         self._deliver(apply_mask(data[start + 4 :], data[start : start + 4]), first == 0x81)
-        if self.conn is not None and self.conn.writes:  # invalid UTF-8 failed the connection
+        if conn.writes:  # invalid UTF-8 failed the connection
             self._flush()
         queue = self.queue
         if queue and len(queue) >= self.sockets.max_queue and self.phase is _OPEN:
@@ -588,7 +590,7 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
             if data is None:
                 raise RuntimeError("the ASGI app sent 'websocket.send' without 'bytes' or 'text'")
             head = 0x82
-        if conn.extensions or conn.state is not State.OPEN:
+        if self.compressed or conn.state is not _STATE_OPEN:
             # Compression, or a state the library has to judge: its framing.
             if head == 0x81:
                 conn.send_text(data)
@@ -625,6 +627,7 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
             state=State.OPEN, max_size=self.sockets.max_size, logger=_library_logger
         )
         conn.extensions = self.handshake.extensions
+        self.compressed = bool(conn.extensions)
         self.conn = conn
         self.phase = _OPEN
         self._schedule_ping()
