@@ -15,8 +15,17 @@ its C masking speed-up) and ``wsproto`` (not a dependency of reuseport:
 ``--lib none`` only builds the client frames: the baseline ``--callgrind``
 subtracts.
 
+``--lib reuseport`` measures our ASGI glue on top of websockets: one
+``HttpServer`` connection (a fake transport, no sockets, uvloop) gets the
+upgrade request, the echo app of ``scripts/apps/hello.py`` (the one the peer
+benchmark's ws-echo runs) accepts, and each client frame is fed to
+``data_received`` from a loop callback once the previous echo was written, as
+a client keeping one message in flight would.  Its count minus ``--lib
+websockets``' is what the glue, the app and the event loop cost per message.
+
     .venv/bin/python scripts/profile_ws.py --lib websockets --size small -n 20000
     .venv/bin/python scripts/profile_ws.py --lib wsproto --size 64k --callgrind
+    .venv/bin/python scripts/profile_ws.py --lib reuseport --size small --callgrind
 
 ``--callgrind`` runs this script twice under callgrind (``--messages`` and
 twice that) with ``PYTHONHASHSEED=0`` and prints the instruction count per
@@ -32,6 +41,8 @@ its output files.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib
 import os
 import re
 import shutil
@@ -41,6 +52,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import uvloop
 
 _SUMMARY = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 SIZES = {"small": 32, "64k": 64 * 1024}
@@ -106,6 +120,103 @@ def wsproto_echo() -> Echo:
     return echo
 
 
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: localhost:8000\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+APP_DIR = Path(__file__).resolve().parent / "apps"
+
+
+class FakeTransport:
+    """Just enough of ``asyncio.Transport`` for our HTTP and WebSocket protocols."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.writes = 0
+        self.closed = False
+        self.protocol: Any = None
+        self._extra = {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        self.writes += 1
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._extra.get(name, default)
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def reuseport_drive(frames: list[bytes]) -> tuple[float, int, int]:
+    """Echo ``frames`` through our WebSocket connection: seconds, bytes and writes."""
+    from reuseport.apps.base import WorkerStats
+    from reuseport.config import Config, Lifespan
+    from reuseport.http import HttpServer
+
+    sys.path.insert(0, str(APP_DIR))
+    app = importlib.import_module("hello").app
+    config = Config(lifespan=Lifespan.OFF, access_log=False)
+    server = HttpServer(app, config, WorkerStats())
+    loop = asyncio.get_running_loop()
+    transport = FakeTransport()
+    http = server()
+    http.connection_made(transport)  # type: ignore[arg-type]
+    http.data_received(UPGRADE)
+    for _ in range(10):  # the app task starts, takes websocket.connect and accepts
+        await asyncio.sleep(0)
+    ws = transport.protocol
+    if ws is None or transport.writes != 1:
+        raise RuntimeError("the WebSocket handshake was not answered")
+    base_written, base_writes = transport.written, transport.writes
+    done: asyncio.Future[None] = loop.create_future()
+    fed = 0
+    expected = base_written
+
+    def step() -> None:
+        nonlocal fed, expected
+        if transport.written >= expected:  # the previous echo is out
+            if fed == len(frames):
+                done.set_result(None)
+                return
+            frame = frames[fed]
+            fed += 1
+            expected += len(frame) - 4  # the echo is the same frame, unmasked
+            ws.data_received(frame)
+        elif transport.closed:
+            done.set_exception(RuntimeError("the server closed the WebSocket"))
+            return
+        loop.call_soon(step)
+
+    started = time.perf_counter()
+    loop.call_soon(step)
+    await done
+    elapsed = time.perf_counter() - started
+    ws.connection_lost(None)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    return elapsed, transport.written - base_written, transport.writes - base_writes
+
+
 def no_echo() -> Echo:
     """The baseline: building the client frames and the loop, no library."""
 
@@ -119,23 +230,35 @@ LIBS: dict[str, Callable[[], Echo]] = {
     "websockets": websockets_echo,
     "wsproto": wsproto_echo,
     "none": no_echo,
+    "reuseport": no_echo,  # not a library: run() drives our WebSocket connection
 }
 
 
 def run(args: argparse.Namespace) -> int:
     frames = client_frames(args.size, args.messages)
+    if args.lib == "reuseport":
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            elapsed, sent, writes = runner.run(reuseport_drive(frames))
+        return report(args, elapsed, sent, f", {writes / args.messages:.2f} writes per message")
     echo = LIBS[args.lib]()
     sent = 0
     started = time.perf_counter()
     for frame in frames:
         sent += len(echo(frame))
     elapsed = time.perf_counter() - started
+    return report(args, elapsed, sent, "")
+
+
+def report(args: argparse.Namespace, elapsed: float, sent: int, extra: str) -> int:
     expected = args.messages * (SIZES[args.size] + (2 if args.size == "small" else 10))
     if sent != expected and args.lib != "none":
         print(f"error: {sent} bytes echoed, expected {expected}", file=sys.stderr)
         return 1
     rate = args.messages / elapsed if elapsed > 0 else float("inf")
-    print(f"{args.lib} {args.size}: {args.messages} messages in {elapsed:.3f} s, {rate:,.0f} msg/s")
+    print(
+        f"{args.lib} {args.size}: {args.messages} messages in {elapsed:.3f} s, "
+        f"{rate:,.0f} msg/s{extra}"
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ client talks to it.  ``test_websocket_serve.py`` drives ``reuseport serve``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import sys
@@ -17,7 +18,10 @@ import pytest
 from apps_websocket import FLOOD_COUNT, FLOOD_PIECE, WsProbe, drain_event, fastapi_app
 from asgi_apps import WAIT, Running, exchange, parse_responses, run, serving, wait_for
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from reuseport.connections import Connections, ManagedConnection, StopReason, going_away_grace
 from reuseport.errors import BootError
@@ -92,6 +96,93 @@ def test_accept_with_subprotocol_and_headers_then_echo_text_and_bytes() -> None:
         assert "websocket.http.response" in scope["extensions"]
         assert isinstance(drain_event(scope), asyncio.Event)
         assert probe.received[-1] == {"type": "websocket.disconnect", "code": 1000, "reason": ""}
+
+    run(main())
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+def test_echo_at_every_frame_length_boundary(compression: str | None) -> None:
+    # Uncompressed data frames are framed here, compressed ones by the
+    # library: lengths 125/126 and 65535/65536 switch the length encoding.
+    probe = WsProbe()
+    sizes = [0, 1, 125, 126, 127, 65535, 65536, 70000]
+
+    async def main() -> None:
+        async with (
+            serving(probe, lifespan="off") as srv,
+            connect(url(srv, "/echo"), compression=compression, max_size=None) as ws,
+        ):
+            for size in sizes:
+                text = ("é" + "x" * size)[:size] if size else ""
+                await ws.send(text)
+                assert await wait_for(ws.recv()) == text
+                data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+                await ws.send(data)
+                assert await wait_for(ws.recv()) == data
+        await wait_for(probe.event("disconnect").wait())
+        assert probe.errors == []
+
+    run(main())
+
+
+def masked(first: int, payload: bytes, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
+    """A client frame: ``first`` is FIN, RSV and opcode; short payloads only."""
+    return (
+        bytes((first, 0x80 | len(payload)))
+        + mask
+        + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    )
+
+
+@pytest.mark.parametrize(
+    ("reads", "echoed", "code"),
+    [
+        # whole frames the server reads itself, then frames split across reads
+        (
+            [masked(0x81, b"one"), masked(0x82, b"two")[:3], masked(0x82, b"two")[3:]],
+            ["one", b"two"],
+            None,
+        ),
+        (
+            [masked(0x81, b"a")[:4], masked(0x81, b"a")[4:] + masked(0x81, b"b")],
+            ["a", "b"],
+            None,
+        ),
+        # the rest of a frame that looks like a whole frame of its own
+        (
+            [
+                masked(0x82, masked(0x81, b"zz"), b"\0\0\0\0")[:6],
+                masked(0x82, masked(0x81, b"zz"), b"\0\0\0\0")[6:],
+            ],
+            [masked(0x81, b"zz")],
+            None,
+        ),
+        ([masked(0x81, b"\xff\xfe")], [], 1007),  # not UTF-8
+        ([bytes((0x81, 2)) + b"hi"], [], 1002),  # unmasked
+        ([masked(0x01, b"ab"), masked(0x81, b"c")], [], 1002),  # a new message mid-fragment
+        ([masked(0xC1, b"x")], [], 1002),  # RSV1 without an extension
+        ([masked(0x01, b"ab"), masked(0x80, b"cd"), masked(0x81, b"e")], ["abcd", "e"], None),
+    ],
+)
+def test_frames_read_whole_or_split_and_protocol_errors(
+    reads: list[bytes], echoed: list[str | bytes], code: int | None
+) -> None:
+    # Reads fed as the transport would: a read holding one whole message
+    # skips the library's parser; anything else goes through it.
+    probe = WsProbe()
+
+    async def main() -> None:
+        async with (
+            serving(probe, lifespan="off") as srv,
+            connect(url(srv, "/echo"), compression=None) as ws,
+        ):
+            (conn,) = sockets_of(srv)
+            for data in reads:
+                conn.data_received(data)
+            for message in echoed:
+                assert await wait_for(ws.recv()) == message
+            if code is not None:
+                assert (await closed_with(ws))[0] == code
 
     run(main())
 
@@ -310,6 +401,43 @@ def test_send_waits_for_a_slow_reader() -> None:
             assert probe.errors == []
 
     run(main(), timeout=60)
+
+
+def test_a_message_handed_to_a_cancelled_receive_is_kept_for_the_next() -> None:
+    # A waiting receive() gets the next message handed to its waiter; when its
+    # task is cancelled before it runs, the message goes back to the queue.
+    pending: list[asyncio.Future[Any]] = []
+    kept: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        first = asyncio.ensure_future(receive())
+        pending.append(first)
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        kept.append(await receive())
+        await send({"type": "websocket.send", "text": kept[-1]["text"]})
+
+    client = ClientProtocol(parse_uri("ws://t/"), state=State.OPEN)
+    client.send_text(b"kept")
+    (frame,) = client.data_to_send()
+
+    async def main() -> None:
+        async with (
+            serving(app, lifespan="off") as srv,
+            connect(url(srv, "/"), compression=None) as ws,
+        ):
+            (conn,) = sockets_of(srv)
+            await wait_for(until(lambda: pending and conn.waiter is not None))
+            conn.data_received(frame)  # as a read would: the waiter has it, its task not yet
+            pending[0].cancel()
+            assert await wait_for(ws.recv()) == "kept"
+        assert kept == [{"type": "websocket.receive", "text": "kept"}]
+
+    run(main())
 
 
 # --- graceful stop and the drain signal --------------------------------------------

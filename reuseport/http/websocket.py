@@ -9,11 +9,20 @@ Rules of this module:
 
 * Framing and the handshake are the ``websockets`` package's sans-IO
   ``ServerProtocol`` (an optional extra: ``pip install 'reuseport[websockets]'``);
-  nothing here parses or builds a frame.  Two of its objects serve one
-  connection: one in CONNECTING state checks the handshake and builds the
-  ``101`` (or a rejection) from the headers our parser already read, and one
-  created OPEN, holding the negotiated extensions, frames the messages (a
-  CONNECTING ``ServerProtocol`` would parse the request bytes again).
+  Two of its objects serve one connection: one in CONNECTING state checks
+  the handshake and builds the ``101`` (or a rejection) from the headers our
+  parser already read, and one created OPEN, holding the negotiated
+  extensions, frames the messages (a CONNECTING ``ServerProtocol`` would
+  parse the request bytes again).
+* Two exceptions, for speed, on an OPEN connection without compression: the
+  app's messages are framed here (a 2-10 byte header in front of the
+  payload, RFC 6455 5.2), and a read that holds exactly one final, masked,
+  valid-header text or binary frame, while the library's parser is between
+  frames and no fragmented message is in progress, is unmasked and
+  delivered here (``_one_message``).  Everything else (control frames,
+  fragments, partial or several frames, oversized or malformed ones, any
+  protocol error) is the library's.  The library's frame parser and
+  serializer cost more per echoed message than all the rest of our code.
 * The app sees the handshake first (``websocket.connect``), and answers with
   ``websocket.accept`` (``subprotocol``, ``headers``), ``websocket.close``
   (answered ``403``), or the denial extension ``websocket.http.response.start``
@@ -73,6 +82,11 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - built without its C extension
+    from websockets.utils import apply_mask
+
 from ..config import Config
 from ..connections import ManagedConnection, StopReason
 from .cycle import ClientDisconnected, Message, Scope
@@ -98,6 +112,10 @@ _TEXT = Opcode.TEXT
 _BINARY = Opcode.BINARY
 _CONT = Opcode.CONT
 _PONG = Opcode.PONG
+_STATE_OPEN = State.OPEN
+# The two header bytes of an unmasked final text (0x81) or binary (0x82)
+# frame of 0 to 125 bytes, by opcode and length.
+_HEADS = tuple(tuple(bytes((head, length)) for length in range(126)) for head in (0x81, 0x82))
 
 
 class Phase(IntEnum):
@@ -195,7 +213,8 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
         self.connect_delivered = False
         self.queue: deque[Message] = deque()  # received, not yet taken by the app
         self.disconnect: Message | None = None  # queued once the connection ends
-        self.waiter: asyncio.Future[None] | None = None
+        # receive() waiting: completed with the next message, or None to look again
+        self.waiter: asyncio.Future[Message | None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.early = b""  # bytes read before the app accepted
         self.fragments: list[bytes] = []  # the message being received, when fragmented
@@ -224,6 +243,10 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
             logger=_library_logger,
         )
         self.conn: ServerProtocol | None = None  # the framing side, once accepted
+        # The library's parser has been given whole frames only, so a read
+        # holding one whole message may bypass it (see _one_message).
+        self.aligned = True
+        self.compressed = False  # an extension (permessage-deflate) was negotiated
 
     # --- the hand-off --------------------------------------------------------
 
@@ -324,13 +347,58 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
                 if len(self.early) > _EARLY_LIMIT:
                     self.flow.pause_reading()
             return
+        if self.aligned:
+            if self._one_message(conn, data):
+                return
+            # The library reads from here on, unless this read ends on a frame
+            # boundary too (its parser then waits for a new frame again).
+            self.aligned = _whole_frames(data)
         conn.receive_data(data)
         events = conn.events_received()
         if events:
             self._handle(events)
-        self._flush()
-        if len(self.queue) >= self.sockets.max_queue and self.phase is _OPEN:
+        if conn.writes:  # a pong, a close, or the end of stream (data frames add none)
+            self._flush()
+        queue = self.queue
+        if queue and len(queue) >= self.sockets.max_queue and self.phase is _OPEN:
             self.flow.pause_reading()
+
+    def _one_message(self, conn: ServerProtocol, data: bytes) -> bool:
+        """Deliver ``data`` if it is exactly one whole message the library need not see.
+
+        That is a final, masked, unextended text or binary frame, when no
+        fragmented message is in progress, no extension was negotiated and
+        the library's connection is OPEN with its parser between frames
+        (``self.aligned``): what the library would do with it is exactly
+        unmask and hand it over.  Anything else (control frames, fragments,
+        oversized or malformed frames, part of a frame, several frames) is
+        the library's, which also judges and answers protocol errors.
+        """
+        size = len(data)
+        if size < 6 or self.fragments or self.compressed or conn.state is not _STATE_OPEN:
+            return False
+        first = data[0]
+        length = data[1] ^ 0x80  # the mask bit must be set: a server reads masked frames only
+        if (first != 0x81 and first != 0x82) or length > 127:
+            return False
+        start = 2
+        if length == 126:
+            if size < 8:
+                return False
+            length, start = int.from_bytes(data[2:4]), 4
+        elif length == 127:
+            if size < 14:
+                return False
+            length, start = int.from_bytes(data[2:10]), 10
+        if size != start + 4 + length or length > self.sockets.max_size:
+            return False
+        self._deliver(apply_mask(data[start + 4 :], data[start : start + 4]), first == 0x81)
+        if conn.writes:  # invalid UTF-8 failed the connection
+            self._flush()
+        queue = self.queue
+        if queue and len(queue) >= self.sockets.max_queue and self.phase is _OPEN:
+            self.flow.pause_reading()
+        return True
 
     def eof_received(self) -> bool | None:
         conn = self.conn
@@ -371,11 +439,13 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
     # --- received frames -----------------------------------------------------
 
     def _handle(self, events: list[Any]) -> None:
-        queue = self.queue
-        for frame in cast(list[Frame], events):
+        # An OPEN ServerProtocol only gives frames (annotated, not cast()).
+        frame: Frame
+        for frame in events:
             opcode = frame.opcode
-            # The parser gives bytes (BytesLike is what a sender may pass).
-            data = cast(bytes, frame.data)
+            # The parser gives bytes (BytesLike is what a sender may pass);
+            # annotated, not cast(): that would be a call per frame.
+            data: bytes = frame.data  # type: ignore[assignment]
             if opcode is _TEXT or opcode is _BINARY:
                 if frame.fin:
                     self._deliver(data, opcode is _TEXT)
@@ -395,8 +465,6 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
             elif opcode is Opcode.CLOSE:
                 self._cancel_timer()
                 self._queue_disconnect()
-        if queue and self.waiter is not None:
-            self._wake()
 
     def _deliver(self, data: bytes, text: bool) -> None:
         if text:
@@ -409,6 +477,14 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
                 return
         else:
             message = {"type": "websocket.receive", "bytes": data}
+        # A receive() waiting (so nothing is queued) gets the message handed
+        # over: no queue round trip, and it returns as soon as its task runs.
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(message)
+                return
         self.queue.append(message)
 
     def _queue_disconnect(self) -> None:
@@ -422,7 +498,11 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
             if close is not None:
                 code, reason = close.code, close.reason
         self.disconnect = {"type": "websocket.disconnect", "code": code, "reason": reason}
-        self._wake()
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)  # receive() looks again: the disconnect is next
 
     # --- ASGI receive --------------------------------------------------------
 
@@ -442,16 +522,22 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
             if self.phase is _CLOSED:  # gone before the handshake was answered
                 self._queue_disconnect()
                 continue
+            # Whoever completes the waiter clears self.waiter; a cancelled
+            # receive() clears it here, so nothing is handed to a dead waiter.
             waiter = self.waiter = self.loop.create_future()
             try:
-                await waiter
-            finally:
-                self.waiter = None
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+                message = await waiter
+            except BaseException:
+                if self.waiter is waiter:
+                    self.waiter = None
+                elif waiter.done() and not waiter.cancelled():
+                    # handed over, then the task was cancelled: keep it for a later receive()
+                    handed: Message | None = waiter.result()
+                    if handed is not None:
+                        self.queue.appendleft(handed)
+                raise
+            if message is not None:
+                return message  # type: ignore[no-any-return]
 
     # --- ASGI send -----------------------------------------------------------
 
@@ -497,13 +583,32 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
         assert conn is not None
         text = message.get("text")
         if text is not None:
-            conn.send_text(text.encode())
+            data = text.encode()
+            head = 0x81
         else:
             data = message.get("bytes")
             if data is None:
                 raise RuntimeError("the ASGI app sent 'websocket.send' without 'bytes' or 'text'")
-            conn.send_binary(data)
-        self._flush()
+            head = 0x82
+        if self.compressed or conn.state is not _STATE_OPEN:
+            # Compression, or a state the library has to judge: its framing.
+            if head == 0x81:
+                conn.send_text(data)
+            else:
+                conn.send_binary(data)
+            self._flush()
+            return
+        # An unmasked, unfragmented, unextended data frame: FIN + opcode and
+        # the length (RFC 6455 5.2).  The library's serializer costs more per
+        # message than the rest of this send() and copies the payload twice.
+        length = len(data)
+        if length < 126:
+            frame = _HEADS[head - 0x81][length] + data
+        elif length < 65536:
+            frame = struct.pack("!BBH", head, 126, length) + data
+        else:
+            frame = struct.pack("!BBQ", head, 127, length) + data
+        self.transport.write(frame)
 
     def _accept(self, message: Message) -> None:
         self.subprotocol = message.get("subprotocol")
@@ -522,6 +627,7 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
             state=State.OPEN, max_size=self.sockets.max_size, logger=_library_logger
         )
         conn.extensions = self.handshake.extensions
+        self.compressed = bool(conn.extensions)
         self.conn = conn
         self.phase = _OPEN
         self._schedule_ping()
@@ -645,6 +751,26 @@ class WebSocketProtocol(asyncio.Protocol, ManagedConnection):
                 path,
                 status,
             )
+
+
+def _whole_frames(data: bytes) -> bool:
+    """Whether ``data`` is a run of whole frames (their headers only are read)."""
+    size = len(data)
+    at = 0
+    while at < size:
+        if at + 2 > size:
+            return False
+        second = data[at + 1]
+        length = second & 0x7F
+        at += 2
+        if length == 126:
+            length = int.from_bytes(data[at : at + 2])
+            at += 2
+        elif length == 127:
+            length = int.from_bytes(data[at : at + 8])
+            at += 8
+        at += length + (4 if second & 0x80 else 0)
+    return at == size
 
 
 def _text(value: bytes | str) -> str:
