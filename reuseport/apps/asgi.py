@@ -23,17 +23,14 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import socket
-import ssl
 import traceback
-from collections.abc import Callable, Sequence
 from typing import Any
 
-from .. import tls
 from ..config import Lifespan
 from ..errors import BootError
 from ..http import ASGIApp, HttpServer, Message, Receive, Scope, Send
-from .base import HostedApp, StopReason, WorkerContext
+from .base import StopReason, WorkerContext
+from .served import HttpHostedApp
 
 __all__ = ["AsgiApp", "as_asgi3"]
 
@@ -201,14 +198,13 @@ def _format(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc)).rstrip()
 
 
-class AsgiApp(HostedApp):
+class AsgiApp(HttpHostedApp[HttpServer]):
     """An ASGI 2/3 application served over HTTP/1.1 (see the module docstring)."""
 
     def __init__(self, app: object, ctx: WorkerContext) -> None:
         super().__init__(ctx)
         self.app: ASGIApp = as_asgi3(app)
         self.state: dict[str, Any] = {}
-        self.http: HttpServer | None = None
         self._lifespan: _LifespanRunner | None = None
 
     async def startup(self) -> None:
@@ -218,30 +214,10 @@ class AsgiApp(HostedApp):
         self._lifespan = _LifespanRunner(self.app, self.state, mode)
         await self._lifespan.startup()
 
-    def http_server(self) -> HttpServer:
-        if self.http is None:
-            self.http = HttpServer(
-                self.app,
-                self.ctx.config,
-                self.ctx.stats,
-                self.state,
-                secure=self.ctx.tls is not None,
-            )
-        return self.http
-
-    def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
-        return self.http_server()
-
-    def set_keep_alive(self, allowed: bool) -> None:
-        if self.http is not None:
-            self.http.connections.set_keep_alive(allowed)
-
-    def serving_ssl(self) -> ssl.SSLContext | None:
-        return tls.offer_http11(self.ctx.tls) if self.ctx.tls is not None else None
-
-    async def serve(self, sockets: Sequence[socket.socket]) -> None:
-        self.http_server().start()
-        await super().serve(sockets)
+    def make_server(self) -> HttpServer:
+        return HttpServer(
+            self.app, self.ctx.config, self.ctx.stats, self.state, secure=self.ctx.tls is not None
+        )
 
     async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         loop = asyncio.get_running_loop()

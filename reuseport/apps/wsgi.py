@@ -27,14 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
-from collections.abc import Callable, Sequence
-from socket import socket
 
-from .. import tls
 from ..errors import BootError
 from ..http.wsgi import WSGIApp, WsgiServer
-from .base import HostedApp, StopReason, WorkerContext
+from .base import StopReason, WorkerContext
+from .served import HttpHostedApp
 
 __all__ = ["WsgiApp"]
 
@@ -50,7 +47,7 @@ _THREADS_MARGIN = 0.25
 _AFTER_ABORT = 0.1
 
 
-class WsgiApp(HostedApp):
+class WsgiApp(HttpHostedApp[WsgiServer]):
     """A WSGI application served over HTTP/1.1 (see the module docstring)."""
 
     def __init__(self, app: object, ctx: WorkerContext) -> None:
@@ -58,28 +55,11 @@ class WsgiApp(HostedApp):
         if not callable(app):
             raise BootError(f"the WSGI app {app!r} is not callable")
         self.app: WSGIApp = app
-        self.http: WsgiServer | None = None
 
-    def http_server(self) -> WsgiServer:
-        if self.http is None:
-            self.http = WsgiServer(
-                self.app, self.ctx.config, self.ctx.stats, secure=self.ctx.tls is not None
-            )
-        return self.http
-
-    def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
-        return self.http_server()
-
-    def set_keep_alive(self, allowed: bool) -> None:
-        if self.http is not None:
-            self.http.connections.set_keep_alive(allowed)
-
-    def serving_ssl(self) -> ssl.SSLContext | None:
-        return tls.offer_http11(self.ctx.tls) if self.ctx.tls is not None else None
-
-    async def serve(self, sockets: Sequence[socket]) -> None:
-        self.http_server().start()
-        await super().serve(sockets)
+    def make_server(self) -> WsgiServer:
+        return WsgiServer(
+            self.app, self.ctx.config, self.ctx.stats, secure=self.ctx.tls is not None
+        )
 
     async def shutdown(self, timeout: float, reason: StopReason = StopReason.STOP) -> None:
         loop = asyncio.get_running_loop()
