@@ -52,8 +52,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import os
-import re
 import shutil
 import subprocess
 import sys
@@ -64,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+from _callgrind import instructions
 
 from reuseport.apps.base import WorkerStats
 from reuseport.config import Config, Lifespan
@@ -91,7 +90,6 @@ POST_JSON = (
     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
 )
 APP_DIR = Path(__file__).resolve().parent / "apps"
-_SUMMARY = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 
 
 async def hello(scope: Any, receive: Any, send: Any) -> None:
@@ -305,33 +303,11 @@ def run(args: argparse.Namespace) -> int:
 
 def callgrind_total(args: argparse.Namespace, requests: int, outdir: Path) -> int:
     out = outdir / f"callgrind.{args.server}.{args.app}.{args.loop}.{requests}"
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={out}",
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--app",
-        args.app,
-        "--server",
-        args.server,
-        *(["--close"] if args.close else []),
-        "--loop",
-        args.loop,
-        "--requests",
-        str(requests),
-    ]
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    result = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=args.timeout, check=False
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")
-    match = _SUMMARY.search(out.read_text())
-    if match is None:
-        raise RuntimeError(f"no instruction total in {out}")
-    print(f"  {requests} requests: {int(match.group(1)):,} instructions", flush=True)
-    return int(match.group(1))
+    argv = ["--app", args.app, "--server", args.server, *(["--close"] if args.close else [])]
+    argv += ["--loop", args.loop, "--requests", str(requests)]
+    total = instructions(__file__, argv, out, args.timeout)
+    print(f"  {requests} requests: {total:,} instructions", flush=True)
+    return total
 
 
 def callgrind(args: argparse.Namespace) -> int:

@@ -43,8 +43,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import os
-import re
 import shutil
 import subprocess
 import sys
@@ -55,8 +53,8 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+from _callgrind import instructions
 
-_SUMMARY = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 SIZES = {"small": 32, "64k": 64 * 1024}
 
 Echo = Callable[[bytes], bytes]
@@ -264,21 +262,8 @@ def report(args: argparse.Namespace, elapsed: float, sent: int, extra: str) -> i
 
 def callgrind_total(args: argparse.Namespace, messages: int, outdir: Path) -> int:
     out = outdir / f"callgrind.{args.lib}.{args.size}.{messages}"
-    command = [
-        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-        sys.executable, str(Path(__file__).resolve()),
-        "--lib", args.lib, "--size", args.size, "--messages", str(messages),
-    ]  # fmt: skip
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    result = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=args.timeout, check=False
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")
-    match = _SUMMARY.search(out.read_text())
-    if match is None:
-        raise RuntimeError(f"no instruction total in {out}")
-    return int(match.group(1))
+    argv = ["--lib", args.lib, "--size", args.size, "--messages", str(messages)]
+    return instructions(__file__, argv, out, args.timeout)
 
 
 def callgrind(args: argparse.Namespace) -> int:
