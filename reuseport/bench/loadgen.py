@@ -195,20 +195,17 @@ class LoadResult:
         )
 
 
-class _Generator:
-    """Shared state of one client process's virtual clients."""
+class Tally:
+    """What one client process counts, for the HTTP and the UDP generator alike."""
 
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec
-        self.request = build_request(spec.host, spec.port, spec.path, keepalive=spec.keepalive)
         self.histogram = Histogram()
         self.workers: Counter[WorkerKey] = Counter()
         self.errors: Counter[str] = Counter()
         self.statuses: Counter[int] = Counter()
         self.modes: set[str] = set()
-        self.live: set[_Connection] = set()
         self.requests = 0
-        self.connections = 0
         self.stopping = False
 
     def error(self, kind: ErrorKind) -> None:
@@ -216,13 +213,8 @@ class _Generator:
         if not self.stopping:
             self.errors[kind.value] += 1
 
-    def complete(self, status: int, body: bytes, latency_ns: int) -> None:
-        if self.stopping:
-            return
-        if status != 200:
-            self.statuses[status] += 1
-            self.error(ErrorKind.BAD_STATUS)
-            return
+    def answered(self, body: bytes, latency_ns: int) -> None:
+        """One answer: its worker (from the demo's JSON), its latency."""
         key = _worker_of(body)
         if key is None:
             if self.spec.check_body:
@@ -231,10 +223,41 @@ class _Generator:
         else:
             pid, slot, mode = key
             self.workers[pid, slot] += 1
-            if mode and mode not in self.modes:
+            if mode:
                 self.modes.add(mode)
         self.requests += 1
         self.histogram.record(latency_ns)
+
+    def result(self, elapsed: float, connections: int) -> LoadResult:
+        return LoadResult(
+            requests=self.requests,
+            elapsed=elapsed,
+            histogram=self.histogram,
+            workers=dict(self.workers),
+            errors=dict(self.errors),
+            statuses=dict(self.statuses),
+            modes_seen=tuple(sorted(self.modes)),
+            connections=connections,
+        )
+
+
+class _Generator(Tally):
+    """Shared state of one client process's virtual clients."""
+
+    def __init__(self, spec: LoadSpec) -> None:
+        super().__init__(spec)
+        self.request = build_request(spec.host, spec.port, spec.path, keepalive=spec.keepalive)
+        self.live: set[_Connection] = set()
+        self.connections = 0
+
+    def complete(self, status: int, body: bytes, latency_ns: int) -> None:
+        if self.stopping:
+            return
+        if status != 200:
+            self.statuses[status] += 1
+            self.error(ErrorKind.BAD_STATUS)
+            return
+        self.answered(body, latency_ns)
 
     async def sweep(self) -> None:
         """Abort connections whose response is overdue (counted as timeouts)."""
@@ -245,18 +268,6 @@ class _Generator:
             for conn in list(self.live):
                 if conn.sent_at and now - conn.sent_at > limit:
                     conn.fail(ErrorKind.TIMEOUT)
-
-    def result(self, elapsed: float) -> LoadResult:
-        return LoadResult(
-            requests=self.requests,
-            elapsed=elapsed,
-            histogram=self.histogram,
-            workers=dict(self.workers),
-            errors=dict(self.errors),
-            statuses=dict(self.statuses),
-            modes_seen=tuple(sorted(self.modes)),
-            connections=self.connections,
-        )
 
 
 def _worker_of(body: bytes) -> tuple[int, int, str] | None:
@@ -387,7 +398,7 @@ async def run_load(spec: LoadSpec) -> LoadResult:
             if conn.transport is not None:
                 conn.transport.abort()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return gen.result(elapsed)
+    return gen.result(elapsed, gen.connections)
 
 
 def _run_in_process(spec: LoadSpec) -> LoadResult:

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from typing import Any
 
-from .loadgen import ErrorKind, LoadResult, LoadSpec, WorkerKey, _worker_of
-from .stats import Histogram
+from .loadgen import ErrorKind, LoadResult, LoadSpec, Tally
 
 __all__ = ["run_udp_load"]
 
@@ -36,38 +34,16 @@ _RETRY_AFTER_ERROR = 0.01  # an ICMP error (nobody bound): wait before the next 
 _PAD = 32  # bytes of each datagram: small, as DNS queries and metrics lines are
 
 
-class _Udp:
+class _Udp(Tally):
     """Shared state of one client process's virtual clients."""
 
     def __init__(self, spec: LoadSpec) -> None:
-        self.spec = spec
-        self.histogram = Histogram()
-        self.workers: Counter[WorkerKey] = Counter()
-        self.errors: Counter[str] = Counter()
-        self.modes: set[str] = set()
-        self.requests = 0
-        self.stopping = False
+        super().__init__(spec)
         self.clients: list[_Client] = []
 
-    def error(self, kind: ErrorKind) -> None:
-        if not self.stopping:
-            self.errors[kind.value] += 1
-
     def complete(self, head: bytes, latency_ns: int) -> None:
-        if self.stopping:
-            return
-        key = _worker_of(head) if head else None
-        if key is None:
-            if self.spec.check_body:
-                self.error(ErrorKind.BAD_BODY)
-                return
-        else:
-            pid, slot, mode = key
-            self.workers[pid, slot] += 1
-            if mode:
-                self.modes.add(mode)
-        self.requests += 1
-        self.histogram.record(latency_ns)
+        if not self.stopping:
+            self.answered(head, latency_ns)
 
     async def sweep(self) -> None:
         """Count overdue datagrams as lost and send the next one."""
@@ -79,17 +55,6 @@ class _Udp:
                 if client.sent_at and now - client.sent_at > limit:
                     self.error(ErrorKind.LOST)
                     client.send()
-
-    def result(self, elapsed: float) -> LoadResult:
-        return LoadResult(
-            requests=self.requests,
-            elapsed=elapsed,
-            histogram=self.histogram,
-            workers=dict(self.workers),
-            errors=dict(self.errors),
-            modes_seen=tuple(sorted(self.modes)),
-            connections=len(self.clients),
-        )
 
 
 class _Client(asyncio.DatagramProtocol):
@@ -158,4 +123,4 @@ async def run_udp_load(spec: LoadSpec) -> LoadResult:
         for transport in transports:
             transport.abort()
         await asyncio.gather(sweeper, return_exceptions=True)
-    return gen.result(elapsed)
+    return gen.result(elapsed, len(gen.clients))
