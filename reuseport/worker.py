@@ -95,6 +95,7 @@ from .errors import BootError, ConfigError, ExitCode, ReuseportError
 from .loadboard import LoadBoard
 from .rescue import Rescuer
 from .scoreboard import Scoreboard, SlotState
+from .signals import STOP_SIGNALS
 from .sockets import adopt, bind_reuseport, datagram_queue, listen_queue_depth
 
 __all__ = [
@@ -118,7 +119,6 @@ _DRAIN_QUIET = 1.0  # the queue must stay empty this long: handshakes in flight 
 # well over 100 ms; a connection that lands after we close would be reset)
 _RECYCLE_POLL = 0.05
 _COST_REQUESTS = 8  # fewest requests a cost figure is measured over
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -421,14 +421,14 @@ class _Worker:
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
         self.stop = asyncio.Event()
-        for sig in _STOP_SIGNALS:
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGUSR1, logs.reopen)  # relayed by the master
         # Blocked since the fork (the master's doing): one that came meanwhile
         # stops us before the boot begins (it also reaches the loop now).
-        if set(signal.sigpending()) & set(_STOP_SIGNALS):
+        if signal.sigpending() & STOP_SIGNALS:
             self.stop.set()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         self.spec.channel.setblocking(False)
         loop.add_reader(self.spec.channel.fileno(), self._on_channel)
         self.beat()
