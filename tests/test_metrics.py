@@ -346,7 +346,10 @@ def test_totals_equal_what_a_load_client_was_answered_across_recycling(mode: str
             pass
         assert report["failed"] == 0, report["outcomes"]
         assert report["ok"] > 600, report  # several recycles of each worker's 150
-        # Exact once every live worker's row has caught up (one heartbeat).
+        # Exact once every live worker's row has caught up (one heartbeat)
+        # and the last recycle has finished: a recycle is counted when it
+        # starts and its exit when the old worker is reaped, so the two
+        # differ while one is still draining.
         seen: dict[str, float] = {}
 
         def exact() -> bool:
@@ -354,7 +357,13 @@ def test_totals_equal_what_a_load_client_was_answered_across_recycling(mode: str
             seen["requests"] = samples["reuseport_requests_total"][()]
             seen["connections"] = samples["reuseport_connections_total"][()]
             seen["recycles"] = samples["reuseport_recycles_total"][()]
-            return seen["requests"] == report["ok"] and seen["connections"] == report["ok"]
+            exits = samples["reuseport_worker_exits_total"]
+            seen["recycle exits"] = exits.get((("cause", "recycle"),), 0.0)
+            return (
+                seen["requests"] == report["ok"]
+                and seen["connections"] == report["ok"]
+                and seen["recycle exits"] == seen["recycles"]
+            )
 
         wait_until(exact, timeout=10, message=lambda: f"{seen} vs {report['ok']} answered")
         assert seen["recycles"] >= 2
