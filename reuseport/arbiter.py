@@ -55,7 +55,7 @@ from . import worker as worker_mod
 from .config import Config, Mode, ProcessManager
 from .connections import StopReason
 from .errors import ExitCode, errno_name
-from .lifecycle import ExitCause, SpawnCause, WorkerHandle, WorkerState
+from .lifecycle import BootFailures, ExitCause, SpawnCause, WorkerHandle, WorkerState
 from .listeners import Listeners
 from .metrics import Lifetime, Readiness
 from .operations import Operations
@@ -92,16 +92,6 @@ _STOP_GRACE = 5.0  # on top of --graceful-timeout before a stopping worker is ki
 # long (to cancel its boot, see worker.py) before it is killed, not the
 # whole --graceful-timeout.
 _BOOT_STOP_GRACE = 3.0
-
-
-def _failure_key(code: int, message: str) -> tuple[int, str]:
-    """What makes two boot failures "the same": the exit code and the message's last line.
-
-    The last line of a traceback is the exception; earlier lines may differ
-    by worker (a pid, a slot) without the cause differing.
-    """
-    lines = [line for line in message.splitlines() if line.strip()]
-    return code, lines[-1].strip() if lines else ""
 
 
 def _describe_status(status: int) -> str:
@@ -150,10 +140,8 @@ class Arbiter:
         self.stopping = False
         self.stop_deadline = 0.0
         self.exit_code: int = ExitCode.OK
-        # Halting for a boot error: (exit code, last line) of the one shown,
-        # and how many other workers failed the same way (counted, not shown).
-        self.boot_failure: tuple[int, str] | None = None
-        self.same_boot_failures = 0
+        # Halting for a boot error: the one shown, and the others counted.
+        self.boot_failures = BootFailures()
         self.announced_ready = False
         self.announced_listening = False
         self.scoreboard: Scoreboard | None = None
@@ -222,7 +210,9 @@ class Arbiter:
                 )
                 self.announced_ready = True
             self._loop()
-            self._report_boot_failures()
+            summary = self.boot_failures.summary()
+            if summary is not None:
+                log.error("%s", summary)
         finally:
             self._stop_watcher()
             self._terminate_all(signal.SIGKILL)
@@ -420,16 +410,13 @@ class Arbiter:
     def _on_watcher(self) -> bool:
         """The watcher wrote: reload for each batch of changes; False once it is gone."""
         assert self.watcher is not None
-        lines, eof = self.watcher.read()
-        changed = [
-            line.removeprefix(reloader.CHANGED) for line in lines if line != reloader.WATCHING
-        ]
-        if reloader.WATCHING in lines:
+        began, changed, gone = self.watcher.changes()
+        if began:
             log.info("--reload: watching %s", ", ".join(reloader.watch_dirs(self.config)))
         if changed and not self.stopping:
             log.info("--reload: %s changed; reloading", "; ".join(changed))
             self.handle_sighup()
-        return not eof
+        return not gone
 
     def _stop_watcher(self) -> None:
         watcher = self.watcher
@@ -983,36 +970,23 @@ class Arbiter:
                     "Shutting down: a worker that cannot boot would only be respawned in a loop"
                 )
                 self.exit_code = exit_code
-                self.boot_failure = _failure_key(exit_code, message)
+                self.boot_failures.halt(exit_code, message)
                 self._begin_stop("boot error")
                 return
             how = f"failed to boot: {message}"
         self._note_crash(handle, how)
 
     def _another_boot_failure(self, handle: WorkerHandle, code: int) -> bool:
-        """While halting for a boot error: count a worker that failed the same way.
+        """While halting for a boot error: count or show a worker that failed to boot too.
 
-        One report per failure, however many workers: the first is shown,
-        the same failure again is only counted (``_report_boot_failures``);
-        a different one is shown too.  False if ``handle`` is no such worker.
+        False if ``handle`` is no such worker (see ``lifecycle.BootFailures``).
         """
-        if self.boot_failure is None or not handle.failed_to_boot(code):
+        if not self.boot_failures.halting or not handle.failed_to_boot(code):
             return False
         exit_code, message = handle.boot_error or (code, f"exited with code {code}")
-        if _failure_key(exit_code, message) == self.boot_failure:
-            self.same_boot_failures += 1
-        else:
+        if not self.boot_failures.seen(exit_code, message):
             log.error("Worker %d failed to boot too, differently: %s", handle.slot, message)
         return True
-
-    def _report_boot_failures(self) -> None:
-        count = self.same_boot_failures
-        if count:
-            log.error(
-                "%d more worker%s failed the same way (not shown again)",
-                count,
-                "" if count == 1 else "s",
-            )
 
     def _replacement_failed(self, handle: WorkerHandle, how: str) -> None:
         """A reload/recycle worker died before it was ready: keep the one it was to replace."""

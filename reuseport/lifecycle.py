@@ -27,6 +27,9 @@ recorded when it asked the worker to go (``exit_cause``), or, if it did not
 ask, from whether the worker ever became ready (``BOOT`` before, ``CRASH``
 after).  Why it was started is a ``SpawnCause``.  Both feed the master's
 event counters (``status.py``).
+
+``BootFailures`` keeps the master's report of workers that cannot boot to
+one line per distinct failure, however many workers hit it.
 """
 
 from __future__ import annotations
@@ -208,3 +211,47 @@ class WorkerHandle:
         if self.exit_cause is not None:
             return self.exit_cause
         return ExitCause.CRASH if self.ready_since is not None else ExitCause.BOOT
+
+
+def failure_key(code: int, message: str) -> tuple[int, str]:
+    """What makes two boot failures "the same": the exit code and the message's last line.
+
+    The last line of a traceback is the exception; earlier lines may differ
+    by worker (a pid, a slot) without the cause differing.
+    """
+    lines = [line for line in message.splitlines() if line.strip()]
+    return code, lines[-1].strip() if lines else ""
+
+
+class BootFailures:
+    """While the master halts for a boot error: one report per failure, however many workers.
+
+    The first failure is shown (``halt``); the same failure again, from
+    another worker, is only counted (``same``) and summed up once at the end
+    (``summary``); a different one is shown too (``seen`` returns False).
+    """
+
+    def __init__(self) -> None:
+        self.first: tuple[int, str] | None = None
+        self.same = 0
+
+    @property
+    def halting(self) -> bool:
+        return self.first is not None
+
+    def halt(self, code: int, message: str) -> None:
+        self.first = failure_key(code, message)
+
+    def seen(self, code: int, message: str) -> bool:
+        """Another worker failed to boot: True (and counted) if the same way as the first."""
+        if failure_key(code, message) == self.first:
+            self.same += 1
+            return True
+        return False
+
+    def summary(self) -> str | None:
+        """The line for the failures counted and not shown, or None if there were none."""
+        if not self.same:
+            return None
+        workers = "worker" if self.same == 1 else "workers"
+        return f"{self.same} more {workers} failed the same way (not shown again)"

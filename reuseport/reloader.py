@@ -207,6 +207,16 @@ class Watcher:
         self.alive = True  # False once the arbiter has reaped it
         self._partial = b""
 
+    def changes(self) -> tuple[bool, list[str], bool]:
+        """What the watcher wrote since the last call, never blocking.
+
+        (whether it has just begun watching, the batches of changed paths
+        (one string each), whether it is gone: the pipe reached EOF).
+        """
+        lines, eof = self.read()
+        changed = [line.removeprefix(CHANGED) for line in lines if line != WATCHING]
+        return WATCHING in lines, changed, eof
+
     def read(self) -> tuple[list[str], bool]:
         """(complete lines waiting, whether the pipe reached EOF).  Never blocks."""
         lines: list[str] = []

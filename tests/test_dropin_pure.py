@@ -404,6 +404,21 @@ def test_watcher_reads_whole_lines_only() -> None:
         watcher.close()
 
 
+def test_watcher_changes_are_the_batches_after_the_first_watching_line() -> None:
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    watcher = reloader.Watcher(0, read_fd)
+    try:
+        assert watcher.changes() == (False, [], False)  # nothing written yet
+        line = f"{reloader.WATCHING}\n{reloader.CHANGED}app.py\n{reloader.CHANGED}a.py, b.py\n"
+        os.write(write_fd, line.encode())
+        assert watcher.changes() == (True, ["app.py", "a.py, b.py"], False)
+        os.close(write_fd)
+        assert watcher.changes() == (False, [], True)  # the watcher is gone
+    finally:
+        watcher.close()
+
+
 # ------------------------------------------------------------------ TLS contexts
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:

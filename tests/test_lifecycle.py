@@ -22,11 +22,13 @@ from reuseport.lifecycle import (
     LIVE,
     SERVING,
     TRANSITIONS,
+    BootFailures,
     ExitCause,
     IllegalTransition,
     SpawnCause,
     WorkerHandle,
     WorkerState,
+    failure_key,
 )
 
 S = WorkerState
@@ -196,3 +198,29 @@ def test_busy_means_seen_busy_within_the_window(channel: socket.socket) -> None:
     handle.saw(requests=5, in_flight=0, now=201.0)
     assert handle.last_busy == 200.0
     assert handle.last_requests == 5
+
+
+def test_boot_failures_are_the_same_when_their_last_lines_are() -> None:
+    one = "Traceback (most recent call last):\n  worker 1, pid 10\nRuntimeError: db down\n"
+    two = "Traceback (most recent call last):\n  worker 2, pid 11\nRuntimeError: db down"
+    assert failure_key(5, one) == failure_key(5, two) == (5, "RuntimeError: db down")
+    assert failure_key(4, one) != failure_key(5, two)
+    assert failure_key(5, "RuntimeError: db gone") != failure_key(5, two)
+
+
+def test_boot_failures_show_the_first_count_the_same_and_let_others_show() -> None:
+    failures = BootFailures()
+    assert not failures.halting
+    assert failures.summary() is None
+    failures.halt(5, "Traceback ...\n  worker 1\nRuntimeError: db down\n")
+    assert failures.halting
+    assert failures.seen(5, "Traceback ...\n  worker 2\nRuntimeError: db down")
+    assert failures.seen(5, "RuntimeError: db down")
+    assert not failures.seen(5, "RuntimeError: disk full")  # shown: a different cause
+    assert not failures.seen(4, "RuntimeError: db down")  # another exit code
+    assert failures.same == 2
+    assert failures.summary() == "2 more workers failed the same way (not shown again)"
+    one = BootFailures()
+    one.halt(5, "x")
+    assert one.seen(5, "x")
+    assert one.summary() == "1 more worker failed the same way (not shown again)"

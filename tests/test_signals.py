@@ -17,7 +17,6 @@ import pytest
 
 from reuseport import signals
 from reuseport import worker as worker_mod
-from reuseport.arbiter import _failure_key
 from reuseport.config import Config, Mode
 from reuseport.scoreboard import Scoreboard
 from reuseport.signals import SignalQueue
@@ -115,14 +114,6 @@ def test_main_puts_the_handlers_back_when_serve_fails(capsys: pytest.CaptureFixt
     assert signal.getsignal(signal.SIGTERM) is before
     assert signals.take_early() is None
     assert "invalid --workers 0" in capsys.readouterr().err
-
-
-def test_boot_failures_are_the_same_when_their_last_lines_are() -> None:
-    one = "Traceback (most recent call last):\n  worker 1, pid 10\nRuntimeError: db down\n"
-    two = "Traceback (most recent call last):\n  worker 2, pid 11\nRuntimeError: db down"
-    assert _failure_key(5, one) == _failure_key(5, two) == (5, "RuntimeError: db down")
-    assert _failure_key(4, one) != _failure_key(5, two)
-    assert _failure_key(5, "RuntimeError: db gone") != _failure_key(5, two)
 
 
 def _worker(channel: socket.socket) -> worker_mod._Worker:
