@@ -175,14 +175,15 @@ def _parse_v2(data: bytes) -> ProxyHeader | None:
     length = _V2_FIXED + size
     if len(data) < length:
         return None
-    if command is Command.LOCAL:
-        # The block is the sender's business: it is skipped, whatever it holds.
+    if command is Command.LOCAL or family == _AF_UNSPEC:
+        # No addresses to read (the spec says to ignore what an UNSPEC block
+        # holds): the block is skipped, whatever it holds.
         return ProxyHeader(version=2, command=command, length=length)
     needed = _ADDRESS_BYTES[family]
     if size < needed:
         raise ProxyHeaderError(f"v2 address block of {size} bytes; the family needs {needed}")
     _check_tlvs(data, _V2_FIXED + needed, length)
-    if family in (_AF_UNSPEC, _AF_UNIX):
+    if family == _AF_UNIX:
         return ProxyHeader(version=2, command=command, length=length)
     if transport != _STREAM:
         raise ProxyHeaderError("v2 header for a datagram or unspecified transport on a stream")
