@@ -344,6 +344,13 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="comma list of proxies whose X-Forwarded-* headers are trusted",
     )
     g.add_argument(
+        "--proxy-protocol",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help="every connection starts with a HAProxy PROXY header (v1 or v2) from a peer in "
+        "--forwarded-allow-ips, naming the real client (default off; not with TLS)",
+    )
+    g.add_argument(
         "--server-header",
         action=argparse.BooleanOptionalAction,
         default=S,

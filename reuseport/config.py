@@ -463,6 +463,7 @@ class Config:
     header_read_timeout: float = 10 * SECONDS
     body_read_timeout: float = 30 * SECONDS  # 0 = off
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
+    proxy_protocol: bool = False  # connections start with a PROXY header (v1/v2)
     server_header: bool = True
     date_header: bool = True
     limit_request_line: int = 8190
@@ -506,6 +507,7 @@ class Config:
             value = getattr(self, name)
             set_(self, name, (value,) if isinstance(value, str) else tuple(map(str, value)))
         self._validate_tls()
+        self._validate_proxy_protocol()
         if self.access_logfile is not None:
             set_(self, "access_log", True)  # giving the file turns it on, as with gunicorn
         if self.access_log_format is not None and not self.access_log_format.strip():
@@ -627,6 +629,24 @@ class Config:
             raise ConfigError(
                 "--ssl-cert-reqs asks for client certificates: give --ssl-ca-certs "
                 "(the CA file they are checked against)"
+            )
+
+    def _validate_proxy_protocol(self) -> None:
+        """What ``--proxy-protocol`` cannot be combined with (apps detected later: ``apps``)."""
+        if not self.proxy_protocol:
+            return
+        if self.tls:
+            raise ConfigError(
+                "--proxy-protocol cannot be combined with --ssl-certfile: the balancer's PROXY "
+                "header comes before the TLS handshake, and TLS is started on the socket "
+                "before reuseport reads a byte. Terminate TLS at the balancer (it then sends "
+                "the header and plain HTTP), or pass TLS through without --proxy-protocol"
+            )
+        if self.interface in (Interface.STREAM, Interface.PROTOCOL, Interface.SOCKET):
+            raise ConfigError(
+                f"--proxy-protocol cannot apply to an --interface {self.interface.value} app: "
+                "it reads its connections itself, so the PROXY header would reach it as data; "
+                "serve an ASGI or WSGI app, or leave --proxy-protocol out"
             )
 
     @property

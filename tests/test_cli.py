@@ -85,6 +85,8 @@ FLAG_CASES: list[tuple[tuple[str, ...], str, object]] = [
         "forwarded_allow_ips",
         ("10.0.0.1", "10.0.0.2"),
     ),
+    (("--proxy-protocol",), "proxy_protocol", True),
+    (("--no-proxy-protocol",), "proxy_protocol", False),
     (("--no-server-header",), "server_header", False),
     (("--server-header",), "server_header", True),
     (("--no-date-header",), "date_header", False),

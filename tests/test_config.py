@@ -270,3 +270,25 @@ def test_dynamic_pool_validation(kwargs: dict[str, object], message: str) -> Non
     values: dict[str, object] = {"pm": ProcessManager.DYNAMIC, "max_workers": 8, **kwargs}
     with pytest.raises(ConfigError, match=message):
         Config(**values)  # type: ignore[arg-type]
+
+
+def test_proxy_protocol_is_off_by_default_and_fits_asgi_wsgi_and_auto() -> None:
+    assert Config().proxy_protocol is False
+    for interface in ("auto", "asgi", "wsgi"):
+        assert Config(proxy_protocol=True, interface=interface).proxy_protocol  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ssl_certfile": "c.pem"}, r"cannot be combined with --ssl-certfile.*Terminate TLS"),
+        ({"interface": "stream"}, r"cannot apply to an --interface stream app"),
+        ({"interface": "protocol"}, r"cannot apply to an --interface protocol app"),
+        ({"interface": "socket"}, r"cannot apply to an --interface socket app"),
+    ],
+)
+def test_proxy_protocol_refusals(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        Config(proxy_protocol=True, **kwargs)  # type: ignore[arg-type]
+    assert caught.value.exit_code == ExitCode.USAGE
+    Config(**kwargs)  # type: ignore[arg-type]  # fine without the flag

@@ -14,7 +14,10 @@ worker's sockets.  Stream sockets (TCP, unix, fd) are APP's (the demo when
 there is no APP); UDP sockets are ``--datagram-app``'s when it is given, else
 APP's.  When the two kinds meet and two apps serve them, a ``MixedApp`` holds
 both.  An app that cannot serve the sockets it got (a datagram app on a TCP
-bind, an ASGI app on UDP) is a ``BootError`` naming the fix.
+bind, an ASGI app on UDP) is a ``BootError`` naming the fix; so is
+``--proxy-protocol`` for a stream app that reads its connections itself
+(stream handlers, Protocol factories, socket apps: the PROXY header would
+reach them as data).
 
 Datagram apps are detected where that is unambiguous: an
 ``asyncio.DatagramProtocol`` subclass (not also an ``asyncio.Protocol``), a
@@ -294,7 +297,7 @@ def host(config: Config, ctx: WorkerContext, *, streams: bool, datagrams: bool) 
         if not streams:
             return dgram
         main = _app(main_spec, config, ctx, udp_only=False, main=True)
-        _check_streams(main_spec, main)
+        _check_streams(main_spec, main, config)
         return Hosting(
             app=_mixed(main.app, dgram.app, ctx),
             interface=f"{main.interface}+{dgram.interface}",
@@ -302,7 +305,7 @@ def host(config: Config, ctx: WorkerContext, *, streams: bool, datagrams: bool) 
         )
     main = _app(main_spec, config, ctx, udp_only=datagrams and not streams, main=True)
     if streams:
-        _check_streams(main_spec, main)
+        _check_streams(main_spec, main, config)
     if datagrams:
         if streams and not main.app.datagrams:
             raise BootError(
@@ -314,7 +317,13 @@ def host(config: Config, ctx: WorkerContext, *, streams: bool, datagrams: bool) 
     return main
 
 
-def _check_streams(spec: str, hosted: Hosting) -> None:
+def _check_streams(spec: str, hosted: Hosting, config: Config) -> None:
+    if config.proxy_protocol and not hosted.app.proxy_protocol:
+        raise BootError(
+            f"--proxy-protocol cannot apply to {spec}, a {hosted.interface} app "
+            f"({hosted.reason}): it reads its connections itself, so the PROXY header would "
+            "reach it as data. Serve an ASGI or WSGI app, or leave --proxy-protocol out"
+        )
     if not hosted.app.streams:
         raise BootError(
             f"{spec} was taken for a {hosted.interface} app ({hosted.reason}), which serves "

@@ -16,8 +16,11 @@ worker drives every adapter through the same three steps:
 
 What an adapter can serve: ``streams`` (listening TCP, unix and fd sockets)
 and ``datagrams`` (UDP sockets), class attributes the worker checks before
-serving (``apps.host``).  Most adapters serve streams only; the datagram
-adapter serves UDP only; the demo and the socket adapter serve both.
+serving (``apps.host``), and ``proxy_protocol``: whether its stream
+connections can start with a PROXY header (``--proxy-protocol``: the HTTP
+adapters and the demo, through ``proxystage.ProxyFront``).  Most adapters
+serve streams only; the datagram adapter serves UDP only; the demo and the
+socket adapter serve both.
 
 ``--max-requests``: the worker turns keep-alive off (``set_keep_alive``:
 every connection closes after its next response) and pauses accepting
@@ -84,6 +87,7 @@ class HostedApp(abc.ABC):
 
     streams: ClassVar[bool] = True  # serves listening stream sockets
     datagrams: ClassVar[bool] = False  # serves UDP sockets
+    proxy_protocol: ClassVar[bool] = False  # reads a PROXY header first (--proxy-protocol)
 
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx

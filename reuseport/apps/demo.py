@@ -29,7 +29,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from email.utils import formatdate
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
 import httptools
@@ -39,6 +39,9 @@ from ..config import Interface
 from ..connections import Connections, ManagedConnection, StopReason
 from .base import HostedApp, WorkerContext
 from .datagram import DatagramEndpoints, Endpoint
+
+if TYPE_CHECKING:
+    from ..proxystage import ProxyFront
 
 __all__ = ["DemoApp", "app"]
 
@@ -53,11 +56,13 @@ def _query(url: bytes) -> dict[str, list[str]]:
 
 class DemoApp(HostedApp):
     datagrams = True  # the worker-naming echo on udp:// binds
+    proxy_protocol = True  # it names no client, but takes the header (see protocol_factory)
 
     def __init__(self, ctx: WorkerContext) -> None:
         super().__init__(ctx)
         self.connections = Connections()
         self.endpoints = DatagramEndpoints()
+        self._front: ProxyFront | None = None
         body = json.dumps(
             {"pid": ctx.pid, "slot": ctx.slot, "mode": ctx.mode.value}, separators=(",", ":")
         ).encode()
@@ -122,7 +127,22 @@ class DemoApp(HostedApp):
         time.sleep(ms / 1000.0)  # a blocking call, as an app might make by mistake
 
     def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
-        return lambda: DemoProtocol(self)
+        if not self.ctx.config.proxy_protocol:
+            return lambda: DemoProtocol(self)
+        if self._front is None:
+            # Imported here: without --proxy-protocol the demo never loads it.
+            from ..http.proxy import TrustedProxies
+            from ..proxystage import ProxyFront
+
+            config = self.ctx.config
+            self._front = ProxyFront(
+                lambda: DemoProtocol(self),
+                trust=TrustedProxies(config.forwarded_allow_ips),
+                connections=self.connections,
+                stats=self.ctx.stats,
+                timeout=config.header_read_timeout,
+            )
+        return self._front
 
     def serving_ssl(self) -> ssl.SSLContext | None:
         return tls.offer_http11(self.ctx.tls) if self.ctx.tls is not None else None
@@ -212,6 +232,9 @@ class DemoProtocol(asyncio.Protocol, ManagedConnection):
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
+
+    def proxied(self, client: tuple[str, int], server: tuple[str, int]) -> None:
+        pass  # the demo's answer names the worker, not the client
 
     # httptools callbacks
     def on_message_begin(self) -> None:

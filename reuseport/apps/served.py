@@ -5,7 +5,9 @@ with) is made lazily by ``make_server`` and kept in ``http``; ``serve``
 starts its tick before the sockets are served; TLS offers ALPN
 ``http/1.1``; ``set_keep_alive`` (``--max-requests``) goes to its
 connections.  Each adapter keeps its own startup and shutdown (lifespan,
-the WSGI thread pool).
+the WSGI thread pool).  With ``--proxy-protocol`` the factory is a
+``proxystage.ProxyFront`` in front of the server (so rescued connections
+read their PROXY header too); without it, the server itself.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Generic, TypeVar
 
 from .. import tls
 from ..http import HttpServer
+from ..proxystage import ProxyFront
 from .base import HostedApp
 
 __all__ = ["HttpHostedApp"]
@@ -29,7 +32,9 @@ S = TypeVar("S", bound=HttpServer)
 class HttpHostedApp(HostedApp, Generic[S]):
     """A hosted app served by an ``HttpServer`` (``S``: its kind)."""
 
+    proxy_protocol = True
     http: S | None = None
+    _front: ProxyFront | None = None
 
     @abc.abstractmethod
     def make_server(self) -> S:
@@ -41,7 +46,18 @@ class HttpHostedApp(HostedApp, Generic[S]):
         return self.http
 
     def protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]:
-        return self.http_server()
+        server = self.http_server()
+        if not self.ctx.config.proxy_protocol:
+            return server
+        if self._front is None:
+            self._front = ProxyFront(
+                server,
+                trust=server.trust,
+                connections=server.connections,
+                stats=server.stats,
+                timeout=server.header_timeout,
+            )
+        return self._front
 
     def set_keep_alive(self, allowed: bool) -> None:
         if self.http is not None:

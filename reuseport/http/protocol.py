@@ -325,6 +325,20 @@ class HttpProtocol(asyncio.Protocol, ManagedConnection):
         if server.header_timeout > 0:
             self.deadline = self.loop.time() + server.header_timeout
 
+    def proxied(self, client: tuple[str, int], server: tuple[str, int]) -> None:
+        """``--proxy-protocol``: the connection is on behalf of ``client`` (``proxystage.py``).
+
+        Called once, right after ``connection_made`` and before any data:
+        the header's addresses replace the peer's everywhere (scope, environ,
+        access log), and X-Forwarded-* trust is decided for ``client``, not
+        for the balancer that sent the header (see ``proxy.py``).
+        """
+        self.client = client
+        self.sockname = server
+        shared = self.server
+        hosts = shared.trusted_hosts
+        self.trusted = client[0] in (shared.trust if hosts is None else hosts)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         server = self.server

@@ -6,6 +6,14 @@ CIDR notation, or ``*``); from anyone else they are ignored, as any client
 can send them.  Trust is decided once per connection (the peer does not
 change), the headers once per request.  Nothing here does I/O; a CIDR entry
 that does not parse is logged and ignored.
+
+After a PROXY header (``--proxy-protocol``, ``proxystage.py``) the peer is
+the client the header names, and trust is decided for *that* address: an L4
+balancer adds no X-Forwarded-* headers, so any it passes on came from the
+client, and count only if the client itself is a trusted proxy (an HTTP
+proxy in front of the balancer, listed in ``--forwarded-allow-ips``).  The
+balancer's own trust only lets it send the header.  A v2 ``LOCAL`` or a v1
+``UNKNOWN`` header keeps the real peer, and its trust.
 """
 
 from __future__ import annotations

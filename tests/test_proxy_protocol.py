@@ -1,0 +1,424 @@
+"""``--proxy-protocol`` in-process: real sockets on loopback, the server in the test's loop.
+
+The header parser itself is ``test_proxyproto.py``; ``reuseport serve`` with the
+flag (both modes, WSGI, the CLI and its refusals) is ``test_proxy_protocol_serve.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import tempfile
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from apps_websocket import WsProbe
+from asgi_apps import WAIT, Probe, Running, exchange, parse_responses, run, serving, wait_for
+from test_proxyproto import ipv6_block, tlv, v2
+
+from reuseport.apps.asgi import AsgiApp
+from reuseport.apps.base import WorkerContext
+from reuseport.config import Config, Mode
+from reuseport.proxystage import ProxyStage
+
+V1 = b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n"
+V2_IPV6 = v2(family=2, block=ipv6_block("2001:db8::7", "2001:db8::1", 40000, 8443) + tlv(5, b"id"))
+
+
+def get(path: str, *, close: bool = False, extra: bytes = b"") -> bytes:
+    connection = b"Connection: close\r\n" if close else b""
+    return b"GET %s HTTP/1.1\r\nHost: t\r\n%s%s\r\n" % (path.encode(), connection, extra)
+
+
+def scopes(raw: bytes) -> list[dict[str, Any]]:
+    responses = parse_responses(raw)
+    assert all(r.status == 200 for r in responses), responses
+    return [json.loads(r.body) for r in responses]
+
+
+async def send_in_pieces(port: int, *pieces: bytes) -> bytes:
+    """Write each piece on its own (drained), then read until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+        return bytes(await wait_for(reader.read()))
+    finally:
+        writer.close()
+
+
+async def refused(port: int | str, data: bytes) -> bool:
+    """Send ``data``; True if the server closed (or reset) without a byte of answer."""
+    if isinstance(port, int):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    else:
+        reader, writer = await asyncio.open_unix_connection(port)
+    try:
+        with contextlib.suppress(ConnectionError):
+            writer.write(data)
+            await writer.drain()
+        try:
+            return bytes(await wait_for(reader.read())) == b""
+        except ConnectionError:  # closed with our bytes unread: the kernel sent RST
+            return True
+    finally:
+        writer.close()
+
+
+# --- the header names the client ------------------------------------------------------
+
+
+def test_v1_then_keep_alive_requests_see_the_proxied_client() -> None:
+    async def main() -> None:
+        async with serving(Probe(), proxy_protocol=True) as srv:
+            raw = await exchange(srv.port, V1 + get("/scope") + get("/scope", close=True))
+            first, second = scopes(raw)
+            for scope in (first, second):
+                assert scope["client"] == ["192.0.2.1", 56324]
+                assert scope["server"] == ["198.51.100.2", 443]
+
+    run(main())
+
+
+def test_v2_ipv6_with_tlvs() -> None:
+    async def main() -> None:
+        async with serving(Probe(), proxy_protocol=True) as srv:
+            (scope,) = scopes(await exchange(srv.port, V2_IPV6 + get("/scope", close=True)))
+            assert scope["client"] == ["2001:db8::7", 40000]
+            assert scope["server"] == ["2001:db8::1", 8443]
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "header",
+    [v2(command=0, family=0, transport=0, block=b""), b"PROXY UNKNOWN\r\n"],
+    ids=["v2-local", "v1-unknown"],
+)
+def test_local_and_unknown_keep_the_real_peer(header: bytes) -> None:
+    async def main() -> None:
+        async with serving(Probe(), proxy_protocol=True) as srv:
+            (scope,) = scopes(await exchange(srv.port, header + get("/scope", close=True)))
+            assert scope["client"][0] == "127.0.0.1"
+            assert scope["client"][1] > 0
+            assert scope["server"] == ["127.0.0.1", srv.port]
+
+    run(main())
+
+
+@pytest.mark.parametrize("header", [V1, V2_IPV6], ids=["v1", "v2"])
+def test_header_arriving_in_pieces_and_the_request_in_the_same_read_as_its_end(
+    header: bytes,
+) -> None:
+    async def main() -> None:
+        async with serving(Probe(), proxy_protocol=True) as srv:
+            pieces = [header[i : i + 1] for i in range(len(header) - 1)]
+            raw = await send_in_pieces(srv.port, *pieces, header[-1:] + get("/scope", close=True))
+            (scope,) = scopes(raw)
+            assert scope["client"][0] in ("192.0.2.1", "2001:db8::7")
+
+    run(main())
+
+
+def test_without_the_flag_a_header_is_just_a_bad_request() -> None:
+    async def main() -> None:
+        async with serving(Probe()) as srv:
+            (response,) = parse_responses(await exchange(srv.port, V1 + get("/", close=True)))
+            assert response.status == 400
+
+    run(main())
+
+
+# --- who may send it, and what is closed ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        get("/scope", close=True),  # no header at all
+        b"PROXY TCP4 192.0.2.1 198.51.100.2 56324\r\n" + get("/", close=True),  # malformed
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n" + get("/", close=True),  # bare LF
+        b"PROXY UNKNOWN " + b"x" * 200,  # no CRLF within 107 bytes
+        v2(version=1) + get("/", close=True),
+    ],
+    ids=["no-header", "malformed", "bare-lf", "too-long", "v2-bad-version"],
+)
+def test_a_connection_without_a_valid_header_is_closed_without_an_answer(
+    data: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> Running:
+        async with serving(Probe(), proxy_protocol=True) as srv:
+            assert await refused(srv.port, data)
+            # The server still serves a well-behaved balancer afterwards.
+            (scope,) = scopes(await exchange(srv.port, V1 + get("/scope", close=True)))
+            assert scope["client"] == ["192.0.2.1", 56324]
+            return srv
+
+    with caplog.at_level(logging.DEBUG, logger="reuseport.http"):
+        srv = run(main())
+    closing = [r for r in caplog.records if "closing a connection from" in r.getMessage()]
+    assert len(closing) == 1
+    assert closing[0].levelno == logging.DEBUG  # a scanner must not flood the log
+    stats = srv.ctx.stats
+    assert stats.accepted == 2  # the refused one counts as a connection that came and went
+    assert stats.connections == 0
+    assert stats.requests == 1
+
+
+def test_an_untrusted_peer_is_closed_even_with_a_valid_header(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        async with serving(Probe(), proxy_protocol=True, forwarded_allow_ips="192.0.2.9") as srv:
+            assert await refused(srv.port, V1 + get("/scope", close=True))
+
+    with caplog.at_level(logging.DEBUG, logger="reuseport.http"):
+        run(main())
+    assert "not trusted to send a PROXY header" in caplog.text
+
+
+def test_a_header_not_complete_in_the_header_timeout_ends_the_connection() -> None:
+    async def main() -> None:
+        async with serving(Probe(), proxy_protocol=True, header_read_timeout=0.2) as srv:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            try:
+                writer.write(V1[:10])
+                await writer.drain()
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                assert await wait_for(reader.read()) == b""
+                assert loop.time() - started >= 0.1
+            finally:
+                writer.close()
+            stats = srv.ctx.stats
+            assert stats.connections == 0
+
+    run(main())
+
+
+def test_a_peer_that_hangs_up_mid_header_is_counted_and_forgotten() -> None:
+    async def main() -> None:
+        async with serving(Probe(), proxy_protocol=True) as srv:
+            http = srv.hosted.http
+            assert http is not None
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT) as sock:
+                sock.sendall(V1[:20])
+
+                async def waiting() -> None:
+                    while not any(isinstance(c, ProxyStage) for c in http.connections):  # noqa: ASYNC110
+                        await asyncio.sleep(0.005)
+
+                await wait_for(waiting())
+
+            async def gone() -> None:
+                while len(http.connections) or srv.ctx.stats.connections:  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
+
+            await wait_for(gone())
+            assert srv.ctx.stats.accepted == 1
+
+    run(main())
+
+
+# --- X-Forwarded-* after a PROXY header ---------------------------------------------
+
+FORGED = b"X-Forwarded-For: 10.9.9.9\r\nX-Forwarded-Proto: https\r\n"
+
+
+def test_forwarded_headers_from_an_untrusted_proxied_client_are_ignored() -> None:
+    # The balancer (127.0.0.1) is trusted; the client it names is not, so
+    # what that client wrote in X-Forwarded-* is its own claim.
+    async def main() -> None:
+        async with serving(Probe(), proxy_protocol=True) as srv:
+            raw = await exchange(srv.port, V1 + get("/scope", close=True, extra=FORGED))
+            (scope,) = scopes(raw)
+            assert scope["client"] == ["192.0.2.1", 56324]
+            assert scope["scheme"] == "http"
+
+    run(main())
+
+
+def test_forwarded_headers_from_a_trusted_proxied_client_are_honoured() -> None:
+    # An HTTP proxy (192.0.2.0/24, trusted) in front of the L4 balancer.
+    async def main() -> None:
+        trust = "127.0.0.1,192.0.2.0/24"
+        async with serving(Probe(), proxy_protocol=True, forwarded_allow_ips=trust) as srv:
+            raw = await exchange(srv.port, V1 + get("/scope", close=True, extra=FORGED))
+            (scope,) = scopes(raw)
+            assert scope["client"] == ["10.9.9.9", 0]
+            assert scope["scheme"] == "https"
+
+    run(main())
+
+
+def test_after_local_the_balancer_itself_is_the_peer_and_trusted() -> None:
+    async def main() -> None:
+        async with serving(Probe(), proxy_protocol=True) as srv:
+            local = v2(command=0, family=1, block=b"")
+            (scope,) = scopes(
+                await exchange(srv.port, local + get("/scope", close=True, extra=FORGED))
+            )
+            assert scope["client"] == ["10.9.9.9", 0]
+            assert scope["scheme"] == "https"
+
+    run(main())
+
+
+# --- access log, WebSocket, rescue, Unix sockets ----------------------------------------
+
+
+def test_the_access_log_names_the_proxied_client(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with serving(Probe(), proxy_protocol=True, access_log=True) as srv:
+            await exchange(srv.port, V2_IPV6 + get("/path", close=True))
+
+    with caplog.at_level(logging.INFO, logger="reuseport.access"):
+        run(main())
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "reuseport.access"]
+    assert re.fullmatch(r'2001:db8::7:40000 - "GET /path HTTP/1\.1" 200 \d+', line), line
+
+
+HANDSHAKE = (
+    b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def test_a_websocket_upgrade_after_a_header() -> None:
+    probe = WsProbe()
+
+    async def main() -> None:
+        async with serving(probe, proxy_protocol=True, lifespan="off") as srv:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            try:
+                writer.write(V1 + HANDSHAKE)
+                head = await wait_for(reader.readuntil(b"\r\n\r\n"))
+                assert head.startswith(b"HTTP/1.1 101 ")
+            finally:
+                writer.close()
+            await wait_for(probe.event("disconnect").wait())
+        (scope,) = probe.scopes
+        assert scope["type"] == "websocket"
+        assert scope["client"] == ("192.0.2.1", 56324)
+        assert scope["server"] == ("198.51.100.2", 443)
+
+    run(main())
+
+
+def test_a_rescued_connection_reads_its_header_too() -> None:
+    async def main() -> None:
+        async with serving(Probe(), proxy_protocol=True) as srv:
+            # A "sibling's" listener: we accept by hand, as the rescuer does.
+            with socket.create_server(("127.0.0.1", 0)) as sibling:
+                port = sibling.getsockname()[1]
+                for data, expect_client in (
+                    (V1 + get("/scope", close=True), ["192.0.2.1", 56324]),
+                    (get("/scope", close=True), None),  # no header: closed
+                ):
+                    client = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+                    with client:
+                        conn, _ = sibling.accept()
+                        conn.setblocking(False)
+                        assert srv.hosted.serve_rescued(conn)
+                        client.sendall(data)
+                        raw = await asyncio.to_thread(_read_all, client)
+                    if expect_client is None:
+                        assert raw == b""  # (_read_all takes a reset for the end)
+                    else:
+                        (scope,) = scopes(raw)
+                        assert scope["client"] == expect_client
+            stats = srv.ctx.stats
+            assert stats.rescued == 2
+            assert stats.rescue_pending == 0
+
+    run(main())
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@contextlib.asynccontextmanager
+async def serving_unix(app: object, **config: Any) -> AsyncIterator[str]:
+    ctx = WorkerContext(
+        pid=os.getpid(), slot=0, generation=0, mode=Mode.SHARED, config=Config(**config)
+    )
+    hosted = AsgiApp(app, ctx)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "s")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            sock.listen(16)
+            sock.setblocking(False)
+            await hosted.serve([sock])
+            yield path
+        finally:
+            try:
+                await hosted.shutdown(2.0)
+            finally:
+                sock.close()
+
+
+@pytest.mark.parametrize(
+    ("trust", "served"), [("127.0.0.1", True), ("192.0.2.9", False)], ids=["local", "untrusted"]
+)
+def test_unix_socket_peers_are_trusted_as_loopback_is(trust: str, served: bool) -> None:
+    async def main() -> None:
+        async with serving_unix(
+            Probe(), proxy_protocol=True, forwarded_allow_ips=trust, lifespan="off"
+        ) as path:
+            data = V2_IPV6 + get("/scope", close=True)
+            if not served:
+                assert await refused(path, data)
+                return
+            reader, writer = await asyncio.open_unix_connection(path)
+            try:
+                writer.write(data)
+                raw = bytes(await wait_for(reader.read()))
+            finally:
+                writer.close()
+            (scope,) = scopes(raw)
+            assert scope["client"] == ["2001:db8::7", 40000]
+            assert scope["server"] == ["2001:db8::1", 8443]
+
+    run(main())
+
+
+def test_graceful_stop_waits_for_a_header_on_its_way() -> None:
+    async def main() -> None:
+        async with serving(Probe(), proxy_protocol=True) as srv:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            try:
+                writer.write(V1[:12])
+                await writer.drain()
+                http = srv.hosted.http
+                assert http is not None
+
+                async def waiting() -> None:
+                    while not len(http.connections):  # noqa: ASYNC110
+                        await asyncio.sleep(0.005)
+
+                await wait_for(waiting())
+                stopping = asyncio.ensure_future(srv.hosted.shutdown(WAIT))
+                await asyncio.sleep(0)
+                assert not stopping.done()
+                writer.write(V1[12:] + get("/scope"))
+                (scope,) = scopes(await wait_for(reader.read()))
+                assert scope["client"] == ["192.0.2.1", 56324]
+                await wait_for(stopping)
+            finally:
+                writer.close()
+
+    run(main())
