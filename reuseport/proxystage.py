@@ -16,8 +16,11 @@ connection must start with a header: one from an untrusted peer, one that
 does not start with a valid header, one whose header is not complete within
 the header-read timeout (a timer of its own, armed only while the header is
 awaited), or one that ends before it is complete is closed without a word
-(the sender is not speaking HTTP to us).  Each is a debug line, never a
-warning: a scanner must not flood the log.  The stage holds at most the
+(the sender is not speaking HTTP to us).  The first such refusal in a
+worker is a warning that says what to check (a balancer not sending the
+header, or not in the trust list, is otherwise invisible: every connection
+would just close); the later ones are debug lines, so a scanner cannot
+flood the log.  The stage holds at most the
 longest header ``parse`` accepts plus one read.
 
 Bookkeeping: the stage joins the adapter's ``Connections`` while it waits
@@ -60,7 +63,16 @@ class ProxiedProtocol(Protocol):
 class ProxyFront:
     """The protocol factory with ``--proxy-protocol`` on: one ``ProxyStage`` per connection."""
 
-    __slots__ = ("connections", "inner", "loop", "stats", "timeout", "trust", "trust_local")
+    __slots__ = (
+        "connections",
+        "inner",
+        "loop",
+        "stats",
+        "timeout",
+        "trust",
+        "trust_local",
+        "warned",
+    )
 
     def __init__(
         self,
@@ -78,9 +90,25 @@ class ProxyFront:
         self.stats = stats
         self.timeout = timeout  # seconds for the whole header; 0: no limit
         self.loop = asyncio.get_running_loop()
+        self.warned = False  # the first refusal was logged as a warning
 
     def __call__(self) -> ProxyStage:
         return ProxyStage(self)
+
+    def refused(self, peer: object, why: str) -> None:
+        """Log a connection closed for its PROXY header: a warning the first time only."""
+        if self.warned:
+            logger.debug("closing a connection from %s: %s", peer, why)
+            return
+        self.warned = True
+        logger.warning(
+            "closing a connection from %s: %s. With --proxy-protocol every connection "
+            "must start with a PROXY header from a peer in --forwarded-allow-ips: check "
+            "that the balancer sends one (HAProxy send-proxy-v2) and that its address is "
+            "listed. (Further refusals are logged at debug level.)",
+            peer,
+            why,
+        )
 
 
 class ProxyStage(asyncio.Protocol, ManagedConnection):
@@ -106,7 +134,7 @@ class ProxyStage(asyncio.Protocol, ManagedConnection):
         # A Unix socket's peer is local: trusted as 127.0.0.1 is.
         trusted = str(peer[0]) in front.trust if isinstance(peer, tuple) else front.trust_local
         if not trusted:
-            logger.debug("closing a connection from %s: not trusted to send a PROXY header", peer)
+            front.refused(peer, "not trusted to send a PROXY header")
             self._refuse()
             return
         front.connections.add(self)
@@ -120,7 +148,7 @@ class ProxyStage(asyncio.Protocol, ManagedConnection):
         try:
             header = parse(buffer)
         except ProxyHeaderError as exc:
-            logger.debug("closing a connection from %s: %s", self.peer, exc)
+            self.front.refused(self.peer, str(exc))
             self._refuse()
             return
         if header is None:
@@ -179,7 +207,7 @@ class ProxyStage(asyncio.Protocol, ManagedConnection):
 
     def _too_slow(self) -> None:
         self.timer = None
-        logger.debug("closing a connection from %s: no complete PROXY header in time", self.peer)
+        self.front.refused(self.peer, "no complete PROXY header in time")
         self._refuse()
 
     def _refuse(self) -> None:

@@ -156,6 +156,7 @@ def test_a_connection_without_a_valid_header_is_closed_without_an_answer(
     async def main() -> Running:
         async with serving(Probe(), proxy_protocol=True) as srv:
             assert await refused(srv.port, data)
+            assert await refused(srv.port, data)
             # The server still serves a well-behaved balancer afterwards.
             (scope,) = scopes(await exchange(srv.port, V1 + get("/scope", close=True)))
             assert scope["client"] == ["192.0.2.1", 56324]
@@ -164,10 +165,14 @@ def test_a_connection_without_a_valid_header_is_closed_without_an_answer(
     with caplog.at_level(logging.DEBUG, logger="reuseport.http"):
         srv = run(main())
     closing = [r for r in caplog.records if "closing a connection from" in r.getMessage()]
-    assert len(closing) == 1
-    assert closing[0].levelno == logging.DEBUG  # a scanner must not flood the log
+    assert len(closing) == 2
+    # The first says what to check; the next is a debug line (a scanner
+    # must not flood the log).
+    assert closing[0].levelno == logging.WARNING
+    assert "check that the balancer sends one" in closing[0].getMessage()
+    assert closing[1].levelno == logging.DEBUG
     stats = srv.ctx.stats
-    assert stats.accepted == 2  # the refused one counts as a connection that came and went
+    assert stats.accepted == 3  # each refused one counts as a connection that came and went
     assert stats.connections == 0
     assert stats.requests == 1
 
