@@ -193,6 +193,12 @@ class Arbiter:
             for line in self._bind_lines():
                 log.info("Bound %s", line)
             log.info("Mode %s: %s", self.mode.value, self.mode_reason)
+            if self.config.proxy_protocol:
+                log.info(
+                    "PROXY protocol: every connection must start with a PROXY header "
+                    "from %s (--forwarded-allow-ips)",
+                    ", ".join(self.config.forwarded_allow_ips),
+                )
             if self.succession.handover is None:
                 self.pidfile.write()  # an upgrade's new master writes it once it is ready
             self.operations.open(self.succession.handover)

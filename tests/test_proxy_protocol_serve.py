@@ -65,6 +65,10 @@ def _serve(app: str, *extra: str, env: dict[str, str] | None = None) -> Server:
 def test_asgi_keep_alive_after_v1_and_v2_headers_with_the_access_log(mode: str) -> None:
     with _serve("asgi_app", "--proxy-protocol", "--mode", mode, "-w", "2", "--access-log") as srv:
         srv.wait_ready()
+        assert (
+            "INFO PROXY protocol: every connection must start with a PROXY header "
+            "from 127.0.0.1, ::1 (--forwarded-allow-ips)" in srv.stderr
+        )
         first, second = _bodies(_exchange(srv.address, V1 + _get(), _get(close=True)))
         for body in (first, second):
             assert body["client"] == ["192.0.2.1", 56324]
