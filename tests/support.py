@@ -89,6 +89,28 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def run_serve(
+    *argv: str,
+    cwd: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m reuseport serve ARGV`` to its end (a refusal, ``--check-config``).
+
+    Output captured as text; ``env`` is added to ``child_env()``; never
+    raises on a non-zero exit (the test looks at ``returncode``).
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "reuseport", "serve", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(env),
+        cwd=None if cwd is None else str(cwd),
+        check=False,
+    )
+
+
 # --------------------------------------------------------------------- waiting
 def wait_until(
     predicate: Callable[[], object],

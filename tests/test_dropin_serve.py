@@ -31,6 +31,7 @@ from support import (
     Server,
     child_env,
     listening_inodes,
+    run_serve,
     socket_inodes_of,
     wait_until,
 )
@@ -143,17 +144,6 @@ def unix_listener_inode(path: str) -> int:
     raise AssertionError(f"no listening Unix socket at {path}")
 
 
-def _run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reuseport", "serve", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(env),
-        check=False,
-    )
-
-
 # ------------------------------------------------------------------ Unix sockets
 def test_unix_bind_serves_asgi_with_the_spec_scope(sockdir: Path) -> None:
     path = str(sockdir / "app.sock")
@@ -205,7 +195,7 @@ def test_a_socket_file_something_listens_on_is_left_alone(sockdir: Path) -> None
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
         other.bind(path)
         other.listen(8)
-        result = _run("-w", "1", "--uds", path)
+        result = run_serve("-w", "1", "--uds", path)
         assert result.returncode == 3, result.stderr
         assert f"cannot listen on unix:{path}: another process listens there" in result.stderr
         assert "Traceback" not in result.stderr
@@ -215,14 +205,14 @@ def test_a_socket_file_something_listens_on_is_left_alone(sockdir: Path) -> None
 def test_a_path_that_is_not_a_socket_is_refused(sockdir: Path) -> None:
     path = sockdir / "file.txt"
     path.write_text("data")
-    result = _run("-w", "1", "-b", f"unix:{path}")
+    result = run_serve("-w", "1", "-b", f"unix:{path}")
     assert result.returncode == 3, result.stderr
     assert "the path exists and is not a socket" in result.stderr
     assert path.read_text() == "data"
 
 
 def test_reuseport_mode_refuses_binds_without_per_worker_queues(sockdir: Path) -> None:
-    result = _run("--mode", "reuseport", "--uds", str(sockdir / "x.sock"))
+    result = run_serve("--mode", "reuseport", "--uds", str(sockdir / "x.sock"))
     assert result.returncode == 2
     assert "--mode reuseport needs a TCP bind" in result.stderr
     assert "Traceback" not in result.stderr
@@ -280,7 +270,7 @@ def test_an_inherited_listening_socket(spelling: str) -> None:
 
 
 def test_an_fd_that_is_not_a_listening_socket_is_refused(tmp_path: Path) -> None:
-    result = _run("--fd", "97")
+    result = run_serve("--fd", "97")
     assert result.returncode == 3
     assert "fd 97 is not a usable socket (EBADF)" in result.stderr
     with socket.socket() as plain:  # a socket that does not listen
@@ -396,7 +386,7 @@ def test_a_reload_picks_up_a_renewed_certificate(tmp_path: Path) -> None:
     ],
 )
 def test_bad_tls_flags_stop_the_start_with_exit_2(args: tuple[str, ...], message: str) -> None:
-    result = _run("-b", "127.0.0.1:0", *args)
+    result = run_serve("-b", "127.0.0.1:0", *args)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -406,7 +396,7 @@ def test_bad_tls_flags_stop_the_start_with_exit_2(args: tuple[str, ...], message
 def test_a_key_that_does_not_fit_is_exit_2(tls_files: dict[str, str], tmp_path: Path) -> None:
     other = trustme.CA().issue_cert("127.0.0.1")
     other.private_key_pem.write_to_path(str(tmp_path / "other.pem"))
-    result = _run(
+    result = run_serve(
         "-b", "127.0.0.1:0", "--ssl-certfile", tls_files["cert"],
         "--ssl-keyfile", str(tmp_path / "other.pem"),
     )  # fmt: skip
@@ -430,7 +420,7 @@ def test_tls_for_a_stream_app_and_refusal_for_a_socket_app(tls_files: dict[str, 
                 data += chunk
         assert b'"path": "/tls"' in data
         assert b'"interface": "stream"' in data
-    result = _run(
+    result = run_serve(
         "apps_plain:serve_socket", "--app-dir", TESTS_DIR, "--interface", "socket", *tls_args
     )
     assert result.returncode == 2
@@ -567,13 +557,13 @@ def test_log_config_json_and_trace_level(tmp_path: Path) -> None:
         server.wait_ready()
         server.wait_for_line(r"TRACE worker 0 \(pid \d+\) booted in")
     config.write_text("{not json")
-    result = _run("--log-config", str(config))
+    result = run_serve("--log-config", str(config))
     assert result.returncode == 2
     assert "is not a usable logging configuration" in result.stderr
 
 
 def test_log_file_in_a_missing_folder_is_exit_2(tmp_path: Path) -> None:
-    result = _run("--access-logfile", str(tmp_path / "no" / "such" / "access.log"))
+    result = run_serve("--access-logfile", str(tmp_path / "no" / "such" / "access.log"))
     assert result.returncode == 2
     assert "cannot open --access-logfile" in result.stderr
 
@@ -613,10 +603,10 @@ def test_a_variable_already_set_wins_over_the_env_file(tmp_path: Path) -> None:
 
 
 def test_missing_env_file_and_failing_factory(tmp_path: Path) -> None:
-    result = _run(*APP, "--env-file", str(tmp_path / "missing.env"))
+    result = run_serve(*APP, "--env-file", str(tmp_path / "missing.env"))
     assert result.returncode == 2
     assert "cannot read --env-file" in result.stderr
-    result = _run("apps_dropin:broken_factory", "--factory", "--app-dir", TESTS_DIR, "-w", "1",
+    result = run_serve("apps_dropin:broken_factory", "--factory", "--app-dir", TESTS_DIR, "-w", "1",
                   "-b", "127.0.0.1:0")  # fmt: skip
     assert result.returncode == 4
     assert "the factory raised" in result.stderr
@@ -684,6 +674,6 @@ def test_reload_without_the_extra_names_it(tmp_path: Path) -> None:
     (tmp_path / "sitecustomize.py").write_text(
         "import sys\nsys.modules['watchfiles'] = None  # import fails, find_spec says absent\n"
     )
-    result = _run("--reload", env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO_ROOT}"})
+    result = run_serve("--reload", env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO_ROOT}"})
     assert result.returncode == 2
     assert "--reload needs the watchfiles package: pip install 'reuseport[reload]'" in result.stderr

@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
-from support import REPO_ROOT, child_env
+from support import REPO_ROOT, run_serve
 
 from reuseport.cli import apply_cpu_limit, build_config_with_sources, main, make_parser
 from reuseport.config import Config
@@ -128,15 +127,7 @@ def test_print_config_with_a_bad_setting_exits_2(capsys: pytest.CaptureFixture[s
 
 # ------------------------------------------------------------------ --check-config
 def _check(*argv: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reuseport", "serve", *argv, "--check-config"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-        cwd=str(tmp_path),
-        check=False,
-    )
+    return run_serve(*argv, "--check-config", cwd=tmp_path)
 
 
 @pytest.mark.e2e
@@ -215,15 +206,7 @@ def test_check_config_builds_the_datagram_app_too(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_check_config_of_the_demo_app() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "reuseport", "serve", "--check-config", "-w", "2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-        cwd=REPO_ROOT,
-        check=False,
-    )
+    done = run_serve("--check-config", "-w", "2", cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr
     assert "configuration OK: demo is protocol" in done.stdout
     assert "2 workers (static pool)" in done.stdout

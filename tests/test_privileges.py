@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
-import sys
 
 import pytest
-from support import REPO_ROOT, Server, child_env, proc_info
+from support import REPO_ROOT, Server, proc_info, run_serve
 
 from reuseport.errors import ExitCode
 
@@ -16,15 +15,7 @@ pytestmark = pytest.mark.e2e  # every test runs `reuseport serve`
 
 
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reuseport", "serve", "-b", "127.0.0.1:0", "-w", "1", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=child_env(),
-        cwd=REPO_ROOT,
-        check=False,
-    )
+    return run_serve("-b", "127.0.0.1:0", "-w", "1", *args, cwd=REPO_ROOT, timeout=30)
 
 
 def test_unknown_user_is_a_usage_error() -> None:

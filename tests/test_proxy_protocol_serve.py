@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from asgi_apps import parse_responses
 from features import requires_reuseport
-from support import Server, child_env
+from support import Server, run_serve
 from test_proxyproto import ipv6_block, v2
 
 pytestmark = pytest.mark.e2e
@@ -118,18 +116,6 @@ def test_the_demo_app_takes_the_header_too() -> None:
         assert _exchange(srv.address, _get(close=True)) == b""
 
 
-def _run(*argv: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reuseport", "serve", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-        cwd=str(tmp_path),
-        check=False,
-    )
-
-
 @pytest.mark.parametrize("check", [True, False], ids=["check-config", "serve"])
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
@@ -156,7 +142,7 @@ def test_what_the_flag_cannot_apply_to_is_refused_at_start(
     tmp_path: Path, argv: tuple[str, ...], code: int, message: str, check: bool
 ) -> None:
     extra = ("--check-config",) if check else ()
-    done = _run(
+    done = run_serve(
         *argv,
         "--proxy-protocol",
         "--app-dir",
@@ -166,7 +152,7 @@ def test_what_the_flag_cannot_apply_to_is_refused_at_start(
         "-w",
         "1",
         *extra,
-        tmp_path=tmp_path,
+        cwd=tmp_path,
     )
     assert done.returncode == code, (done.stdout, done.stderr)
     assert message in done.stderr
