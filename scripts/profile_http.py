@@ -63,6 +63,7 @@ from typing import Any
 
 import uvloop
 from _callgrind import instructions
+from _transport import FakeTransport
 
 from reuseport.apps.base import WorkerStats
 from reuseport.config import Config, Lifespan
@@ -134,48 +135,6 @@ def build(name: str) -> tuple[App, bytes]:
         body: bytes = sys.modules["fastapi_body"].BODY
         return app, POST_JSON % (len(body), body)
     return _scripts_app("starlette_json"), GET % b"/"
-
-
-class FakeTransport:
-    """Just enough of ``asyncio.Transport`` for ``HttpProtocol``; never pauses."""
-
-    def __init__(self, totals: FakeTransport | None = None) -> None:
-        self.totals = totals  # also counts the writes here (one per connection)
-        self.written = 0
-        self.writes = 0
-        self.closed = False
-        self.reading = True
-        self._extra = {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}
-
-    def write(self, data: bytes) -> None:
-        self.written += len(data)
-        self.writes += 1
-        if self.totals is not None:
-            self.totals.write(data)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._extra.get(name, default)
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def write_eof(self) -> None:
-        self.closed = True
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 class Served:

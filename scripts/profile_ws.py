@@ -50,10 +50,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import uvloop
 from _callgrind import instructions
+from _transport import FakeTransport
 
 SIZES = {"small": 32, "64k": 64 * 1024}
 
@@ -124,45 +124,6 @@ UPGRADE = (
     b"Sec-WebSocket-Version: 13\r\n\r\n"
 )
 APP_DIR = Path(__file__).resolve().parent / "apps"
-
-
-class FakeTransport:
-    """Just enough of ``asyncio.Transport`` for our HTTP and WebSocket protocols."""
-
-    def __init__(self) -> None:
-        self.written = 0
-        self.writes = 0
-        self.closed = False
-        self.protocol: Any = None
-        self._extra = {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}
-
-    def write(self, data: bytes) -> None:
-        self.written += len(data)
-        self.writes += 1
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._extra.get(name, default)
-
-    def set_protocol(self, protocol: Any) -> None:
-        self.protocol = protocol
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 async def reuseport_drive(frames: list[bytes]) -> tuple[float, int, int]:
