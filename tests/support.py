@@ -141,27 +141,20 @@ def wait_until(
 
 # --------------------------------------------------------------------- load
 @contextlib.contextmanager
-def load(port: int, duration: float, concurrency: int) -> Iterator[dict[str, Any]]:
+def load(
+    port: int, duration: float, concurrency: int, *, keep_alive: bool = False
+) -> Iterator[dict[str, Any]]:
     """Run ``loadclient.py`` for ``duration`` s; on exit, fill the dict with its report.
 
     The load client is its own process, so the test stays free to send
-    signals; every request is a new connection (``Connection: close``).
+    signals; every request is a new connection (``Connection: close``)
+    unless ``keep_alive``: then each of the ``concurrency`` clients keeps
+    one connection for as long as the server allows.
     """
+    argv = [sys.executable, LOADCLIENT, "--port", str(port), "--duration", str(duration)]
+    argv += ["--concurrency", str(concurrency), *(["--keep-alive"] if keep_alive else [])]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            LOADCLIENT,
-            "--port",
-            str(port),
-            "--duration",
-            str(duration),
-            "--concurrency",
-            str(concurrency),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
     )
     report: dict[str, Any] = {"proc": proc}
     try:

@@ -11,11 +11,7 @@ never retries, so a connection closed under a request counts as an error.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +19,7 @@ from typing import Any
 
 import pytest
 from features import requires_reuseport
-from support import Server, child_env, wait_until
+from support import Server, load, wait_until
 
 from reuseport.control import query
 
@@ -39,26 +35,6 @@ LIMIT = 50
 def control() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="rp-", dir="/tmp") as directory:
         yield os.path.join(directory, "c.sock")
-
-
-@contextlib.contextmanager
-def keep_alive_load(port: int, duration: float, clients: int) -> Iterator[dict[str, Any]]:
-    """``loadclient.py --keep-alive`` for ``duration`` s; the dict gets its report."""
-    argv = [sys.executable, LOADCLIENT, "--port", str(port), "--keep-alive"]
-    argv += ["--duration", str(duration), "--concurrency", str(clients)]
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
-    )
-    report: dict[str, Any] = {}
-    try:
-        yield report
-        out, err = proc.communicate(timeout=duration + 30)
-    except BaseException:
-        proc.kill()
-        proc.communicate(timeout=10)
-        raise
-    assert proc.returncode == 0, f"load client failed ({proc.returncode}): {err}"
-    report.update(json.loads(out))
 
 
 def _settled(control: str) -> dict[str, Any] | None:
@@ -78,7 +54,7 @@ def test_max_requests_holds_under_keep_alive_load(mode: str, app: str, control: 
         args = [f"apps_lifecycle:{name}", "--app-dir", TESTS_DIR, *args]
     with Server(*args) as server:
         server.wait_ready()
-        with keep_alive_load(server.port, duration=3.0, clients=4) as report:
+        with load(server.port, duration=3.0, concurrency=4, keep_alive=True) as report:
             pass
         print(f"load {report}")
         assert report["failed"] == 0, report["outcomes"]

@@ -57,23 +57,9 @@ def test_print_config_says_where_each_value_came_from(
         monkeypatch.delenv(key)
     monkeypatch.setenv("REUSEPORT_BACKLOG", "64")
     monkeypatch.setenv("REUSEPORT_PORT", "9000")
-    code = main(
-        [
-            "serve",
-            "web:app",
-            "-w",
-            "3",
-            "--config",
-            str(conf),
-            "--ssl-certfile",
-            "c.pem",
-            "--ssl-keyfile-password",
-            "secret",
-            "--uds-mode",
-            "660",
-            "--print-config",
-        ]
-    )
+    argv = ["serve", "web:app", "-w", "3", "--config", str(conf), "--ssl-certfile", "c.pem"]
+    argv += ["--ssl-keyfile-password", "secret", "--uds-mode", "660"]
+    code = main([*argv, "--print-config"])
     out = capsys.readouterr().out
     assert code == 0
     lines = {line.split(" ", 1)[0]: line for line in out.splitlines() if "=" in line}
@@ -95,22 +81,7 @@ def test_print_config_says_where_each_value_came_from(
         make_parser().parse_args(["serve", "--config", str(again)]), environ={}
     )
     original, _ = build_config_with_sources(
-        make_parser().parse_args(
-            [
-                "serve",
-                "web:app",
-                "-w",
-                "3",
-                "--config",
-                str(conf),
-                "--ssl-certfile",
-                "c.pem",
-                "--ssl-keyfile-password",
-                "secret",
-                "--uds-mode",
-                "660",
-            ]
-        ),
+        make_parser().parse_args(argv),
         environ={"REUSEPORT_BACKLOG": "64", "REUSEPORT_PORT": "9000"},
     )
     differ = [
