@@ -49,7 +49,7 @@ from .config import SECONDS, BindAddress
 from .errors import BindError, ConfigError, errno_name
 from .lifecycle import ExitCause, SpawnCause, WorkerState
 from .sockets import SocketSetupError, open_socket
-from .status import Status
+from .status import SHOWN_AS, SHOWN_STATES, Status
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -73,17 +73,6 @@ _ACCEPTS_PER_EVENT = 8
 _MAX_REQUEST_HEAD = 8192
 _RECV = 4096
 _BACKLOG = 64
-# What a worker's state shows as (the status JSON's words), in this order.
-_SHOWN_STATES = ("starting", "ready", "draining", "stopping")
-_STATE_SHOWN = {
-    WorkerState.BOOTING: "starting",
-    WorkerState.STARTING: "starting",
-    WorkerState.READY: "ready",
-    WorkerState.REPLACING: "ready",
-    WorkerState.DRAINING: "draining",
-    WorkerState.STOPPING: "stopping",
-    WorkerState.ABORTING: "stopping",
-}
 
 
 def check_available() -> None:
@@ -259,9 +248,9 @@ class _Collector:
         workers = GaugeMetricFamily(
             "reuseport_workers", "Worker processes by state.", labels=["state"]
         )
-        by_state = dict.fromkeys(_SHOWN_STATES, 0)
+        by_state = dict.fromkeys(SHOWN_STATES, 0)
         for worker in status.workers:
-            by_state[_STATE_SHOWN[worker.state]] += 1
+            by_state[SHOWN_AS[worker.state]] += 1
         for state, count in by_state.items():
             workers.add_metric([state], count)
         yield workers

@@ -39,6 +39,8 @@ from .lifecycle import ExitCause, SpawnCause, WorkerHandle, WorkerState
 from .scoreboard import Row
 
 __all__ = [
+    "SHOWN_AS",
+    "SHOWN_STATES",
     "DatagramSocketStatus",
     "EventCounts",
     "MasterEvents",
@@ -51,8 +53,10 @@ __all__ = [
     "WorkerStatus",
 ]
 
-# What `reuseport status` has always shown; the finer states stay inside.
-_SHOWN_AS = {
+# What `reuseport status` (and the metrics' state label) has always shown;
+# the finer states stay inside.  SHOWN_STATES is their order.
+SHOWN_STATES = ("starting", "ready", "draining", "stopping")
+SHOWN_AS = {
     WorkerState.BOOTING: "starting",
     WorkerState.STARTING: "starting",
     WorkerState.READY: "ready",
@@ -280,7 +284,7 @@ class Status:
 def _plain(value: object) -> object:
     """Records to dicts, enums to their strings, tuples to lists, in field order."""
     if isinstance(value, WorkerState):
-        return _SHOWN_AS[value]
+        return SHOWN_AS[value]
     if isinstance(value, enum.Enum):
         return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
