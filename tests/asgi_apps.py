@@ -465,3 +465,12 @@ def fastapi_app(tracker: Tracker) -> FastAPI:
 
 def wait_for(aw: Awaitable[Any], timeout: float = WAIT) -> Awaitable[Any]:
     return asyncio.wait_for(aw, timeout)
+
+
+async def until(predicate: Callable[[], object], interval: float = 0.005) -> None:
+    """Poll server state that has no event of its own (counters, connection sets).
+
+    Unbounded by itself: callers bound it, ``await wait_for(until(...))``.
+    """
+    while not predicate():  # noqa: ASYNC110 - plain attributes, no event to wait on
+        await asyncio.sleep(interval)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from apps_asgi_serve import FAILURE_MESSAGE, STREAM_PARTS
-from asgi_apps import WAIT, Probe, parse_responses, run, serving, wait_for
+from asgi_apps import WAIT, Probe, parse_responses, run, serving, until, wait_for
 from features import requires_reuseport
 from support import Server, child_env, read_responses, send_requests, wait_until
 
@@ -213,7 +213,7 @@ def test_graceful_shutdown_answers_fresh_connections_and_closes_idle_ones() -> N
                 await wait_for(idle_r.readexactly(len(b"/idle")))
                 partial_w.write(b"GET /partial HTTP/1.1\r\nHost: t\r\n")
                 await partial_w.drain()
-                await wait_for(_until(lambda: stats.connections == 3))
+                await wait_for(until(lambda: stats.connections == 3))
 
                 shutdown = asyncio.ensure_future(srv.hosted.shutdown(WAIT))
                 # The idle keep-alive connection (it served a request) closes now...
@@ -239,7 +239,7 @@ def test_graceful_shutdown_ends_a_silent_fresh_connection_at_the_header_timeout(
         async with serving(Probe(), header_read_timeout=0.3) as srv:
             reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
             try:
-                await wait_for(_until(lambda: srv.ctx.stats.connections == 1))
+                await wait_for(until(lambda: srv.ctx.stats.connections == 1))
                 loop = asyncio.get_running_loop()
                 started = loop.time()
                 await wait_for(srv.hosted.shutdown(WAIT))
@@ -249,9 +249,3 @@ def test_graceful_shutdown_ends_a_silent_fresh_connection_at_the_header_timeout(
                 writer.close()
 
     run(main())
-
-
-async def _until(predicate: Any, interval: float = 0.01) -> None:
-    """Poll a counter that has no event of its own (callers bound it with wait_for)."""
-    while not predicate():  # noqa: ASYNC110 - WorkerStats are plain counters
-        await asyncio.sleep(interval)

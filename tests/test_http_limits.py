@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from asgi_apps import WAIT, Probe, parse_responses, run, serving, wait_for
+from asgi_apps import WAIT, Probe, parse_responses, run, serving, until, wait_for
 from http_harness import Conn, Harness
 
 from reuseport.config import Config
@@ -354,7 +354,7 @@ def test_stalled_body_is_408_over_loopback() -> None:
             finally:
                 writer.close()
             assert srv.hosted.http is not None
-            await wait_for(_until(lambda: not srv.hosted.http.live))  # type: ignore[union-attr]
+            await wait_for(until(lambda: not srv.hosted.http.live))  # type: ignore[union-attr]
 
     run(main())
 
@@ -399,12 +399,12 @@ def test_closed_connection_is_freed_without_gc_over_loopback() -> None:
                     writer.write(data)
                     if answered:
                         await wait_for(reader.readuntil(b"\r\n\r\n"))
-                    await wait_for(_until(lambda: len(http.live) == 1))
+                    await wait_for(until(lambda: len(http.live) == 1))
                     refs.append(weakref.ref(next(iter(http.live))))
                 finally:
                     writer.close()
                     await writer.wait_closed()
-                await wait_for(_until(lambda: not http.live))
+                await wait_for(until(lambda: not http.live))
             await asyncio.sleep(0)  # the transports drop their protocols after connection_lost
             assert [ref() for ref in refs] == [None] * len(refs)
 
@@ -461,9 +461,3 @@ def test_24_mib_trailer_is_refused_over_loopback() -> None:
                 writer.close()
 
     run(main(), timeout=40)
-
-
-async def _until(predicate: Any, interval: float = 0.01) -> None:
-    """Poll server state that has no event of its own (callers bound it with wait_for)."""
-    while not predicate():  # noqa: ASYNC110 - plain attributes, no event to wait on
-        await asyncio.sleep(interval)

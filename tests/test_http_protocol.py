@@ -19,6 +19,7 @@ from asgi_apps import (
     parse_responses,
     run,
     serving,
+    until,
     wait_for,
 )
 
@@ -481,7 +482,7 @@ def test_client_disconnect_reaches_app() -> None:
             assert probe.messages == [{"type": "http.disconnect"}]
             await wait_for(probe.event("send-failed").wait())
             assert isinstance(probe.errors[0], OSError)
-            await wait_for(_until(lambda: srv.ctx.stats.connections == 0))
+            await wait_for(until(lambda: srv.ctx.stats.connections == 0))
             assert srv.ctx.stats.in_flight == 0
 
     run(main())
@@ -678,7 +679,7 @@ def test_stats_are_counted() -> None:
             stats = srv.ctx.stats
             await exchange(srv.port, get("/a") + get("/b", close=True))
             await exchange(srv.port, get("/c", close=True))
-            await wait_for(_until(lambda: stats.connections == 0))
+            await wait_for(until(lambda: stats.connections == 0))
             assert (stats.requests, stats.accepted, stats.in_flight) == (3, 2, 0)
 
     run(main())
@@ -717,9 +718,3 @@ def test_shutdown_finishes_in_flight_and_closes_idle() -> None:
                 idle_w.close()
 
     run(main())
-
-
-async def _until(predicate: Any, interval: float = 0.01) -> None:
-    """Poll a counter that has no event of its own (callers bound it with wait_for)."""
-    while not predicate():  # noqa: ASYNC110 - WorkerStats are plain counters
-        await asyncio.sleep(interval)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from apps_websocket import WsProbe
-from asgi_apps import WAIT, Probe, Running, exchange, parse_responses, run, serving, wait_for
+from asgi_apps import WAIT, Probe, Running, exchange, parse_responses, run, serving, until, wait_for
 from test_proxyproto import ipv6_block, tlv, v2
 
 from reuseport.apps.asgi import AsgiApp
@@ -216,17 +216,11 @@ def test_a_peer_that_hangs_up_mid_header_is_counted_and_forgotten() -> None:
             with socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT) as sock:
                 sock.sendall(V1[:20])
 
-                async def waiting() -> None:
-                    while not any(isinstance(c, ProxyStage) for c in http.connections):  # noqa: ASYNC110
-                        await asyncio.sleep(0.005)
+                await wait_for(
+                    until(lambda: any(isinstance(c, ProxyStage) for c in http.connections))
+                )
 
-                await wait_for(waiting())
-
-            async def gone() -> None:
-                while len(http.connections) or srv.ctx.stats.connections:  # noqa: ASYNC110
-                    await asyncio.sleep(0.005)
-
-            await wait_for(gone())
+            await wait_for(until(lambda: not http.connections and not srv.ctx.stats.connections))
             assert srv.ctx.stats.accepted == 1
 
     run(main())
@@ -411,11 +405,7 @@ def test_graceful_stop_waits_for_a_header_on_its_way() -> None:
                 http = srv.hosted.http
                 assert http is not None
 
-                async def waiting() -> None:
-                    while not len(http.connections):  # noqa: ASYNC110
-                        await asyncio.sleep(0.005)
-
-                await wait_for(waiting())
+                await wait_for(until(lambda: len(http.connections)))
                 stopping = asyncio.ensure_future(srv.hosted.shutdown(WAIT))
                 await asyncio.sleep(0)
                 assert not stopping.done()

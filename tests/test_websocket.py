@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from apps_websocket import FLOOD_COUNT, FLOOD_PIECE, WsProbe, drain_event, fastapi_app
-from asgi_apps import WAIT, Running, exchange, parse_responses, run, serving, wait_for
+from asgi_apps import WAIT, Running, exchange, parse_responses, run, serving, until, wait_for
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -47,12 +47,6 @@ def sockets_of(srv: Running) -> list[WebSocketProtocol]:
     http = srv.hosted.http
     assert http is not None
     return [c for c in http.connections if isinstance(c, WebSocketProtocol)]
-
-
-async def until(predicate: Any, interval: float = 0.005) -> None:
-    """Poll server state that has no event of its own (callers bound it with wait_for)."""
-    while not predicate():  # noqa: ASYNC110 - connection internals have no event
-        await asyncio.sleep(interval)
 
 
 async def closed_with(ws: ClientConnection) -> tuple[int | None, str | None]:
