@@ -34,6 +34,12 @@ Python that has uvicorn (the benchmark venv, ``build/bench-venv/bin/python``).
     .venv/bin/python scripts/profile_http.py --app starlette --callgrind
     build/bench-venv/bin/python scripts/profile_http.py --server uvicorn --app fastapi --callgrind
 
+``--server minimal`` serves through ``MinimalProtocol`` below: the least any
+ASGI server on uvloop and httptools does per keep-alive request (parse, scope,
+run the app, one write), with none of a real server's checks, limits or
+timers.  It is the floor of this stack, a yardstick for how much of a
+server's cost per request is its own; it refuses ``--close`` and the echo app.
+
 ``--callgrind`` runs this script twice under callgrind (``--requests`` and
 twice that) with ``PYTHONHASHSEED=0`` and prints the instruction count per
 request: the difference of the two totals divided by the difference in
@@ -61,6 +67,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+import httptools
 import uvloop
 from _callgrind import instructions
 from _transport import FakeTransport
@@ -68,6 +75,7 @@ from _transport import FakeTransport
 from reuseport.apps.base import WorkerStats
 from reuseport.config import Config, Lifespan
 from reuseport.http import HttpServer
+from reuseport.http._eager import start_eager
 
 Message = MutableMapping[str, Any]
 App = Callable[
@@ -183,6 +191,100 @@ def uvicorn_protocol(app: App) -> tuple[Factory, Served, Callable[[], int]]:
     return factory, Served(lambda: state.total_requests), lambda: len(state.tasks)
 
 
+class MinimalProtocol(asyncio.Protocol):
+    """The least an ASGI server on uvloop and httptools does per keep-alive request.
+
+    Not a server, a yardstick (``--server minimal``): httptools callbacks, a
+    scope, the app's first step run inline with our ``_eager.start_eager``,
+    one write per response.  No limits, timeouts, Date header, validation of
+    what the app sends, error answers, pipelining or flow control: what a
+    real server adds on top of this is its own cost per request.
+    """
+
+    def __init__(self, app: App, served: list[int]) -> None:
+        self.app = app
+        self.served = served
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: Any = None
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+        self.scope: dict[str, Any] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.body = b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url = url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        url = httptools.parse_url(self.url)
+        self.scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": self.parser.get_http_version(),
+            "method": self.parser.get_method().decode("ascii"),
+            "scheme": "http",
+            "path": url.path.decode("ascii"),
+            "raw_path": url.path,
+            "query_string": url.query or b"",
+            "root_path": "",
+            "headers": self.headers,
+            "client": self.transport.get_extra_info("peername"),
+            "server": self.transport.get_extra_info("sockname"),
+            "state": {},
+        }
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        request = {"type": "http.request", "body": self.body, "more_body": False}
+        transport, served, out = self.transport, self.served, []
+
+        async def receive() -> Message:
+            return request
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                out.append(b"HTTP/1.1 %d %s\r\n" % (message["status"], _REASONS[message["status"]]))
+                out.extend(b"%s: %s\r\n" % header for header in message["headers"])
+                out.append(b"\r\n")
+            else:
+                out.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    transport.write(b"".join(out))
+                    served[0] += 1
+
+        self.task = start_eager(self.loop, self.app(self.scope, receive, send), _ignore)
+
+
+_REASONS = {200: b"OK", 422: b"Unprocessable Entity"}
+
+
+def _ignore(exc: BaseException | None) -> None:
+    if exc is not None:
+        raise RuntimeError("the app failed under the minimal protocol") from exc
+
+
+def minimal_protocol(app: App) -> tuple[Factory, Served, Callable[[], int]]:
+    """The yardstick above: what this stack costs with no server around it."""
+    served = [0]
+    return (lambda: MinimalProtocol(app, served)), Served(lambda: served[0]), lambda: 0
+
+
 async def drive(
     app: App, request: bytes, count: int, server_name: str = "reuseport", close: bool = False
 ) -> tuple[float, FakeTransport, int]:
@@ -194,7 +296,10 @@ async def drive(
     request asks) and lost, so the per-connection work is counted too.
     """
     loop = asyncio.get_running_loop()
-    make = uvicorn_protocol if server_name == "uvicorn" else reuseport_protocol
+    make = {
+        "uvicorn": uvicorn_protocol,
+        "minimal": minimal_protocol,
+    }.get(server_name, reuseport_protocol)
     factory, served, in_flight = make(app)
     if close:
         request = request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
@@ -299,9 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app", choices=("hello", "starlette", "fastapi", "echo"), default="hello")
     parser.add_argument(
         "--server",
-        choices=("reuseport", "uvicorn"),
+        choices=("reuseport", "uvicorn", "minimal"),
         default="reuseport",
-        help="whose protocol serves (uvicorn: run with build/bench-venv/bin/python)",
+        help="whose protocol serves (uvicorn: run with build/bench-venv/bin/python; "
+        "minimal: the least a server on this stack does, a yardstick)",
     )
     parser.add_argument(
         "--close",
@@ -322,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         args.requests = 2000 if args.callgrind else 20000
     if args.requests < 1:
         parser.error("--requests must be at least 1")
+    if args.server == "minimal" and (args.close or args.app == "echo"):
+        parser.error(
+            "--server minimal keeps connections open and frames no body itself: "
+            "use it with keep-alive and the hello, starlette or fastapi app"
+        )
     return callgrind(args) if args.callgrind else run(args)
 
 
