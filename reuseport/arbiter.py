@@ -193,6 +193,10 @@ class Arbiter:
             for line in self._bind_lines():
                 log.info("Bound %s", line)
             log.info("Mode %s: %s", self.mode.value, self.mode_reason)
+            if self.config.capture_output and self.config.error_logfile is not None:
+                # After binding: an error before this still reaches the terminal.
+                log.info("stdout and stderr go to %s (--capture-output)", self.config.error_logfile)
+                logs.capture_output(self.config.error_logfile)
             if self.config.proxy_protocol:
                 log.info(
                     "PROXY protocol: every connection must start with a PROXY header "

@@ -493,6 +493,13 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="write the server's log to PATH instead of stderr ('-': stderr)",
     )
     g.add_argument(
+        "--capture-output",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help="send stdout and stderr of the master and every worker (the app's print(), "
+        "tracebacks, C libraries) into --error-logfile (default off)",
+    )
+    g.add_argument(
         "--log-config",
         default=S,
         metavar="FILE",

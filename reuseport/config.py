@@ -433,6 +433,7 @@ class Config:
     error_logfile: str | None = None  # "-" is stderr (the default)
     log_config: str | None = None  # logging config: .json/.toml dictConfig, else INI
     log_level: str = "info"
+    capture_output: bool = False  # stdout and stderr (fds 1, 2) go to --error-logfile too
     proc_name: str | None = None
 
     # Development.
@@ -510,6 +511,12 @@ class Config:
         self._validate_proxy_protocol()
         if self.access_logfile is not None:
             set_(self, "access_log", True)  # giving the file turns it on, as with gunicorn
+        if self.capture_output and self.error_logfile in (None, "-"):
+            raise ConfigError(
+                "--capture-output sends stdout and stderr (the app's print(), tracebacks, "
+                "C libraries) into the --error-logfile file: give --error-logfile PATH too "
+                "(without a file they stay on stderr and stdout)"
+            )
         if self.access_log_format is not None and not self.access_log_format.strip():
             raise ConfigError("--access-log-format is empty: give a format or leave it out")
         if isinstance(self.forwarded_allow_ips, str):

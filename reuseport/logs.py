@@ -18,13 +18,26 @@ The loggers: ``reuseport`` and its children carry the server's own lines
 per request when the access log is on, to ``--access-logfile`` if given (then
 it stops propagating), else wherever the server's log goes.  ``TRACE`` (5)
 sits below DEBUG for ``--log-level trace``.
+
+``--capture-output`` points file descriptors 1 and 2 of the master at the
+``--error-logfile`` file (appending) once its sockets are bound (the arbiter
+calls ``capture_output`` then, so a start-up error still reaches the
+terminal).  Whatever does not go through logging lands there too: the app's
+``print()``, tracebacks printed by hand, faulthandler dumps, C libraries
+writing to stderr.  Workers inherit the two
+descriptors by fork; on SIGUSR1 every process points them at the path again,
+like the handlers.  stdout is made line-buffered so a ``print()`` reaches the
+file when it is made, not when a block fills.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import logging.config
+import os
 import sys
 import tomllib
 from typing import Any
@@ -48,6 +61,9 @@ ACCESS_LOGGER = "reuseport.access"
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(message)s"
 
 log = logging.getLogger("reuseport.logs")
+
+# The file stdout and stderr are pointed at (--capture-output); None: left alone.
+_captured: str | None = None
 
 
 class ReopenableFileHandler(logging.FileHandler):
@@ -134,6 +150,35 @@ def setup(config: Config) -> None:
         access.setLevel(logging.INFO)
 
 
+def _point_stdio_at(path: str) -> None:
+    """Make file descriptors 1 and 2 append to ``path``; raises ``OSError``."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                with contextlib.suppress(Exception):  # (a closed or odd stream)
+                    stream.flush()
+        os.dup2(fd, 1)  # (dup2 makes them inheritable, as 1 and 2 should be)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+
+
+def capture_output(path: str) -> None:
+    """``--capture-output``: stdout and stderr append to ``path`` from now on."""
+    global _captured
+    try:
+        _point_stdio_at(path)
+    except OSError as exc:
+        raise ConfigError(
+            f"--capture-output cannot open {path!r}: {exc.strerror} ({errno_name(exc)}); "
+            "check that the folder exists and is writable"
+        ) from None
+    _captured = path
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
+
+
 def _file_handlers() -> list[logging.FileHandler]:
     loggers: list[logging.Logger] = [logging.getLogger()]
     for logger in logging.Logger.manager.loggerDict.values():
@@ -151,9 +196,21 @@ def reopen() -> int:
     """Reopen every log file (SIGUSR1); returns how many.  Never raises.
 
     A file that cannot be opened again keeps its old descriptor, and the
-    error goes to the log (which may be that very file).
+    error goes to the log (which may be that very file).  With
+    ``--capture-output``, stdout and stderr are pointed at the path again
+    too (not counted: it is the error log's file).
     """
     count = 0
+    if _captured is not None:
+        try:
+            _point_stdio_at(_captured)
+        except OSError as exc:
+            log.error(
+                "SIGUSR1: cannot reopen %s for stdout and stderr (%s); "
+                "they still write to the old file",
+                _captured,
+                errno_name(exc),
+            )
     for handler in _file_handlers():
         handler.acquire()
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -65,3 +66,15 @@ def make_app() -> ASGIApp:
 
 def broken_factory() -> ASGIApp:
     raise RuntimeError("the factory could not reach its database (test 5151)")
+
+
+async def printing_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """``scope_app`` that first writes the path three ways no logger sees:
+    ``print()`` to stdout, ``print()`` to stderr, and straight to fd 2 (as a C
+    library would); for ``--capture-output``."""
+    if scope["type"] == "http":
+        path = scope["path"]
+        print(f"stdout print {path}")
+        print(f"stderr print {path}", file=sys.stderr)
+        os.write(2, f"fd2 write {path}\n".encode())
+    await scope_app(scope, receive, send)

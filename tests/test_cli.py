@@ -173,6 +173,8 @@ FLAG_CASES: list[tuple[tuple[str, ...], str, object]] = [
     (("--error-logfile", "/tmp/e.log"), "error_logfile", "/tmp/e.log"),
     (("--log-file", "/tmp/f.log"), "error_logfile", "/tmp/f.log"),
     (("--log-config", "log.json"), "log_config", "log.json"),
+    (("--capture-output", "--error-logfile", "/tmp/e.log"), "capture_output", True),
+    (("--no-capture-output",), "capture_output", False),
     (("--log-level", "trace"), "log_level", "trace"),
     # development
     (("--reload",), "reload", True),
@@ -191,6 +193,7 @@ ALSO_SET: dict[str, set[str]] = {
     "user": {"group"},
     "ssl_ciphers": {"ssl_certfile"},
     "access_logfile": {"access_log"},
+    "capture_output": {"error_logfile"},
     "datagram_app": {"binds"},
 }
 

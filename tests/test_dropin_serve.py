@@ -513,6 +513,79 @@ def test_usr1_reopens_the_log_files_of_the_master_and_every_worker(tmp_path: Pat
     assert "SIGTERM" not in (tmp_path / "error.log.1").read_text()
 
 
+PRINTING = ("apps_dropin:printing_app", "--app-dir", TESTS_DIR)
+
+
+@requires_reuseport  # the kernel's hash spreads new connections over both workers
+def test_capture_output_sends_print_and_stderr_to_the_error_log(tmp_path: Path) -> None:
+    errors = tmp_path / "error.log"
+    args = ("-w", "2", "--mode", "reuseport", "--error-logfile", str(errors), "--capture-output")
+    with Server(*PRINTING, *args) as server:
+        _file_line(errors, r"Ready: 2 workers")
+        port = int(_file_line(errors, r"Listening at http://127\.0\.0\.1:(\d+) ").group(1))
+        assert re.search(rf"stdout and stderr go to {re.escape(str(errors))}", _read(errors))
+        workers = server.wait_workers(2)
+
+        def every_worker_wrote(path: str) -> bool:
+            # Each line written three ways: print() to stdout (line-buffered
+            # now), print() to stderr, os.write(2) as a C library would.
+            pids = {tcp_get(("127.0.0.1", port), path)[2]["pid"] for _ in range(4)}
+            text = _read(errors)
+            return pids >= set(workers) and all(
+                f"{how} {path}\n" in text for how in ("stdout print", "stderr print", "fd2 write")
+            )
+
+        wait_until(lambda: every_worker_wrote("/before"), timeout=20)
+        assert server.stderr == ""  # nothing reached the terminal
+        assert not server.stdout_lines
+
+        os.rename(errors, tmp_path / "error.log.1")
+        server.send_signal(signal.SIGUSR1)
+        _file_line(errors, r"SIGUSR1: reopened 1 log file\(s\); asked 2 worker\(s\)")
+        # As with the log files: a worker may answer a request before its
+        # loop runs the relayed signal; once both wrote the new file, they
+        # write nothing more to the old one.
+        wait_until(lambda: every_worker_wrote("/after"), timeout=20)
+        for _ in range(4):
+            tcp_get(("127.0.0.1", port), "/later")
+        assert "/later" not in (tmp_path / "error.log.1").read_text()
+        assert _read(errors).count("stdout print /later\n") == 4
+        assert server.stop() == 0
+    assert "SIGTERM: graceful stop" in errors.read_text()
+    assert server.stderr == ""
+    assert not server.stdout_lines
+
+
+def test_capture_output_needs_a_file_and_start_up_errors_stay_on_the_terminal(
+    tmp_path: Path,
+) -> None:
+    result = run_serve(*PRINTING, "--capture-output")
+    assert result.returncode == 2
+    assert "--capture-output sends stdout and stderr" in result.stderr
+    assert "give --error-logfile PATH too" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_serve(*PRINTING, "--capture-output", "--error-logfile", "-")
+    assert result.returncode == 2
+    assert "give --error-logfile PATH too" in result.stderr
+    result = run_serve(*PRINTING, env={"REUSEPORT_CAPTURE_OUTPUT": "true"})
+    assert result.returncode == 2
+    assert "REUSEPORT_CAPTURE_OUTPUT: --capture-output sends stdout" in result.stderr
+
+    errors = tmp_path / "error.log"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_serve(
+            *PRINTING, "-b", f"127.0.0.1:{port}", "--mode", "shared",
+            "--error-logfile", str(errors), "--capture-output",
+        )  # fmt: skip
+    assert result.returncode == 3
+    # Nothing was captured yet: the refusal is on the terminal, and in the log.
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in result.stderr
+    assert "stdout and stderr go to" not in _read(errors)
+
+
 def test_log_config_json_and_trace_level(tmp_path: Path) -> None:
     config = tmp_path / "logging.json"
     config.write_text(
