@@ -200,8 +200,9 @@ class Arbiter:
             if self.config.proxy_protocol:
                 log.info(
                     "PROXY protocol: every connection must start with a PROXY header "
-                    "from %s (--forwarded-allow-ips)",
+                    "from %s (--forwarded-allow-ips)%s",
                     ", ".join(self.config.forwarded_allow_ips),
+                    "; the TLS handshake follows it" if self.config.tls else "",
                 )
             if self.succession.handover is None:
                 self.pidfile.write()  # an upgrade's new master writes it once it is ready

@@ -348,7 +348,8 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=S,
         help="every connection starts with a HAProxy PROXY header (v1 or v2) from a peer in "
-        "--forwarded-allow-ips, naming the real client (default off; not with TLS)",
+        "--forwarded-allow-ips, naming the real client; with --ssl-certfile the TLS "
+        "handshake follows the header (default off)",
     )
     g.add_argument(
         "--server-header",

@@ -642,13 +642,6 @@ class Config:
         """What ``--proxy-protocol`` cannot be combined with (apps detected later: ``apps``)."""
         if not self.proxy_protocol:
             return
-        if self.tls:
-            raise ConfigError(
-                "--proxy-protocol cannot be combined with --ssl-certfile: the balancer's PROXY "
-                "header comes before the TLS handshake, and TLS is started on the socket "
-                "before reuseport reads a byte. Terminate TLS at the balancer (it then sends "
-                "the header and plain HTTP), or pass TLS through without --proxy-protocol"
-            )
         if self.interface in (Interface.STREAM, Interface.PROTOCOL, Interface.SOCKET):
             raise ConfigError(
                 f"--proxy-protocol cannot apply to an --interface {self.interface.value} app: "

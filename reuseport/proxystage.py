@@ -23,6 +23,20 @@ would just close); the later ones are debug lines, so a scanner cannot
 flood the log.  The stage holds at most the
 longest header ``parse`` accepts plus one read.
 
+TLS (``--ssl-certfile`` with the flag): the balancer passes the client's TLS
+through and puts its header in front of it, so the loop must not start TLS
+on accept (the adapters then serve their sockets without it, see
+``HostedApp.accept_ssl``).  The stage reads the header as above; then,
+instead of handing the plain transport over, it puts a server-side TLS
+protocol on the transport (the loop's own: uvloop's on uvloop, asyncio's
+otherwise), feeds it the bytes that came after the header (the start of
+the ClientHello), and a one-shot ``_TlsStart`` takes the handshake's end:
+it gives the TLS transport to the real protocol (``set_protocol``, then
+``connection_made`` and ``proxied``), so decrypted data goes straight to it.
+A handshake that fails (or that the client abandons) closes the
+connection; the stage counts it as a refused one.  The handshake has the
+loop's default time limit, as without the header.
+
 Bookkeeping: the stage joins the adapter's ``Connections`` while it waits
 (a graceful drain waits for it as for a fresh connection whose first request
 is on the way; ``abort`` ends it) and leaves once the real protocol has
@@ -34,9 +48,11 @@ also settles a rescued connection's pending count.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import logging
+import ssl
 from collections.abc import Callable, Container
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from .connections import Connections, ManagedConnection, WorkerStats
 from .proxyproto import ProxyHeaderError, parse
@@ -69,6 +85,7 @@ class ProxyFront:
         "loop",
         "stats",
         "timeout",
+        "tls",
         "trust",
         "trust_local",
         "warned",
@@ -82,8 +99,10 @@ class ProxyFront:
         connections: Connections,
         stats: WorkerStats,
         timeout: float,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.inner = inner
+        self.tls = tls  # TLS starts after the header (--ssl-certfile); None: plain
         self.trust = trust
         self.trust_local = "127.0.0.1" in trust  # for Unix socket peers
         self.connections = connections
@@ -196,6 +215,9 @@ class ProxyStage(asyncio.Protocol, ManagedConnection):
         self._cancel_timer()
         self.buffer = b""
         inner = front.inner()
+        if front.tls is not None:
+            self._start_tls(transport, front.tls, inner, rest, source, destination)
+            return
         transport.set_protocol(cast(asyncio.BaseProtocol, inner))
         inner.connection_made(transport)
         if source is not None and destination is not None:
@@ -204,6 +226,31 @@ class ProxyStage(asyncio.Protocol, ManagedConnection):
         self.transport = None
         if rest and not transport.is_closing():
             inner.data_received(rest)
+
+    def _start_tls(
+        self,
+        transport: asyncio.Transport,
+        context: ssl.SSLContext,
+        inner: ProxiedProtocol,
+        rest: bytes,
+        source: tuple[str, int] | None,
+        destination: tuple[str, int] | None,
+    ) -> None:
+        """TLS after the header; the stage stays in ``connections`` until the handshake ends."""
+        loop = self.front.loop
+        waiter = loop.create_future()
+        start = _TlsStart(self, inner, source, destination)
+        tls = _tls_protocol(loop, start, context, waiter)
+        waiter.add_done_callback(start.handshake_done)
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+        # The bytes after the header are the start of the ClientHello.
+        while rest and not transport.is_closing():
+            buffer = tls.get_buffer(len(rest))
+            size = min(len(buffer), len(rest))
+            buffer[:size] = rest[:size]
+            rest = rest[size:]
+            tls.buffer_updated(size)
 
     def _too_slow(self) -> None:
         self.timer = None
@@ -219,3 +266,67 @@ class ProxyStage(asyncio.Protocol, ManagedConnection):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+
+def _tls_protocol(
+    loop: asyncio.AbstractEventLoop,
+    app: asyncio.BaseProtocol,
+    context: ssl.SSLContext,
+    waiter: asyncio.Future[Any],
+) -> Any:
+    """A server-side TLS protocol for ``app``: the one the loop uses for ``ssl=`` itself."""
+    try:
+        import uvloop
+
+        if isinstance(loop, uvloop.Loop):
+            return uvloop.loop.SSLProtocol(  # type: ignore[attr-defined]
+                loop, app, context, waiter, True, None, True, None, None
+            )
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        pass
+    return asyncio.sslproto.SSLProtocol(
+        loop, app, context, waiter, server_side=True, call_connection_made=True
+    )
+
+
+class _TlsStart(asyncio.Protocol):
+    """Takes the end of a TLS handshake after a PROXY header (see the module docstring)."""
+
+    __slots__ = ("destination", "inner", "source", "stage")
+
+    def __init__(
+        self,
+        stage: ProxyStage,
+        inner: ProxiedProtocol,
+        source: tuple[str, int] | None,
+        destination: tuple[str, int] | None,
+    ) -> None:
+        self.stage = stage
+        self.inner = inner
+        self.source = source
+        self.destination = destination
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The handshake is done: the TLS transport goes to the real protocol.
+        inner = self.inner
+        transport.set_protocol(cast(asyncio.BaseProtocol, inner))
+        inner.connection_made(transport)
+        if self.source is not None and self.destination is not None:
+            inner.proxied(self.source, self.destination)
+        stage = self.stage
+        stage.front.connections.discard(stage)  # after the real protocol joined
+        stage.transport = None
+
+    def handshake_done(self, waiter: asyncio.Future[Any]) -> None:
+        exc = None if waiter.cancelled() else waiter.exception()
+        if exc is None and not waiter.cancelled():
+            return
+        stage = self.stage
+        logger.debug("TLS handshake after a PROXY header from %s failed: %s", stage.peer, exc)
+        stage.front.connections.discard(stage)
+        if stage.transport is not None:
+            stage.transport.close()
+            stage.transport = None
+        stats = stage.front.stats
+        stats.opened()  # counted as a connection that came and went
+        stats.closed()

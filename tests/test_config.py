@@ -276,12 +276,13 @@ def test_proxy_protocol_is_off_by_default_and_fits_asgi_wsgi_and_auto() -> None:
     assert Config().proxy_protocol is False
     for interface in ("auto", "asgi", "wsgi"):
         assert Config(proxy_protocol=True, interface=interface).proxy_protocol  # type: ignore[arg-type]
+    # The header comes before the handshake: the server reads it, then starts TLS.
+    assert Config(proxy_protocol=True, ssl_certfile="c.pem").tls
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"ssl_certfile": "c.pem"}, r"cannot be combined with --ssl-certfile.*Terminate TLS"),
         ({"interface": "stream"}, r"cannot apply to an --interface stream app"),
         ({"interface": "protocol"}, r"cannot apply to an --interface protocol app"),
         ({"interface": "socket"}, r"cannot apply to an --interface socket app"),

@@ -13,15 +13,18 @@ import logging
 import os
 import re
 import socket
+import ssl
 import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import trustme
 from apps_websocket import WsProbe
 from asgi_apps import WAIT, Probe, Running, exchange, parse_responses, run, serving, until, wait_for
 from test_proxyproto import ipv6_block, tlv, v2
 
+from reuseport import tls
 from reuseport.apps.asgi import AsgiApp
 from reuseport.apps.base import WorkerContext
 from reuseport.config import Config, Mode
@@ -415,5 +418,196 @@ def test_graceful_stop_waits_for_a_header_on_its_way() -> None:
                 await wait_for(stopping)
             finally:
                 writer.close()
+
+    run(main())
+
+
+# --- TLS after the header (--ssl-certfile with --proxy-protocol) ------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("proxy-tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    paths = {name: str(folder / f"{name}.pem") for name in ("cert", "key", "ca")}
+    cert.cert_chain_pems[0].write_to_path(paths["cert"])
+    cert.private_key_pem.write_to_path(paths["key"])
+    ca.cert_pem.write_to_path(paths["ca"])
+    return paths
+
+
+@contextlib.asynccontextmanager
+async def serving_tls(app: object, certs: dict[str, str], **config: Any) -> AsyncIterator[Running]:
+    """``serving`` with TLS, as a worker sets it up (the context built from the files)."""
+    settings = Config(
+        proxy_protocol=True, ssl_certfile=certs["cert"], ssl_keyfile=certs["key"], **config
+    )
+    ctx = WorkerContext(
+        pid=os.getpid(),
+        slot=0,
+        generation=0,
+        mode=Mode.SHARED,
+        config=settings,
+        tls=tls.server_context(settings),
+    )
+    hosted = AsgiApp(app, ctx)
+    sock = socket.create_server(("127.0.0.1", 0))
+    try:
+        sock.setblocking(False)
+        await hosted.startup()
+        await hosted.serve([sock])
+        yield Running(hosted, ctx, sock.getsockname()[1])
+    finally:
+        try:
+            await hosted.shutdown(2.0)
+        finally:
+            sock.close()
+
+
+def client_tls(certs: dict[str, str]) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=certs["ca"])
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    return context
+
+
+async def tls_in_one_write(port: int, header: bytes, certs: dict[str, str], data: bytes) -> bytes:
+    """The header and the ClientHello in one write (as a balancer may send them), then
+    ``data`` over TLS; what the server answers until it closes."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls_client = client_tls(certs).wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls_client.do_handshake()
+        writer.write(header + outgoing.read())
+        while True:
+            try:
+                tls_client.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                chunk = await wait_for(reader.read(65536))
+                assert chunk, "the server closed during the handshake"
+                incoming.write(chunk)
+                writer.write(outgoing.read())
+        assert tls_client.selected_alpn_protocol() == "http/1.1"
+        tls_client.write(data)
+        writer.write(outgoing.read())
+        answer = b""
+        while True:
+            try:
+                piece = tls_client.read(65536)
+            except ssl.SSLWantReadError:
+                chunk = await wait_for(reader.read(65536))
+                if not chunk:
+                    return answer
+                incoming.write(chunk)
+                continue
+            except ssl.SSLZeroReturnError:
+                return answer
+            if not piece:  # the server's close_notify
+                return answer
+            answer += piece
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_tls_after_a_header_in_the_same_write_as_the_client_hello(
+    certs: dict[str, str], loop: str
+) -> None:
+    # (Each loop has its own TLS protocol: uvloop's, or asyncio's with --loop asyncio.)
+    async def main() -> None:
+        async with serving_tls(Probe(), certs) as srv:
+            raw = await tls_in_one_write(
+                srv.port, V1, certs, get("/scope") + get("/scope", close=True)
+            )
+            first, second = scopes(raw)
+            for scope in (first, second):
+                assert scope["scheme"] == "https"
+                assert scope["client"] == ["192.0.2.1", 56324]
+                assert scope["server"] == ["198.51.100.2", 443]
+            http = srv.hosted.http
+            assert http is not None
+            await wait_for(until(lambda: not len(http.connections)))
+            assert srv.ctx.stats.connections == 0
+
+    if loop == "uvloop":
+        run(main())
+    else:
+        with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+            runner.run(asyncio.wait_for(main(), 20.0))
+
+
+def test_tls_after_a_v2_header_sent_on_its_own(certs: dict[str, str]) -> None:
+    async def main() -> None:
+        async with serving_tls(Probe(), certs) as srv:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            try:
+                writer.write(V2_IPV6)
+                await writer.drain()
+                await wait_for(writer.start_tls(client_tls(certs), server_hostname="127.0.0.1"))
+                writer.write(get("/scope", close=True))
+                (scope,) = scopes(await wait_for(reader.read()))
+            finally:
+                writer.close()
+            assert scope["scheme"] == "https"
+            assert scope["client"] == ["2001:db8::7", 40000]
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "after",
+    [get("/scope", close=True), b"\x16\x03\x01\x00\x05hello"],
+    ids=["plain-http", "broken-client-hello"],
+)
+def test_no_tls_after_the_header_is_closed_and_counted(certs: dict[str, str], after: bytes) -> None:
+    async def main() -> None:
+        async with serving_tls(Probe(), certs) as srv:
+            assert await refused(srv.port, V1 + after)
+            http = srv.hosted.http
+            assert http is not None
+            stats = srv.ctx.stats
+            await wait_for(until(lambda: stats.connections == 0 and not len(http.connections)))
+            assert stats.accepted == 1  # opened and closed by the stage
+            # A valid header without TLS behind it never reached the app.
+            assert await refused(srv.port, get("/scope", close=True))  # no header either
+
+    run(main())
+
+
+def test_a_client_gone_mid_handshake_is_counted_and_forgotten(certs: dict[str, str]) -> None:
+    async def main() -> None:
+        async with serving_tls(Probe(), certs) as srv:
+            _, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            writer.write(V1 + b"\x16\x03\x01")  # the first bytes of a ClientHello, then gone
+            await writer.drain()
+            http = srv.hosted.http
+            assert http is not None
+            await wait_for(until(lambda: len(http.connections) == 1))
+            writer.close()
+            stats = srv.ctx.stats
+            await wait_for(until(lambda: not len(http.connections)))
+            await wait_for(until(lambda: stats.connections == 0 and stats.accepted == 1))
+
+    run(main())
+
+
+def test_a_rescued_connection_reads_its_header_then_starts_tls(certs: dict[str, str]) -> None:
+    async def main() -> None:
+        async with serving_tls(Probe(), certs) as srv:
+            with socket.create_server(("127.0.0.1", 0)) as sibling:
+                port = sibling.getsockname()[1]
+                answer = asyncio.ensure_future(
+                    tls_in_one_write(port, V1, certs, get("/scope", close=True))
+                )
+                conn, _ = await asyncio.to_thread(sibling.accept)
+                conn.setblocking(False)
+                assert srv.hosted.serve_rescued(conn)
+                (scope,) = scopes(await wait_for(answer))
+            assert scope["scheme"] == "https"
+            assert scope["client"] == ["192.0.2.1", 56324]
+            assert srv.ctx.stats.rescued == 1
 
     run(main())

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from asgi_apps import parse_responses
 from features import requires_reuseport
 from support import Server, run_serve
@@ -116,15 +118,52 @@ def test_the_demo_app_takes_the_header_too() -> None:
         assert _exchange(srv.address, _get(close=True)) == b""
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_tls_passed_through_after_the_header(mode: str, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    tls_args = (
+        "--ssl-certfile",
+        str(tmp_path / "cert.pem"),
+        "--ssl-keyfile",
+        str(tmp_path / "key.pem"),
+    )
+    with _serve("asgi_app", "--proxy-protocol", "--mode", mode, "-w", "2", *tls_args) as srv:
+        srv.wait_ready()
+        srv.wait_for_line(
+            r"PROXY header from 127\.0\.0\.1, ::1 \(--forwarded-allow-ips\); "
+            r"the TLS handshake follows it",
+            timeout=TIMEOUT,
+        )
+        for header, client in ((V1, ["192.0.2.1", 56324]), (V2, ["2001:db8::7", 40000])):
+            with socket.create_connection(srv.address, timeout=TIMEOUT) as raw:
+                raw.sendall(header)  # as HAProxy's send-proxy-v2 in front of a TLS pass-through
+                with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                    sock.sendall(_get() + _get(close=True))
+                    chunks = []
+                    while chunk := sock.recv(65536):
+                        chunks.append(chunk)
+            first, second = _bodies(b"".join(chunks))
+            for body in (first, second):
+                assert body["scheme"] == "https"
+                assert body["client"] == client
+        # Plain HTTP after a header, on a TLS port: closed without an HTTP answer.
+        assert not _exchange(srv.address, V1 + _get(close=True)).startswith(b"HTTP/")
+        # No header: closed, and the warning says what to check.
+        assert _exchange(srv.address, _get(close=True)) == b""
+        srv.wait_for_line(
+            r"WARNING closing a connection from .*: not a PROXY header", timeout=TIMEOUT
+        )
+
+
 @pytest.mark.parametrize("check", [True, False], ids=["check-config", "serve"])
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [
-        (
-            ("apps_proxied:asgi_app", "--ssl-certfile", "cert.pem"),
-            2,
-            "--proxy-protocol cannot be combined with --ssl-certfile",
-        ),
         (
             ("apps_proxied:stream_handler", "--interface", "stream"),
             2,
@@ -136,7 +175,7 @@ def test_the_demo_app_takes_the_header_too() -> None:
             "--proxy-protocol cannot apply to apps_proxied:stream_handler, a stream app",
         ),
     ],
-    ids=["tls", "interface-stream", "detected-stream"],
+    ids=["interface-stream", "detected-stream"],
 )
 def test_what_the_flag_cannot_apply_to_is_refused_at_start(
     tmp_path: Path, argv: tuple[str, ...], code: int, message: str, check: bool

@@ -128,7 +128,7 @@ class HostedApp(abc.ABC):
             return False
         self.ctx.stats.rescue_pending += 1  # counted in stats.rescued once its protocol is made
         loop = asyncio.get_running_loop()
-        task = loop.create_task(loop.connect_accepted_socket(factory, conn, ssl=self.serving_ssl()))
+        task = loop.create_task(loop.connect_accepted_socket(factory, conn, ssl=self.accept_ssl()))
         self._rescuing.add(task)
         task.add_done_callback(self._rescued)
         return True
@@ -145,6 +145,17 @@ class HostedApp(abc.ABC):
         """The TLS context the app's sockets are served with; None: plain TCP."""
         return self.ctx.tls
 
+    def accept_ssl(self) -> ssl.SSLContext | None:
+        """The TLS context the loop starts on each accepted connection.
+
+        ``serving_ssl()``, except with ``--proxy-protocol``: the PROXY header
+        comes before the TLS handshake, so the protocol factory
+        (``proxystage.ProxyFront``) starts TLS itself once it has read it.
+        """
+        if self.proxy_protocol and self.ctx.config.proxy_protocol:
+            return None
+        return self.serving_ssl()
+
     async def listen(
         self, sock: socket.socket, factory: Callable[[], asyncio.BaseProtocol] | None = None
     ) -> asyncio.Server:
@@ -154,7 +165,7 @@ class HostedApp(abc.ABC):
             raise TypeError(f"{type(self).__name__} accepts by itself: it has no protocol factory")
         loop = asyncio.get_running_loop()
         return await loop.create_server(
-            factory, sock=sock, backlog=self.ctx.config.backlog, ssl=self.serving_ssl()
+            factory, sock=sock, backlog=self.ctx.config.backlog, ssl=self.accept_ssl()
         )
 
     def set_keep_alive(self, allowed: bool) -> None:  # noqa: B027 - optional hook

@@ -141,6 +141,7 @@ class DemoApp(HostedApp):
                 connections=self.connections,
                 stats=self.ctx.stats,
                 timeout=config.header_read_timeout,
+                tls=self.serving_ssl(),
             )
         return self._front
 

@@ -73,6 +73,9 @@ class MixedApp(HostedApp):
     def serving_ssl(self) -> ssl.SSLContext | None:
         return self.stream.serving_ssl()
 
+    def accept_ssl(self) -> ssl.SSLContext | None:
+        return self.stream.accept_ssl()
+
     def serve_rescued(self, conn: socket.socket) -> bool:
         return self.stream.serve_rescued(conn)
 

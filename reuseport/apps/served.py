@@ -56,6 +56,7 @@ class HttpHostedApp(HostedApp, Generic[S]):
                 connections=server.connections,
                 stats=server.stats,
                 timeout=server.header_timeout,
+                tls=self.serving_ssl(),
             )
         return self._front
 
