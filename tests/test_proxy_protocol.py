@@ -611,3 +611,53 @@ def test_a_rescued_connection_reads_its_header_then_starts_tls(certs: dict[str, 
             assert srv.ctx.stats.rescued == 1
 
     run(main())
+
+
+def test_a_websocket_over_tls_after_a_header(certs: dict[str, str]) -> None:
+    probe = WsProbe()
+
+    async def main() -> None:
+        async with serving_tls(probe, certs, lifespan="off") as srv:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            try:
+                writer.write(V1)
+                await writer.drain()
+                await wait_for(writer.start_tls(client_tls(certs), server_hostname="127.0.0.1"))
+                writer.write(HANDSHAKE)
+                head = await wait_for(reader.readuntil(b"\r\n\r\n"))
+                assert head.startswith(b"HTTP/1.1 101 ")
+            finally:
+                writer.close()
+            await wait_for(probe.event("disconnect").wait())
+        (scope,) = probe.scopes
+        assert scope["type"] == "websocket"
+        assert scope["scheme"] == "wss"
+        assert scope["client"] == ("192.0.2.1", 56324)
+
+    run(main())
+
+
+def test_a_graceful_stop_waits_for_a_tls_handshake_under_way(certs: dict[str, str]) -> None:
+    async def main() -> None:
+        async with serving_tls(Probe(), certs) as srv:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            try:
+                writer.write(V1)
+                await writer.drain()
+                http = srv.hosted.http
+                assert http is not None
+                await wait_for(until(lambda: len(http.connections) == 1))
+                stopping = asyncio.ensure_future(srv.hosted.shutdown(WAIT))
+                await asyncio.sleep(0)
+                assert not stopping.done()
+                # The handshake and the request still go through: the drain
+                # waits for them as for a fresh connection's first request.
+                await wait_for(writer.start_tls(client_tls(certs), server_hostname="127.0.0.1"))
+                writer.write(get("/scope"))
+                (scope,) = scopes(await wait_for(reader.read()))
+                assert scope["scheme"] == "https"
+                await wait_for(stopping)
+            finally:
+                writer.close()
+
+    run(main())
