@@ -52,7 +52,7 @@ import setproctitle
 from . import logs, reloader, sdnotify, upgrade
 from . import succession as succession_mod
 from . import worker as worker_mod
-from .config import Config, Mode, ProcessManager
+from .config import Config, Mode, ProcessManager, cpu_for_slot
 from .connections import StopReason
 from .errors import ExitCode, errno_name
 from .lifecycle import BootFailures, ExitCause, SpawnCause, WorkerHandle, WorkerState
@@ -193,6 +193,8 @@ class Arbiter:
             for line in self._bind_lines():
                 log.info("Bound %s", line)
             log.info("Mode %s: %s", self.mode.value, self.mode_reason)
+            if self.config.cpu_affinity:
+                self._log_cpu_affinity()
             if self.config.capture_output and self.config.error_logfile is not None:
                 # After binding: an error before this still reaches the terminal.
                 log.info("stdout and stderr go to %s (--capture-output)", self.config.error_logfile)
@@ -395,6 +397,26 @@ class Arbiter:
             count,
             len(self.workers),
         )
+
+    def _log_cpu_affinity(self) -> None:
+        cpus = sorted(os.sched_getaffinity(0))
+        config = self.config
+        # A static pool's size (SIGTTIN may add more); a dynamic pool's upper bound.
+        slots = config.workers if config.pm is ProcessManager.STATIC else config.pool_limit
+        shown = ", ".join(f"{slot}->{cpu_for_slot(slot, cpus)}" for slot in range(min(slots, 8)))
+        log.info(
+            "CPU affinity: each worker runs on one CPU (slot->CPU: %s%s)",
+            shown,
+            ", ..." if slots > 8 else "",
+        )
+        if slots > len(cpus):
+            log.warning(
+                "--cpu-affinity: up to %d workers on %d CPUs, so some share a CPU while "
+                "others may idle; give --workers/--max-workers %d or fewer",
+                slots,
+                len(cpus),
+                len(cpus),
+            )
 
     # ------------------------------------------------------------------ --reload
     def _start_watcher(self) -> None:

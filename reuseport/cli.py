@@ -263,6 +263,13 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="workers for --pm static (default: usable CPUs)",
     )
     g.add_argument(
+        "--cpu-affinity",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help="pin each worker to one CPU: slot i to the i-th CPU the server may use, "
+        "round-robin (nginx's worker_cpu_affinity auto; default off)",
+    )
+    g.add_argument(
         "--pm",
         default=S,
         choices=_choices(ProcessManager),

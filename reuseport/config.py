@@ -31,6 +31,7 @@ import ipaddress
 import os
 import re
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
@@ -58,6 +59,7 @@ __all__ = [
     "Transport",
     "UnixBind",
     "WebSocketKind",
+    "cpu_for_slot",
     "parse_bind",
     "parse_header",
     "parse_octal_mode",
@@ -378,6 +380,18 @@ def _enum_value(kind: type[_E], value: object, name: str) -> _E:
         raise ConfigError(f"invalid {name} {value!r}: choose one of {choices}") from None
 
 
+def cpu_for_slot(slot: int, cpus: Iterable[int]) -> int:
+    """``--cpu-affinity``: the CPU worker slot ``slot`` runs on, of the CPUs ``cpus``.
+
+    Round-robin over the sorted CPUs, so slot i gets the i-th one (nginx's
+    ``worker_cpu_affinity auto``), and slots beyond the CPU count share.
+    """
+    ordered = sorted(cpus)
+    if not ordered:
+        raise ValueError("no CPU to run on")
+    return ordered[slot % len(ordered)]
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity mask), at least 1.
 
@@ -417,6 +431,7 @@ class Config:
     max_spawn_rate: int = 32  # pm.max_spawn_rate
     max_requests: int = 0  # pm.max_requests; 0 = never recycle
     max_requests_jitter: int = 0
+    cpu_affinity: bool = False  # worker slot i runs on the i-th CPU of the master's mask
     timeout: float = 30 * SECONDS  # heartbeat; 0 = off
     graceful_timeout: float = 30 * SECONDS
 
@@ -695,6 +710,11 @@ class Config:
             )
 
     def _validate_pool(self) -> None:
+        if self.cpu_affinity and not hasattr(os, "sched_setaffinity"):
+            raise ConfigError(
+                "--cpu-affinity needs sched_setaffinity, which this platform lacks (Linux "
+                "has it): leave the flag out here"
+            )
         for name in ("max_workers", "start_workers", "min_spare", "max_spare"):
             value = getattr(self, name)
             if value is not None:

@@ -89,7 +89,7 @@ import setproctitle
 
 from . import apps, envfile, logs, tls
 from .apps.base import HostedApp, StopReason, WorkerContext, WorkerStats
-from .config import BindAddress, Config, LoopKind, Mode
+from .config import BindAddress, Config, LoopKind, Mode, cpu_for_slot
 from .connections import LoadPublisher
 from .errors import BootError, ConfigError, ExitCode, ReuseportError
 from .loadboard import LoadBoard
@@ -699,6 +699,19 @@ def _fit_message(message: str) -> str:
     return f"{message[:_MESSAGE_HEAD]}\n[... {cut} characters cut ...]\n{message[-_MESSAGE_TAIL:]}"
 
 
+def _pin_to_cpu(slot: int) -> None:
+    """``--cpu-affinity``: run on the slot's CPU of the mask inherited from the master."""
+    try:
+        cpu = cpu_for_slot(slot, os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpu})
+    except OSError as exc:  # (a CPU taken offline since the master read its mask)
+        log.warning(
+            "worker %d: --cpu-affinity could not pin it (%s); it runs on any CPU", slot, exc
+        )
+        return
+    log.debug("worker %d runs on CPU %d (--cpu-affinity)", slot, cpu)
+
+
 def run(spec: WorkerSpec) -> int:
     """Run the worker to completion; return its exit code."""
     name = spec.config.proc_name or spec.config.app_label
@@ -707,6 +720,8 @@ def run(spec: WorkerSpec) -> int:
     if os.getppid() != spec.master_pid:
         return ExitCode.ERROR  # the master died before we got here
     faulthandler.enable()  # SIGABRT from the heartbeat check dumps the stuck stack
+    if spec.config.cpu_affinity:
+        _pin_to_cpu(spec.slot)  # before the app starts threads: they inherit the mask
     _start_watchdog(spec.master_pid, spec.config.graceful_timeout + _WATCHDOG_GRACE)
     worker = _Worker(spec)
     try:

@@ -175,6 +175,8 @@ FLAG_CASES: list[tuple[tuple[str, ...], str, object]] = [
     (("--log-config", "log.json"), "log_config", "log.json"),
     (("--capture-output", "--error-logfile", "/tmp/e.log"), "capture_output", True),
     (("--no-capture-output",), "capture_output", False),
+    (("--cpu-affinity",), "cpu_affinity", True),
+    (("--no-cpu-affinity",), "cpu_affinity", False),
     (("--log-level", "trace"), "log_level", "trace"),
     # development
     (("--reload",), "reload", True),
