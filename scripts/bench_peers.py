@@ -218,12 +218,12 @@ EXPECT = {
 }
 
 
-def _reuseport(mode: str) -> Argv:
+def _reuseport(mode: str, *extra: str) -> Argv:
     def argv(bin_: Path, port: int, workers: int, threads: int, app: str) -> list[str]:
         return [
             str(bin_ / "python"), "-m", "reuseport", "serve", app,
             "--app-dir", str(APP_DIR), "-b", f"127.0.0.1:{port}",
-            "-w", str(workers), "--mode", mode, "--log-level", "warning",
+            "-w", str(workers), "--mode", mode, "--log-level", "warning", *extra,
         ]  # fmt: skip
 
     return argv
@@ -287,6 +287,7 @@ SPECS = {
     for spec in (
         ServerSpec("reuseport", _reuseport("reuseport")),
         ServerSpec("reuseport-shared", _reuseport("shared")),
+        ServerSpec("reuseport-pinned", _reuseport("reuseport", "--cpu-affinity")),
         ServerSpec("uvicorn", _uvicorn),
         ServerSpec("gunicorn", _gunicorn),
         ServerSpec("granian", _granian),
