@@ -274,7 +274,11 @@ def _tls_protocol(
     context: ssl.SSLContext,
     waiter: asyncio.Future[Any],
 ) -> Any:
-    """A server-side TLS protocol for ``app``: the one the loop uses for ``ssl=`` itself."""
+    """A server-side TLS protocol for ``app``: the one the loop uses for ``ssl=`` itself.
+
+    uvloop does not export its (Cython) TLS protocol as a public API; should
+    a release change it, asyncio's (which runs on any loop, slower) serves.
+    """
     try:
         import uvloop
 
@@ -282,7 +286,7 @@ def _tls_protocol(
             return uvloop.loop.SSLProtocol(  # type: ignore[attr-defined]
                 loop, app, context, waiter, True, None, True, None, None
             )
-    except ImportError:  # pragma: no cover - uvloop is a dependency
+    except (ImportError, AttributeError, TypeError):
         pass
     return asyncio.sslproto.SSLProtocol(
         loop, app, context, waiter, server_side=True, call_connection_made=True

@@ -539,6 +539,26 @@ def test_tls_after_a_header_in_the_same_write_as_the_client_hello(
             runner.run(asyncio.wait_for(main(), 20.0))
 
 
+def test_tls_falls_back_to_asyncios_protocol_if_uvloops_changes(
+    certs: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvloop.loop
+
+    def changed(*args: object) -> None:
+        raise TypeError("a different signature")
+
+    monkeypatch.setattr(uvloop.loop, "SSLProtocol", changed)
+
+    async def main() -> None:
+        async with serving_tls(Probe(), certs) as srv:
+            raw = await tls_in_one_write(srv.port, V1, certs, get("/scope", close=True))
+            (scope,) = scopes(raw)
+            assert scope["scheme"] == "https"
+            assert scope["client"] == ["192.0.2.1", 56324]
+
+    run(main())
+
+
 def test_tls_after_a_v2_header_sent_on_its_own(certs: dict[str, str]) -> None:
     async def main() -> None:
         async with serving_tls(Probe(), certs) as srv:
