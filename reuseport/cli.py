@@ -61,6 +61,7 @@ from .config import (
     usable_cpus,
 )
 from .errors import ConfigError, ExitCode, ReuseportError
+from .peerflags import first_peer_flag, peer_flag_message
 
 __all__ = ["main"]
 
@@ -1054,9 +1055,17 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # ``serve``: the master's signal handlers first (see signals.py); handed
     # over to the arbiter, or put back if the server never starts.
-    if signals.serving(sys.argv[1:] if argv is None else argv):
+    words = list(sys.argv[1:] if argv is None else argv)
+    if signals.serving(words):
         signals.install_early()
     try:
+        if signals.serving(words):
+            # A uvicorn or gunicorn flag we have no equivalent for: say what
+            # to do instead, not argparse's bare "unrecognized arguments".
+            flag = first_peer_flag(words[words.index("serve") + 1 :])
+            if flag is not None:
+                print(f"reuseport: error: {peer_flag_message(flag)}", file=sys.stderr)
+                return ExitCode.USAGE
         parser = make_parser()
         args = parser.parse_args(argv)
         if getattr(args, "func", None) is None:

@@ -1,0 +1,120 @@
+"""uvicorn's and gunicorn's flags that ``reuseport serve`` has no equivalent for.
+
+Rules: pure data and one lookup; ``cli.main`` asks ``first_peer_flag`` before
+argparse sees a ``serve`` command line, so someone who brings their uvicorn
+or gunicorn command gets "--preload is gunicorn's: ... do this instead"
+(exit 2) rather than argparse's bare "unrecognized arguments".  Flags that
+have an equivalent under the same or another name are real options or
+aliases in ``cli.py``, never here (a test checks that no name is both, and
+that every flag of the README's "Coming from uvicorn or gunicorn" table is
+one or the other).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["PEER_FLAGS", "first_peer_flag", "peer_flag_message"]
+
+_SYSLOG = "give --log-config with a logging.handlers.SysLogHandler"
+_STATSD = "metrics are Prometheus here: give --metrics HOST:PORT (served by the master)"
+
+# flag -> (whose, what to do instead)
+PEER_FLAGS: dict[str, tuple[str, str]] = {
+    "--reload-delay": ("uvicorn", "changes within 0.4 s make one reload; leave it out"),
+    "--use-colors": ("uvicorn", "the log is plain lines; leave it out"),
+    "--no-use-colors": ("uvicorn", "the log is plain lines already; leave it out"),
+    "--proxy-headers": (
+        "uvicorn",
+        "X-Forwarded-For and -Proto are always honoured from the peers in "
+        "--forwarded-allow-ips (default 127.0.0.1,::1); leave it out",
+    ),
+    "--no-proxy-headers": (
+        "uvicorn",
+        "to trust no peer's X-Forwarded-* headers, give --forwarded-allow-ips ''",
+    ),
+    "--h11-max-incomplete-event-size": (
+        "uvicorn",
+        "a request head is bounded by --limit-request-line, --limit-request-fields and "
+        "--limit-request-field-size",
+    ),
+    "--http": ("uvicorn", "there is one HTTP/1.1 implementation (httptools); leave it out"),
+    "--ssl-version": (
+        "uvicorn's and gunicorn's",
+        "TLS 1.2 and 1.3 are offered (Python's defaults); leave it out",
+    ),
+    "-k": (
+        "gunicorn",
+        "every worker is an asyncio worker; --interface says what the app is "
+        "(a WSGI app run with -k gthread: --interface wsgi, or nothing, it is detected)",
+    ),
+    "--worker-connections": (
+        "gunicorn",
+        "each worker runs one event loop; --limit-concurrency bounds its requests",
+    ),
+    "--preload": (
+        "gunicorn",
+        "the master never imports the app (so a HUP reloads everything); leave it out",
+    ),
+    "-D": ("gunicorn", "run it under systemd, a container or a supervisor"),
+    "-c": ("gunicorn", "the settings file is --config FILE.toml (keys are the long flag names)"),
+    "-e": ("gunicorn", "set the variable before starting, or put it in an --env-file"),
+    "--env": ("gunicorn", "set the variable before starting, or put it in an --env-file"),
+    "--chdir": ("gunicorn", "start from that folder, or give --app-dir"),
+    "--pythonpath": ("gunicorn", "set PYTHONPATH, or give --app-dir"),
+    "--log-config-json": ("gunicorn", "give --log-config FILE.json"),
+    "--log-syslog": ("gunicorn", _SYSLOG),
+    "--log-syslog-to": ("gunicorn", _SYSLOG),
+    "--log-syslog-prefix": ("gunicorn", _SYSLOG),
+    "--log-syslog-facility": ("gunicorn", _SYSLOG),
+    "--logger-class": ("gunicorn", "give --log-config naming your own handler class"),
+    "--limit-request-field_size": ("gunicorn", "it is spelled --limit-request-field-size here"),
+    "--statsd-host": ("gunicorn", _STATSD),
+    "--statsd-prefix": ("gunicorn", _STATSD),
+    "--dogstatsd-tags": ("gunicorn", _STATSD),
+    "--worker-tmp-dir": ("gunicorn", "the heartbeat is in shared memory; leave it out"),
+    "--paste": ("gunicorn", "PasteDeploy is not read: give the WSGI app as MODULE:ATTRIBUTE"),
+    "--proxy-allow-from": (
+        "gunicorn",
+        "--forwarded-allow-ips is the one trust list, for PROXY headers and X-Forwarded-*",
+    ),
+    "-m": (
+        "gunicorn",
+        "a Unix socket file's mode is --uds-mode (octal); for the umask, set it before starting",
+    ),
+    "--umask": (
+        "gunicorn",
+        "a Unix socket file's mode is --uds-mode (octal); for the umask, set it before starting",
+    ),
+    "--reuse-port": (
+        "gunicorn",
+        "per-worker SO_REUSEPORT sockets are --mode reuseport (the default where the "
+        "kernel balances them)",
+    ),
+    "--reload-extra-file": ("gunicorn", "give --reload-include (a glob) or --reload-dir"),
+}
+# Long spellings that mean the same as a short one above.
+PEER_FLAGS["--worker-class"] = PEER_FLAGS["-k"]
+PEER_FLAGS["--daemon"] = PEER_FLAGS["-D"]
+
+
+def first_peer_flag(args: Sequence[str]) -> str | None:
+    """The first argument (before ``--``) that is a flag of ``PEER_FLAGS``, ``=value`` or not."""
+    for arg in args:
+        if arg == "--":
+            return None
+        name = arg.split("=", 1)[0] if arg.startswith("--") else arg
+        if name in PEER_FLAGS:
+            return name
+        if len(arg) > 2 and arg[0] == "-" and arg[1] != "-" and arg[:2] in PEER_FLAGS:
+            return arg[:2]  # a short flag with its value attached: -kgthread
+    return None
+
+
+def peer_flag_message(flag: str) -> str:
+    who, instead = PEER_FLAGS[flag]
+    whose = who if who.endswith("'s") else f"{who}'s"
+    return (
+        f"{flag} is {whose} option, not reuseport's: {instead} "
+        "(the README's 'Coming from uvicorn or gunicorn' maps every flag)"
+    )

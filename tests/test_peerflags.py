@@ -1,0 +1,79 @@
+"""uvicorn's and gunicorn's flags without an equivalent: a message saying what to do.
+
+``reuseport/peerflags.py`` holds them; ``cli.main`` refuses them before
+argparse does.  The README's "Coming from uvicorn or gunicorn" table is
+checked against the parser and the list, so neither drifts from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from reuseport.cli import main, make_parser
+from reuseport.peerflags import PEER_FLAGS, first_peer_flag
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _serve_options() -> set[str]:
+    parser = make_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {option for action in sub.choices["serve"]._actions for option in action.option_strings}
+
+
+@pytest.mark.parametrize("flag", sorted(PEER_FLAGS))
+def test_each_peer_flag_stops_the_start_with_what_to_do(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "app:app", flag, "value"]) == 2
+    err = capsys.readouterr().err
+    who, instead = PEER_FLAGS[flag]
+    assert err.startswith(f"reuseport: error: {flag} is {who}")
+    assert instead in err
+    assert "unrecognized arguments" not in err
+    assert "Traceback" not in err
+
+
+def test_no_peer_flag_is_also_one_of_ours() -> None:
+    assert not set(PEER_FLAGS) & _serve_options()
+
+
+def test_every_flag_of_the_readme_table_is_ours_or_explained() -> None:
+    text = README.read_text()
+    table = text.split("## Coming from uvicorn or gunicorn", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    flags: set[str] = set()
+    for row in rows[1:]:  # after the header row
+        left = row.split(" | ", 1)[0]
+        for quoted in re.findall(r"`([^`]+)`", left):
+            for word in re.split(r"[ /,]+", quoted):
+                word = word.rstrip("*")
+                if re.fullmatch(r"--?[A-Za-z][\w-]*", word):
+                    flags.add(word)
+    assert len(flags) > 60  # the table was found and read
+    ours = _serve_options()
+    # (--log-syslog* stands for gunicorn's four --log-syslog flags.)
+    unexplained = sorted(f for f in flags if f not in ours and f not in PEER_FLAGS)
+    assert not unexplained, (
+        f"README flags that are neither options nor in PEER_FLAGS: {unexplained}"
+    )
+
+
+def test_the_lookup_reads_flags_not_values() -> None:
+    assert first_peer_flag(["app:app", "--preload"]) == "--preload"
+    assert first_peer_flag(["--statsd-host=127.0.0.1:8125"]) == "--statsd-host"
+    assert first_peer_flag(["-kgthread"]) == "-k"
+    assert first_peer_flag(["-w", "2", "--root-path", "/api", "app:app"]) is None
+    assert first_peer_flag(["app:app", "--", "--preload"]) is None  # after --: not flags
+    assert first_peer_flag(["-b", "127.0.0.1:0", "--workers=2"]) is None
+
+
+def test_other_commands_are_left_to_argparse(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["probe", "--preload"])
+    assert caught.value.code == 2
+    assert "unrecognized arguments: --preload" in capsys.readouterr().err
