@@ -61,7 +61,7 @@ from .config import (
     usable_cpus,
 )
 from .errors import ConfigError, ExitCode, ReuseportError
-from .peerflags import first_peer_flag, peer_flag_message
+from .peerflags import first_peer_flag, peer_flag_message, without_no_ops
 
 __all__ = ["main"]
 
@@ -1062,12 +1062,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if signals.serving(words):
             # A uvicorn or gunicorn flag we have no equivalent for: say what
             # to do instead, not argparse's bare "unrecognized arguments".
-            flag = first_peer_flag(words[words.index("serve") + 1 :])
+            at = words.index("serve") + 1
+            flag = first_peer_flag(words[at:])
             if flag is not None:
                 print(f"reuseport: error: {peer_flag_message(flag)}", file=sys.stderr)
                 return ExitCode.USAGE
+            words[at:] = without_no_ops(words[at:])
         parser = make_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(words)
         if getattr(args, "func", None) is None:
             parser.print_help(sys.stderr)
             return ExitCode.USAGE

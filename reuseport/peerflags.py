@@ -3,7 +3,9 @@
 Rules: pure data and one lookup; ``cli.main`` asks ``first_peer_flag`` before
 argparse sees a ``serve`` command line, so someone who brings their uvicorn
 or gunicorn command gets "--preload is gunicorn's: ... do this instead"
-(exit 2) rather than argparse's bare "unrecognized arguments".  Flags that
+(exit 2) rather than argparse's bare "unrecognized arguments".  A few ask
+for what reuseport does anyway (``NO_OPS``: uvicorn's ``--proxy-headers``):
+those are accepted and dropped before parsing.  Flags that
 have an equivalent under the same or another name are real options or
 aliases in ``cli.py``, never here (a test checks that no name is both, and
 that every flag of the README's "Coming from uvicorn or gunicorn" table is
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["PEER_FLAGS", "first_peer_flag", "peer_flag_message"]
+__all__ = ["NO_OPS", "PEER_FLAGS", "first_peer_flag", "peer_flag_message", "without_no_ops"]
 
 _SYSLOG = "give --log-config with a logging.handlers.SysLogHandler"
 _STATSD = "metrics are Prometheus here: give --metrics HOST:PORT (served by the master)"
@@ -23,12 +25,6 @@ _STATSD = "metrics are Prometheus here: give --metrics HOST:PORT (served by the 
 PEER_FLAGS: dict[str, tuple[str, str]] = {
     "--reload-delay": ("uvicorn", "changes within 0.4 s make one reload; leave it out"),
     "--use-colors": ("uvicorn", "the log is plain lines; leave it out"),
-    "--no-use-colors": ("uvicorn", "the log is plain lines already; leave it out"),
-    "--proxy-headers": (
-        "uvicorn",
-        "X-Forwarded-For and -Proto are always honoured from the peers in "
-        "--forwarded-allow-ips (default 127.0.0.1,::1); leave it out",
-    ),
     "--no-proxy-headers": (
         "uvicorn",
         "to trust no peer's X-Forwarded-* headers, give --forwarded-allow-ips ''",
@@ -96,6 +92,25 @@ PEER_FLAGS: dict[str, tuple[str, str]] = {
 # Long spellings that mean the same as a short one above.
 PEER_FLAGS["--worker-class"] = PEER_FLAGS["-k"]
 PEER_FLAGS["--daemon"] = PEER_FLAGS["-D"]
+
+
+# Flags that ask for what reuseport does anyway: accepted, and dropped before
+# argparse (FastAPI's and uvicorn's deployment guides put them in commands).
+NO_OPS: dict[str, str] = {
+    "--proxy-headers": "X-Forwarded-For and -Proto are honoured from --forwarded-allow-ips",
+    "--no-use-colors": "the log is plain lines",
+}
+
+
+def without_no_ops(args: Sequence[str]) -> list[str]:
+    """``args`` without the ``NO_OPS`` flags (before ``--``)."""
+    kept: list[str] = []
+    for index, arg in enumerate(args):
+        if arg == "--":
+            return kept + list(args[index:])
+        if arg not in NO_OPS:
+            kept.append(arg)
+    return kept
 
 
 def first_peer_flag(args: Sequence[str]) -> str | None:

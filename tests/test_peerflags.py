@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from reuseport.cli import main, make_parser
-from reuseport.peerflags import PEER_FLAGS, first_peer_flag
+from reuseport.peerflags import NO_OPS, PEER_FLAGS, first_peer_flag, without_no_ops
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -40,6 +40,24 @@ def test_each_peer_flag_stops_the_start_with_what_to_do(
 
 def test_no_peer_flag_is_also_one_of_ours() -> None:
     assert not set(PEER_FLAGS) & _serve_options()
+    assert not set(NO_OPS) & _serve_options()
+    assert not set(NO_OPS) & set(PEER_FLAGS)
+
+
+def test_flags_asking_for_what_we_do_anyway_are_accepted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # (--print-config stops before anything starts, and shows the result.)
+    plain = main(["serve", "--print-config", "-w", "2"])
+    plain_out = capsys.readouterr().out
+    assert main(["serve", "--proxy-headers", "--print-config", "--no-use-colors", "-w", "2"]) == 0
+    assert plain == 0
+    assert capsys.readouterr().out == plain_out  # nothing changed
+    assert without_no_ops(["--proxy-headers", "a:b", "--", "--proxy-headers"]) == [
+        "a:b",
+        "--",
+        "--proxy-headers",
+    ]
 
 
 def test_every_flag_of_the_readme_table_is_ours_or_explained() -> None:
@@ -57,7 +75,8 @@ def test_every_flag_of_the_readme_table_is_ours_or_explained() -> None:
     assert len(flags) > 60  # the table was found and read
     ours = _serve_options()
     # (--log-syslog* stands for gunicorn's four --log-syslog flags.)
-    unexplained = sorted(f for f in flags if f not in ours and f not in PEER_FLAGS)
+    known = ours | set(PEER_FLAGS) | set(NO_OPS)
+    unexplained = sorted(f for f in flags if f not in known)
     assert not unexplained, (
         f"README flags that are neither options nor in PEER_FLAGS: {unexplained}"
     )
