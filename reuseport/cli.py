@@ -528,6 +528,13 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="rolling reload when the app's files change (needs reuseport[reload])",
     )
     g.add_argument(
+        "--reload-delay",
+        type=float,
+        default=S,
+        metavar="SECONDS",
+        help="changes within this window make one reload (default 0.4)",
+    )
+    g.add_argument(
         "--reload-dir",
         dest="reload_dirs",
         action="append",

@@ -456,6 +456,7 @@ class Config:
     reload_dirs: tuple[str, ...] = ()  # empty: --app-dir
     reload_includes: tuple[str, ...] = ()  # added to DEFAULT_RELOAD_INCLUDES
     reload_excludes: tuple[str, ...] = ()  # added to DEFAULT_RELOAD_EXCLUDES
+    reload_delay: float = 0.4 * SECONDS  # changes within this window make one reload
 
     # Application loading.
     factory: bool = False  # APP is a callable that returns the app
@@ -562,6 +563,12 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"invalid {_flag(name)} {value!r}: expected seconds >= 0")
+        delay = self.reload_delay
+        if not isinstance(delay, int | float) or isinstance(delay, bool) or not 0.05 <= delay <= 60:
+            raise ConfigError(
+                f"invalid --reload-delay {delay!r}: expected seconds from 0.05 to 60 "
+                "(the file watcher's resolution is 50 ms)"
+            )
         if self.limit_concurrency is not None:
             self._check_positive("limit_concurrency", self.limit_concurrency, minimum=1)
         for name in (

@@ -23,7 +23,6 @@ _STATSD = "metrics are Prometheus here: give --metrics HOST:PORT (served by the 
 
 # flag -> (whose, what to do instead)
 PEER_FLAGS: dict[str, tuple[str, str]] = {
-    "--reload-delay": ("uvicorn", "changes within 0.4 s make one reload; leave it out"),
     "--use-colors": ("uvicorn", "the log is plain lines; leave it out"),
     "--no-proxy-headers": (
         "uvicorn",

@@ -34,6 +34,7 @@ import os
 import signal
 from collections.abc import Iterable, Sequence
 from pathlib import PurePath
+from typing import Any
 
 from .config import BindAddress, Config, ProcessManager
 from .errors import ConfigError
@@ -47,12 +48,12 @@ __all__ = [
     "run_watcher",
     "warnings",
     "watch_dirs",
+    "watch_options",
 ]
 
 log = logging.getLogger("reuseport.master")
 
 _CHECK_PARENT_MS = 1000  # the watcher wakes this often to see whether the master lives
-_DEBOUNCE_MS = 400  # changes within this window make one reload
 _MAX_LINE = 4000  # one write below PIPE_BUF is atomic
 _SKIPPED_DIRS = frozenset({"__pycache__", "node_modules", "site-packages"})
 # What the watcher writes on its pipe, one line each.
@@ -148,6 +149,17 @@ class ReloadFilter:
             folder = os.path.dirname(folder)
 
 
+def watch_options(config: Config) -> dict[str, Any]:
+    """How the watcher calls ``watchfiles.watch`` besides the folders and the filter."""
+    return {
+        # Changes within --reload-delay make one batch, hence one reload.
+        "debounce": max(50, round(config.reload_delay * 1000)),
+        "rust_timeout": _CHECK_PARENT_MS,
+        "yield_on_timeout": True,
+        "raise_interrupt": False,
+    }
+
+
 def run_watcher(config: Config, master_pid: int, write_fd: int) -> int:
     """The watcher child's body: watch, write a line per batch of changes, exit with the master."""
     # Ctrl-C in a terminal reaches the whole process group: the master stops
@@ -164,14 +176,7 @@ def run_watcher(config: Config, master_pid: int, write_fd: int) -> int:
     announced = False
     # The watches exist once the generator first yields (after at most
     # _CHECK_PARENT_MS): only then is "watching" true.
-    for changes in watchfiles.watch(
-        *dirs,
-        watch_filter=accept,
-        debounce=_DEBOUNCE_MS,
-        rust_timeout=_CHECK_PARENT_MS,
-        yield_on_timeout=True,
-        raise_interrupt=False,
-    ):
+    for changes in watchfiles.watch(*dirs, watch_filter=accept, **watch_options(config)):
         if os.getppid() != master_pid:
             return 0
         lines = []

@@ -175,6 +175,7 @@ FLAG_CASES: list[tuple[tuple[str, ...], str, object]] = [
     (("--log-config", "log.json"), "log_config", "log.json"),
     (("--capture-output", "--error-logfile", "/tmp/e.log"), "capture_output", True),
     (("--no-capture-output",), "capture_output", False),
+    (("--reload-delay", "0.25"), "reload_delay", 0.25),
     (("--cpu-affinity",), "cpu_affinity", True),
     (("--no-cpu-affinity",), "cpu_affinity", False),
     (("--log-level", "trace"), "log_level", "trace"),

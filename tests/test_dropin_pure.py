@@ -390,6 +390,15 @@ def test_reload_warnings_and_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     reloader.check(Config())  # off: nothing is checked
 
 
+def test_reload_delay_is_the_watchers_debounce() -> None:
+    assert reloader.watch_options(Config())["debounce"] == 400
+    assert reloader.watch_options(Config(reload_delay=0.25))["debounce"] == 250  # uvicorn's
+    assert reloader.watch_options(Config(reload_delay=0.05))["debounce"] == 50
+    for bad in (0.01, 0, -1, 61, True, "1"):
+        with pytest.raises(ConfigError, match="invalid --reload-delay"):
+            Config(reload_delay=bad)  # type: ignore[arg-type]
+
+
 def test_watcher_reads_whole_lines_only() -> None:
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
