@@ -249,6 +249,16 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "interfaces run on the event loop and ignore it",
     )
     g.add_argument(
+        "-e",
+        "--env",
+        dest="env",
+        action="append",
+        default=S,
+        metavar="KEY=VALUE",
+        help="set this variable for the server and every worker, over the environment and "
+        "--env-file (gunicorn's -e), repeatable",
+    )
+    g.add_argument(
         "--env-file",
         default=S,
         metavar="PATH",
@@ -872,6 +882,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     handover = upgrade.take(os.environ, os.getppid())
     config, sources = build_config_with_sources(args)
     config, workers_line = apply_cpu_limit(config, sources)
+    # --env: set before anything reads the environment; workers inherit it.
+    os.environ.update(config.environment)
     activated: tuple[FdBind, ...] = ()
     if handover is None:
         config, activated = _with_activation(config)

@@ -380,6 +380,9 @@ def _enum_value(kind: type[_E], value: object, name: str) -> _E:
         raise ConfigError(f"invalid {name} {value!r}: choose one of {choices}") from None
 
 
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def cpu_for_slot(slot: int, cpus: Iterable[int]) -> int:
     """``--cpu-affinity``: the CPU worker slot ``slot`` runs on, of the CPUs ``cpus``.
 
@@ -463,6 +466,7 @@ class Config:
     threads: int = DEFAULT_THREADS  # WSGI apps: app threads per worker
     datagram_app: str | None = None  # serves the udp:// binds when APP serves the others
     env_file: str | None = None  # dotenv file loaded in each worker before the import
+    env: tuple[str, ...] = ()  # KEY=VALUE put into the master's environment at start (-e)
 
     # TLS (uvicorn's names).
     ssl_certfile: str | None = None
@@ -520,6 +524,15 @@ class Config:
         set_(self, "uds_mode", parse_octal_mode(self.uds_mode))
         set_(self, "ssl_cert_reqs", _cert_reqs(self.ssl_cert_reqs))
         set_(self, "headers", tuple(parse_header(h) for h in self.headers))
+        env = (self.env,) if isinstance(self.env, str) else tuple(map(str, self.env))
+        for item in env:
+            key, sep, _value = item.partition("=")
+            if not sep or not _ENV_KEY.fullmatch(key):
+                raise ConfigError(
+                    f"invalid --env {item!r}: expected KEY=VALUE, KEY made of letters, "
+                    "digits and _ (not starting with a digit)"
+                )
+        set_(self, "env", env)
         for name in ("reload_dirs", "reload_includes", "reload_excludes"):
             value = getattr(self, name)
             set_(self, name, (value,) if isinstance(value, str) else tuple(map(str, value)))
@@ -670,6 +683,11 @@ class Config:
                 "it reads its connections itself, so the PROXY header would reach it as data; "
                 "serve an ASGI or WSGI app, or leave --proxy-protocol out"
             )
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """``--env``: the variables to set, the last of a repeated KEY winning."""
+        return dict(item.partition("=")[::2] for item in self.env)
 
     @property
     def tls(self) -> bool:

@@ -53,8 +53,6 @@ PEER_FLAGS: dict[str, tuple[str, str]] = {
     ),
     "-D": ("gunicorn", "run it under systemd, a container or a supervisor"),
     "-c": ("gunicorn", "the settings file is --config FILE.toml (keys are the long flag names)"),
-    "-e": ("gunicorn", "set the variable before starting, or put it in an --env-file"),
-    "--env": ("gunicorn", "set the variable before starting, or put it in an --env-file"),
     "--chdir": ("gunicorn", "start from that folder, or give --app-dir"),
     "--pythonpath": ("gunicorn", "set PYTHONPATH, or give --app-dir"),
     "--log-config-json": ("gunicorn", "give --log-config FILE.json"),

@@ -176,6 +176,7 @@ FLAG_CASES: list[tuple[tuple[str, ...], str, object]] = [
     (("--capture-output", "--error-logfile", "/tmp/e.log"), "capture_output", True),
     (("--no-capture-output",), "capture_output", False),
     (("--reload-delay", "0.25"), "reload_delay", 0.25),
+    (("-e", "A=1", "--env", "B=x=y"), "env", ("A=1", "B=x=y")),
     (("--cpu-affinity",), "cpu_affinity", True),
     (("--no-cpu-affinity",), "cpu_affinity", False),
     (("--log-level", "trace"), "log_level", "trace"),

@@ -390,6 +390,15 @@ def test_reload_warnings_and_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     reloader.check(Config())  # off: nothing is checked
 
 
+def test_env_flags_are_key_value_pairs_the_last_winning() -> None:
+    config = Config(env=("A=1", "B=", "A=2", "C=x=y"))
+    assert config.environment == {"A": "2", "B": "", "C": "x=y"}
+    assert Config(env="ONE=1").env == ("ONE=1",)  # from REUSEPORT_ENV or a file: one string
+    for bad in ("A", "=1", "1A=1", "A B=1", "A-B=1"):
+        with pytest.raises(ConfigError, match="invalid --env"):
+            Config(env=(bad,))
+
+
 def test_reload_delay_is_the_watchers_debounce() -> None:
     assert reloader.watch_options(Config())["debounce"] == 400
     assert reloader.watch_options(Config(reload_delay=0.25))["debounce"] == 250  # uvicorn's

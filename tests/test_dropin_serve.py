@@ -675,6 +675,18 @@ def test_a_variable_already_set_wins_over_the_env_file(tmp_path: Path) -> None:
         assert tcp_get(server.address)[2]["env"] == "outside"
 
 
+def test_env_flag_wins_over_the_environment_and_the_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / "app.env"
+    env_file.write_text("DROPIN_VALUE=file\n")
+    args = ("-w", "1", "--env-file", str(env_file), "-e", "DROPIN_VALUE=flag")
+    with Server(*APP, *args, env={"DROPIN_VALUE": "outside"}) as server:
+        server.wait_ready()
+        assert tcp_get(server.address)[2]["env"] == "flag"
+    result = run_serve(*APP, "--env", "NO_EQUALS_SIGN")
+    assert result.returncode == 2
+    assert "invalid --env 'NO_EQUALS_SIGN': expected KEY=VALUE" in result.stderr
+
+
 def test_missing_env_file_and_failing_factory(tmp_path: Path) -> None:
     result = run_serve(*APP, "--env-file", str(tmp_path / "missing.env"))
     assert result.returncode == 2
