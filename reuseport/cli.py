@@ -249,6 +249,13 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "interfaces run on the event loop and ignore it",
     )
     g.add_argument(
+        "--chdir",
+        default=S,
+        metavar="DIR",
+        help="change to DIR before anything else (so the app, --app-dir's default '.' and "
+        "other relative paths are found there), as gunicorn's --chdir",
+    )
+    g.add_argument(
         "-e",
         "--env",
         dest="env",
@@ -884,6 +891,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config, workers_line = apply_cpu_limit(config, sources)
     # --env: set before anything reads the environment; workers inherit it.
     os.environ.update(config.environment)
+    if config.chdir is not None:
+        # As gunicorn: first, so the other relative paths (and --app-dir's
+        # default ".") mean the same inside that folder.
+        upgrade.change_dir(config.chdir)
     activated: tuple[FdBind, ...] = ()
     if handover is None:
         config, activated = _with_activation(config)

@@ -467,6 +467,7 @@ class Config:
     datagram_app: str | None = None  # serves the udp:// binds when APP serves the others
     env_file: str | None = None  # dotenv file loaded in each worker before the import
     env: tuple[str, ...] = ()  # KEY=VALUE put into the master's environment at start (-e)
+    chdir: str | None = None  # the master changes to this folder first (gunicorn's --chdir)
 
     # TLS (uvicorn's names).
     ssl_certfile: str | None = None

@@ -207,7 +207,8 @@ class Succession:
         try:
             for fd in fds:
                 os.set_inheritable(fd, True)
-            pid = os.posix_spawn(argv[0], argv, env)
+            with upgrade.in_launch_dir():  # (--chdir: relative paths as at the start)
+                pid = os.posix_spawn(argv[0], argv, env)
         except OSError as exc:
             log.error(
                 "SIGUSR2: cannot start a new master (%s: %s); this master keeps serving",

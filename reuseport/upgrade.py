@@ -47,11 +47,11 @@ import enum
 import json
 import os
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 
 from .config import FdBind, Mode, parse_bind
-from .errors import ConfigError
+from .errors import ConfigError, errno_name
 from .listeners import Holdings
 
 __all__ = [
@@ -60,10 +60,12 @@ __all__ = [
     "Handover",
     "Inheritance",
     "Phase",
+    "change_dir",
     "command",
     "decode",
     "encode",
     "environment",
+    "in_launch_dir",
     "take",
 ]
 
@@ -171,6 +173,39 @@ def take(environ: MutableMapping[str, str], parent: int) -> Handover | None:
     if handover.master != parent:
         return None  # a leftover variable, not from our parent: bind as usual
     return handover
+
+
+# Where the server was started, if --chdir left it: a new master starts there,
+# so it reads the same relative paths (--chdir's own among them) as this one did.
+_launch_dir: str | None = None
+
+
+def change_dir(folder: str) -> None:
+    """``--chdir``: move the master to ``folder``, remembering where it started."""
+    global _launch_dir
+    start = os.getcwd()
+    try:
+        os.chdir(folder)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot change to --chdir {folder!r}: {exc.strerror} ({errno_name(exc)})"
+        ) from None
+    if _launch_dir is None:
+        _launch_dir = start
+
+
+@contextlib.contextmanager
+def in_launch_dir() -> Iterator[None]:
+    """Run the body in the folder the server was started in (the master has no threads)."""
+    if _launch_dir is None:
+        yield
+        return
+    here = os.getcwd()
+    os.chdir(_launch_dir)
+    try:
+        yield
+    finally:
+        os.chdir(here)
 
 
 def command() -> list[str]:

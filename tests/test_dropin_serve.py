@@ -687,6 +687,45 @@ def test_env_flag_wins_over_the_environment_and_the_env_file(tmp_path: Path) -> 
     assert "invalid --env 'NO_EQUALS_SIGN': expected KEY=VALUE" in result.stderr
 
 
+HERE_APP = """
+import json, os
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    with open("data.txt") as fh:  # relative: found in --chdir's folder
+        data = fh.read()
+    body = json.dumps({"cwd": os.getcwd(), "data": data}).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+def test_chdir_moves_the_server_before_the_app_is_found(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "here_app.py").write_text(HERE_APP)
+    (site / "data.txt").write_text("found")
+    # Started elsewhere, no --app-dir: the app, its data file and the
+    # relative log file are all found in --chdir's folder.
+    args = ("here_app:app", "--chdir", "site", "-w", "1", "--error-logfile", "error.log")
+    with Server(*args, cwd=str(tmp_path)) as server:
+        _file_line(site / "error.log", r"Ready: 1 worker")
+        assert server.stderr == ""  # the log went to site/error.log
+        port = int(_file_line(site / "error.log", r"Listening at http://127\.0\.0\.1:(\d+) ")[1])
+        status, _, body = tcp_get(("127.0.0.1", port))
+        assert status == 200
+        assert body == {"cwd": str(site), "data": "found"}
+    checked = run_serve("here_app:app", "--chdir", str(site), "--check-config", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert "configuration OK" in checked.stdout
+    missing = run_serve("here_app:app", "--chdir", "nowhere", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "cannot change to --chdir 'nowhere': No such file or directory (ENOENT)" in (
+        missing.stderr
+    )
+
+
 def test_missing_env_file_and_failing_factory(tmp_path: Path) -> None:
     result = run_serve(*APP, "--env-file", str(tmp_path / "missing.env"))
     assert result.returncode == 2

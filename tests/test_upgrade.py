@@ -496,3 +496,30 @@ def test_usr2_is_refused_while_one_is_under_way_and_stop_cancels_it(place: Path)
         assert server.stop() == 0
         assert "stopping the new master" in server.stderr
         wait_until(lambda: not alive(new[0]), timeout=20)
+
+
+@pytest.mark.e2e
+def test_a_relative_chdir_means_the_same_folder_to_the_new_master(place: Path) -> None:
+    # Started from place's parent with relative paths: the new master must be
+    # started there too, or "--chdir rp-..." would be looked up inside itself.
+    _write_app(place, "one")
+    server = Server(
+        "upgradable:app", "--chdir", place.name, "-w", "1", "--mode", "shared",
+        "--pid", "pid", "--control", "c.sock",
+        env={"PYTHONDONTWRITEBYTECODE": "1"}, cwd=str(place.parent),
+    )  # fmt: skip
+    with server, _stopped_at_the_end(server, place) as new:
+        server.wait_ready()
+        assert server.request("/")[1]["version"] == "one"
+        _write_app(place, "two")
+        mark = len(server.lines)
+        server.send_signal(signal.SIGUSR2)
+        pattern = r"SIGUSR2: started the new master, pid (\d+)"
+        new.append(int(server.wait_for_line(pattern, timeout=10, start=mark)[1]))
+        server.wait_for_line(r"Upgrade complete: the old master", timeout=30, start=mark)
+        assert server.wait(10) == 0
+        assert _pid_file(place) == new[-1]  # "pid" relative to --chdir's folder, as before
+        status, body = server.request("/")
+        assert status == 200
+        assert body["version"] == "two"
+        assert body["pid"] in descendants_of(new[-1])
