@@ -256,6 +256,13 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "other relative paths are found there), as gunicorn's --chdir",
     )
     g.add_argument(
+        "--pythonpath",
+        action="append",
+        default=S,
+        metavar="DIRS",
+        help="comma-separated folders put first on the import path (gunicorn's), repeatable",
+    )
+    g.add_argument(
         "-e",
         "--env",
         dest="env",
@@ -895,6 +902,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # As gunicorn: first, so the other relative paths (and --app-dir's
         # default ".") mean the same inside that folder.
         upgrade.change_dir(config.chdir)
+    # --pythonpath: first on sys.path (after --chdir, as gunicorn); workers inherit it.
+    sys.path[:0] = [os.path.abspath(folder) for folder in config.pythonpath]
     activated: tuple[FdBind, ...] = ()
     if handover is None:
         config, activated = _with_activation(config)

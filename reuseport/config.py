@@ -468,6 +468,7 @@ class Config:
     env_file: str | None = None  # dotenv file loaded in each worker before the import
     env: tuple[str, ...] = ()  # KEY=VALUE put into the master's environment at start (-e)
     chdir: str | None = None  # the master changes to this folder first (gunicorn's --chdir)
+    pythonpath: tuple[str, ...] = ()  # folders put first on sys.path (gunicorn's --pythonpath)
 
     # TLS (uvicorn's names).
     ssl_certfile: str | None = None
@@ -525,6 +526,14 @@ class Config:
         set_(self, "uds_mode", parse_octal_mode(self.uds_mode))
         set_(self, "ssl_cert_reqs", _cert_reqs(self.ssl_cert_reqs))
         set_(self, "headers", tuple(parse_header(h) for h in self.headers))
+        paths = self.pythonpath
+        if isinstance(paths, str):  # gunicorn's spelling: one comma-separated list
+            paths = (paths,)
+        set_(
+            self,
+            "pythonpath",
+            tuple(p.strip() for t in paths for p in str(t).split(",") if p.strip()),
+        )
         env = (self.env,) if isinstance(self.env, str) else tuple(map(str, self.env))
         for item in env:
             key, sep, _value = item.partition("=")

@@ -53,7 +53,6 @@ PEER_FLAGS: dict[str, tuple[str, str]] = {
     ),
     "-D": ("gunicorn", "run it under systemd, a container or a supervisor"),
     "-c": ("gunicorn", "the settings file is --config FILE.toml (keys are the long flag names)"),
-    "--pythonpath": ("gunicorn", "set PYTHONPATH, or give --app-dir"),
     "--log-config-json": ("gunicorn", "give --log-config FILE.json"),
     "--log-syslog": ("gunicorn", _SYSLOG),
     "--log-syslog-to": ("gunicorn", _SYSLOG),

@@ -178,6 +178,7 @@ FLAG_CASES: list[tuple[tuple[str, ...], str, object]] = [
     (("--reload-delay", "0.25"), "reload_delay", 0.25),
     (("-e", "A=1", "--env", "B=x=y"), "env", ("A=1", "B=x=y")),
     (("--chdir", "/srv/app"), "chdir", "/srv/app"),
+    (("--pythonpath", "a, b", "--pythonpath", "c"), "pythonpath", ("a", "b", "c")),
     (("--cpu-affinity",), "cpu_affinity", True),
     (("--no-cpu-affinity",), "cpu_affinity", False),
     (("--log-level", "trace"), "log_level", "trace"),

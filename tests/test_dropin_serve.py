@@ -726,6 +726,20 @@ def test_chdir_moves_the_server_before_the_app_is_found(tmp_path: Path) -> None:
     )
 
 
+def test_pythonpath_puts_folders_first_on_the_import_path(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "pp_app.py").write_text(HERE_APP)
+    (tmp_path / "data.txt").write_text("beside")
+    with Server("pp_app:app", "--pythonpath", "other,src", "-w", "1", cwd=str(tmp_path)) as server:
+        server.wait_ready()
+        status, _, body = tcp_get(server.address)
+        assert status == 200
+        assert body == {"cwd": str(tmp_path), "data": "beside"}
+    without = run_serve("pp_app:app", "--check-config", cwd=tmp_path)
+    assert without.returncode != 0
+    assert "pp_app" in without.stderr
+
+
 def test_missing_env_file_and_failing_factory(tmp_path: Path) -> None:
     result = run_serve(*APP, "--env-file", str(tmp_path / "missing.env"))
     assert result.returncode == 2
