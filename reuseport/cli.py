@@ -397,7 +397,13 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--limit-request-line", type=int, default=S, help="default 8190 bytes")
     g.add_argument("--limit-request-fields", type=int, default=S, help="default 100 headers")
-    g.add_argument("--limit-request-field-size", type=int, default=S, help="default 8190 bytes")
+    g.add_argument(
+        "--limit-request-field-size",
+        "--limit-request-field_size",  # (gunicorn's spelling)
+        type=int,
+        default=S,
+        help="default 8190 bytes",
+    )
     g.add_argument(
         "--header",
         dest="headers",
@@ -1102,11 +1108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A uvicorn or gunicorn flag we have no equivalent for: say what
             # to do instead, not argparse's bare "unrecognized arguments".
             at = words.index("serve") + 1
+            words[at:] = without_no_ops(words[at:])
             flag = first_peer_flag(words[at:])
             if flag is not None:
                 print(f"reuseport: error: {peer_flag_message(flag)}", file=sys.stderr)
                 return ExitCode.USAGE
-            words[at:] = without_no_ops(words[at:])
         parser = make_parser()
         args = parser.parse_args(words)
         if getattr(args, "func", None) is None:

@@ -16,7 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["NO_OPS", "PEER_FLAGS", "first_peer_flag", "peer_flag_message", "without_no_ops"]
+__all__ = [
+    "NO_OPS",
+    "PEER_FLAGS",
+    "WORKER_CLASSES",
+    "first_peer_flag",
+    "peer_flag_message",
+    "without_no_ops",
+]
 
 _SYSLOG = "give --log-config with a logging.handlers.SysLogHandler"
 _STATSD = "metrics are Prometheus here: give --metrics HOST:PORT (served by the master)"
@@ -40,8 +47,10 @@ PEER_FLAGS: dict[str, tuple[str, str]] = {
     ),
     "-k": (
         "gunicorn",
-        "every worker is an asyncio worker; --interface says what the app is "
-        "(a WSGI app run with -k gthread: --interface wsgi, or nothing, it is detected)",
+        "every worker is an asyncio worker and the app's kind is detected (or given with "
+        "--interface), so -k is accepted only for the classes that mean that: sync, "
+        "gthread and uvicorn's UvicornWorker; a gevent or eventlet worker has no "
+        "equivalent here",
     ),
     "--worker-connections": (
         "gunicorn",
@@ -59,7 +68,6 @@ PEER_FLAGS: dict[str, tuple[str, str]] = {
     "--log-syslog-prefix": ("gunicorn", _SYSLOG),
     "--log-syslog-facility": ("gunicorn", _SYSLOG),
     "--logger-class": ("gunicorn", "give --log-config naming your own handler class"),
-    "--limit-request-field_size": ("gunicorn", "it is spelled --limit-request-field-size here"),
     "--statsd-host": ("gunicorn", _STATSD),
     "--statsd-prefix": ("gunicorn", _STATSD),
     "--dogstatsd-tags": ("gunicorn", _STATSD),
@@ -97,14 +105,51 @@ NO_OPS: dict[str, str] = {
 }
 
 
+# gunicorn worker classes that ask for what every reuseport worker is: an
+# asyncio worker hosting the app, ASGI or WSGI (threads), detected.
+WORKER_CLASSES = frozenset(
+    {
+        "sync",
+        "gthread",
+        "gunicorn.workers.sync.SyncWorker",
+        "gunicorn.workers.gthread.ThreadWorker",
+        "uvicorn.workers.UvicornWorker",
+        "uvicorn.workers.UvicornH11Worker",
+        "uvicorn_worker.UvicornWorker",
+        "uvicorn_worker.UvicornH11Worker",
+    }
+)
+
+
+def _attached_class(arg: str) -> str | None:
+    """The worker class of ``--worker-class=X`` or ``-kX``; None for any other argument."""
+    if arg.startswith("--worker-class="):
+        return arg.partition("=")[2]
+    if arg.startswith("-k") and len(arg) > 2:
+        return arg[2:]
+    return None
+
+
 def without_no_ops(args: Sequence[str]) -> list[str]:
-    """``args`` without the ``NO_OPS`` flags (before ``--``)."""
+    """``args`` without the ``NO_OPS`` flags and accepted ``-k`` classes (before ``--``)."""
     kept: list[str] = []
-    for index, arg in enumerate(args):
+    index = 0
+    while index < len(args):
+        arg = args[index]
         if arg == "--":
             return kept + list(args[index:])
-        if arg not in NO_OPS:
-            kept.append(arg)
+        if arg in NO_OPS:
+            index += 1
+            continue
+        if arg in ("-k", "--worker-class") and index + 1 < len(args):
+            if args[index + 1] in WORKER_CLASSES:
+                index += 2
+                continue
+        elif _attached_class(arg) in WORKER_CLASSES:
+            index += 1
+            continue
+        kept.append(arg)
+        index += 1
     return kept
 
 

@@ -179,6 +179,7 @@ FLAG_CASES: list[tuple[tuple[str, ...], str, object]] = [
     (("-e", "A=1", "--env", "B=x=y"), "env", ("A=1", "B=x=y")),
     (("--chdir", "/srv/app"), "chdir", "/srv/app"),
     (("--pythonpath", "a, b", "--pythonpath", "c"), "pythonpath", ("a", "b", "c")),
+    (("--limit-request-field_size", "100"), "limit_request_field_size", 100),
     (("--cpu-affinity",), "cpu_affinity", True),
     (("--no-cpu-affinity",), "cpu_affinity", False),
     (("--log-level", "trace"), "log_level", "trace"),

@@ -60,6 +60,34 @@ def test_flags_asking_for_what_we_do_anyway_are_accepted(
     ]
 
 
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        ["-k", "uvicorn.workers.UvicornWorker"],
+        ["--worker-class", "uvicorn_worker.UvicornWorker"],
+        ["--worker-class=gthread"],
+        ["-ksync"],
+    ],
+)
+def test_worker_classes_that_mean_an_asyncio_worker_are_accepted(
+    spelling: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # gunicorn -k uvicorn.workers.UvicornWorker -w 4 app:app, as deployment guides write it
+    assert without_no_ops(["app:app", *spelling, "-w", "4"]) == ["app:app", "-w", "4"]
+    assert main(["serve", *spelling, "--print-config", "-w", "2"]) == 0
+    assert "workers = 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spelling", [["-k", "gevent"], ["--worker-class=eventlet"], ["-kgevent"]])
+def test_other_worker_classes_are_refused_with_what_to_do(
+    spelling: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "app:app", *spelling]) == 2
+    err = capsys.readouterr().err
+    assert "is gunicorn's option, not reuseport's" in err
+    assert "a gevent or eventlet worker has no equivalent here" in err
+
+
 def test_every_flag_of_the_readme_table_is_ours_or_explained() -> None:
     text = README.read_text()
     table = text.split("## Coming from uvicorn or gunicorn", 1)[1].split("\n## ", 1)[0]
