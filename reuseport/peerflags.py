@@ -48,9 +48,10 @@ PEER_FLAGS: dict[str, tuple[str, str]] = {
     "-k": (
         "gunicorn",
         "every worker is an asyncio worker and the app's kind is detected (or given with "
-        "--interface), so -k is accepted only for the classes that mean that: sync, "
-        "gthread and uvicorn's UvicornWorker; a gevent or eventlet worker has no "
-        "equivalent here",
+        "--interface), so -k is accepted only for uvicorn's UvicornWorker. A WSGI app "
+        "runs on --threads per worker (default 8): for -k sync, or -k gthread without "
+        "--threads (one request at a time), give --threads 1; for -k gthread --threads N, "
+        "--threads N; then leave -k out. A gevent or eventlet worker has no equivalent here",
     ),
     "--worker-connections": (
         "gunicorn",
@@ -106,13 +107,12 @@ NO_OPS: dict[str, str] = {
 
 
 # gunicorn worker classes that ask for what every reuseport worker is: an
-# asyncio worker hosting the app, ASGI or WSGI (threads), detected.
+# asyncio worker hosting an ASGI app.  (sync and gthread are not among them:
+# they serve one request at a time unless --threads says otherwise, and a
+# WSGI app here runs on 8 threads by default; silently accepting them would
+# change an app's concurrency.)
 WORKER_CLASSES = frozenset(
     {
-        "sync",
-        "gthread",
-        "gunicorn.workers.sync.SyncWorker",
-        "gunicorn.workers.gthread.ThreadWorker",
         "uvicorn.workers.UvicornWorker",
         "uvicorn.workers.UvicornH11Worker",
         "uvicorn_worker.UvicornWorker",

@@ -65,8 +65,8 @@ def test_flags_asking_for_what_we_do_anyway_are_accepted(
     [
         ["-k", "uvicorn.workers.UvicornWorker"],
         ["--worker-class", "uvicorn_worker.UvicornWorker"],
-        ["--worker-class=gthread"],
-        ["-ksync"],
+        ["--worker-class=uvicorn.workers.UvicornH11Worker"],
+        ["-kuvicorn.workers.UvicornWorker"],
     ],
 )
 def test_worker_classes_that_mean_an_asyncio_worker_are_accepted(
@@ -78,14 +78,20 @@ def test_worker_classes_that_mean_an_asyncio_worker_are_accepted(
     assert "workers = 2" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("spelling", [["-k", "gevent"], ["--worker-class=eventlet"], ["-kgevent"]])
+@pytest.mark.parametrize(
+    "spelling",
+    [["-k", "gevent"], ["--worker-class=eventlet"], ["-kgevent"], ["-k", "sync"], ["-kgthread"]],
+)
 def test_other_worker_classes_are_refused_with_what_to_do(
     spelling: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # (sync and gthread serve one request at a time unless --threads says
+    # otherwise: accepting them silently would change a WSGI app's concurrency.)
     assert main(["serve", "app:app", *spelling]) == 2
     err = capsys.readouterr().err
     assert "is gunicorn's option, not reuseport's" in err
-    assert "a gevent or eventlet worker has no equivalent here" in err
+    assert "give --threads 1" in err
+    assert "A gevent or eventlet worker has no equivalent here" in err
 
 
 def test_every_flag_of_the_readme_table_is_ours_or_explained() -> None:
