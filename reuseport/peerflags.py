@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "NO_OPS",
+    "NO_OPS_WITH_VALUE",
     "PEER_FLAGS",
     "WORKER_CLASSES",
     "first_peer_flag",
@@ -72,7 +73,6 @@ PEER_FLAGS: dict[str, tuple[str, str]] = {
     "--statsd-host": ("gunicorn", _STATSD),
     "--statsd-prefix": ("gunicorn", _STATSD),
     "--dogstatsd-tags": ("gunicorn", _STATSD),
-    "--worker-tmp-dir": ("gunicorn", "the heartbeat is in shared memory; leave it out"),
     "--paste": ("gunicorn", "PasteDeploy is not read: give the WSGI app as MODULE:ATTRIBUTE"),
     "--proxy-allow-from": (
         "gunicorn",
@@ -103,6 +103,11 @@ PEER_FLAGS["--daemon"] = PEER_FLAGS["-D"]
 NO_OPS: dict[str, str] = {
     "--proxy-headers": "X-Forwarded-For and -Proto are honoured from --forwarded-allow-ips",
     "--no-use-colors": "the log is plain lines",
+}
+# The same for flags that take a value (gunicorn's Docker advice puts
+# --worker-tmp-dir /dev/shm in commands: our heartbeat is in shared memory).
+NO_OPS_WITH_VALUE: dict[str, str] = {
+    "--worker-tmp-dir": "the heartbeat is in shared memory, never in a file",
 }
 
 
@@ -139,6 +144,12 @@ def without_no_ops(args: Sequence[str]) -> list[str]:
         if arg == "--":
             return kept + list(args[index:])
         if arg in NO_OPS:
+            index += 1
+            continue
+        if arg in NO_OPS_WITH_VALUE and index + 1 < len(args):
+            index += 2
+            continue
+        if arg.partition("=")[0] in NO_OPS_WITH_VALUE and "=" in arg:
             index += 1
             continue
         if arg in ("-k", "--worker-class") and index + 1 < len(args):

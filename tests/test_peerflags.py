@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from reuseport.cli import main, make_parser
-from reuseport.peerflags import NO_OPS, PEER_FLAGS, first_peer_flag, without_no_ops
+from reuseport.peerflags import (
+    NO_OPS,
+    NO_OPS_WITH_VALUE,
+    PEER_FLAGS,
+    first_peer_flag,
+    without_no_ops,
+)
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -42,6 +48,7 @@ def test_no_peer_flag_is_also_one_of_ours() -> None:
     assert not set(PEER_FLAGS) & _serve_options()
     assert not set(NO_OPS) & _serve_options()
     assert not set(NO_OPS) & set(PEER_FLAGS)
+    assert not set(NO_OPS_WITH_VALUE) & (_serve_options() | set(PEER_FLAGS) | set(NO_OPS))
 
 
 def test_flags_asking_for_what_we_do_anyway_are_accepted(
@@ -50,7 +57,8 @@ def test_flags_asking_for_what_we_do_anyway_are_accepted(
     # (--print-config stops before anything starts, and shows the result.)
     plain = main(["serve", "--print-config", "-w", "2"])
     plain_out = capsys.readouterr().out
-    assert main(["serve", "--proxy-headers", "--print-config", "--no-use-colors", "-w", "2"]) == 0
+    accepted = ["--proxy-headers", "--worker-tmp-dir", "/dev/shm", "--worker-tmp-dir=/tmp"]
+    assert main(["serve", *accepted, "--print-config", "--no-use-colors", "-w", "2"]) == 0
     assert plain == 0
     assert capsys.readouterr().out == plain_out  # nothing changed
     assert without_no_ops(["--proxy-headers", "a:b", "--", "--proxy-headers"]) == [
@@ -109,7 +117,7 @@ def test_every_flag_of_the_readme_table_is_ours_or_explained() -> None:
     assert len(flags) > 60  # the table was found and read
     ours = _serve_options()
     # (--log-syslog* stands for gunicorn's four --log-syslog flags.)
-    known = ours | set(PEER_FLAGS) | set(NO_OPS)
+    known = ours | set(PEER_FLAGS) | set(NO_OPS) | set(NO_OPS_WITH_VALUE)
     unexplained = sorted(f for f in flags if f not in known)
     assert not unexplained, (
         f"README flags that are neither options nor in PEER_FLAGS: {unexplained}"
