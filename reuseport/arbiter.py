@@ -267,6 +267,9 @@ class Arbiter:
             self._reap()
             if self.stopping:
                 if not self.workers:
+                    # Idle workers may all exit before this turn reaches
+                    # _tend_operations: systemd still hears STOPPING=1.
+                    self._tend_operations()
                     return
                 self._enforce_stop_deadline()
             else:

@@ -172,3 +172,46 @@ def test_master_reports_ready_reload_watchdog_and_stop(receiver: _Receiver) -> N
         assert reloading < after.index("READY=1")
         assert server.stop() == 0
     assert "STOPPING=1" in receiver.fields()
+
+
+# The master, with _terminate_all made to return only once every worker it
+# signalled has exited (is a zombie): the loop then finds no worker before it
+# tends systemd, as it can when idle workers win the race for the CPU.
+_SLOW_MASTER = """
+import os, sys, time
+import reuseport.arbiter as arbiter
+from reuseport.cli import main
+
+signal_all = arbiter.Arbiter._terminate_all
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+def terminate_all_then_wait(self, sig):
+    signal_all(self, sig)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_state(p) != "Z" for p in list(self.workers)):
+        time.sleep(0.01)
+
+arbiter.Arbiter._terminate_all = terminate_all_then_wait
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.e2e
+def test_stopping_is_sent_even_when_every_worker_exits_at_once(receiver: _Receiver) -> None:
+    server = Server("-w", "2", "--mode", "shared", env={"NOTIFY_SOCKET": receiver.name})
+    server.argv = [server.argv[0], "-c", _SLOW_MASTER, *server.argv[3:]]  # (drops "-m reuseport")
+    with server:
+        server.wait_ready()
+        wait_until(lambda: "READY=1" in receiver.fields(), timeout=10)
+        assert server.stop() == 0
+    # Sent when the loop found no worker left: after them, the last word.
+    assert receiver.fields()[-2:] == [
+        "STOPPING=1",
+        "STATUS=0 of 2 workers ready (shared mode); stopping",
+    ]
