@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,10 +59,20 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: object, **config: Any) -> AsyncIterator[Running]:
-    """Start ``app`` on a fresh listening socket; drain and stop it on exit."""
+async def serving(
+    app: object, *, tls_context: ssl.SSLContext | None = None, **config: Any
+) -> AsyncIterator[Running]:
+    """Start ``app`` on a fresh listening socket; drain and stop it on exit.
+
+    ``tls_context``: the worker's TLS context (``tls.server_context`` of the same settings).
+    """
     ctx = WorkerContext(
-        pid=os.getpid(), slot=0, generation=0, mode=Mode.SHARED, config=Config(**config)
+        pid=os.getpid(),
+        slot=0,
+        generation=0,
+        mode=Mode.SHARED,
+        config=Config(**config),
+        tls=tls_context,
     )
     hosted = AsgiApp(app, ctx)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

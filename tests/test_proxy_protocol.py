@@ -437,32 +437,13 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return paths
 
 
-@contextlib.asynccontextmanager
-async def serving_tls(app: object, certs: dict[str, str], **config: Any) -> AsyncIterator[Running]:
+def serving_tls(
+    app: object, certs: dict[str, str], **config: Any
+) -> contextlib.AbstractAsyncContextManager[Running]:
     """``serving`` with TLS, as a worker sets it up (the context built from the files)."""
-    settings = Config(
-        proxy_protocol=True, ssl_certfile=certs["cert"], ssl_keyfile=certs["key"], **config
-    )
-    ctx = WorkerContext(
-        pid=os.getpid(),
-        slot=0,
-        generation=0,
-        mode=Mode.SHARED,
-        config=settings,
-        tls=tls.server_context(settings),
-    )
-    hosted = AsgiApp(app, ctx)
-    sock = socket.create_server(("127.0.0.1", 0))
-    try:
-        sock.setblocking(False)
-        await hosted.startup()
-        await hosted.serve([sock])
-        yield Running(hosted, ctx, sock.getsockname()[1])
-    finally:
-        try:
-            await hosted.shutdown(2.0)
-        finally:
-            sock.close()
+    settings = {"ssl_certfile": certs["cert"], "ssl_keyfile": certs["key"], **config}
+    context = tls.server_context(Config(proxy_protocol=True, **settings))
+    return serving(app, tls_context=context, proxy_protocol=True, **settings)
 
 
 def client_tls(certs: dict[str, str]) -> ssl.SSLContext:
