@@ -182,8 +182,12 @@ class ProxyStage(asyncio.Protocol, ManagedConnection):
         if self.handed_over:
             return  # (never called: the real protocol has the transport)
         self._cancel_timer()
-        self.front.connections.discard(self)
         self.buffer = b""
+        self.gone()
+
+    def gone(self) -> None:
+        """The connection ended before the real protocol had it: forget and count it."""
+        self.front.connections.discard(self)
         self.transport = None
         stats = self.front.stats
         stats.opened()  # counted as a connection that came and went
@@ -322,15 +326,14 @@ class _TlsStart(asyncio.Protocol):
         stage.transport = None
 
     def handshake_done(self, waiter: asyncio.Future[Any]) -> None:
-        exc = None if waiter.cancelled() else waiter.exception()
-        if exc is None and not waiter.cancelled():
-            return
+        if waiter.cancelled():
+            exc: BaseException | None = asyncio.CancelledError()
+        else:
+            exc = waiter.exception()
+            if exc is None:
+                return  # connection_made above took it
         stage = self.stage
         logger.debug("TLS handshake after a PROXY header from %s failed: %s", stage.peer, exc)
-        stage.front.connections.discard(stage)
         if stage.transport is not None:
             stage.transport.close()
-            stage.transport = None
-        stats = stage.front.stats
-        stats.opened()  # counted as a connection that came and went
-        stats.closed()
+        stage.gone()
