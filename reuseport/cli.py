@@ -1101,10 +1101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ``serve``: the master's signal handlers first (see signals.py); handed
     # over to the arbiter, or put back if the server never starts.
     words = list(sys.argv[1:] if argv is None else argv)
-    if signals.serving(words):
+    serving = signals.serving(words)
+    if serving:
         signals.install_early()
     try:
-        if signals.serving(words):
+        if serving:
             # A uvicorn or gunicorn flag we have no equivalent for: say what
             # to do instead, not argparse's bare "unrecognized arguments".
             at = words.index("serve") + 1
