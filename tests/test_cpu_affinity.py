@@ -63,8 +63,9 @@ def _pinned(server: Server, count: int, cpus: list[int]) -> dict[int, int]:
         by_slot.clear()
         try:
             for pid in server.wait_workers(count):
-                by_slot[_slot(pid)] = pid
-                if _allowed(pid) != {cpu_for_slot(_slot(pid), cpus)}:
+                slot = _slot(pid)
+                by_slot[slot] = pid
+                if _allowed(pid) != {cpu_for_slot(slot, cpus)}:
                     return False
         except (FileNotFoundError, IndexError, ValueError):  # a worker still starting or gone
             return False
