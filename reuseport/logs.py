@@ -24,10 +24,10 @@ sits below DEBUG for ``--log-level trace``.
 calls ``capture_output`` then, so a start-up error still reaches the
 terminal).  Whatever does not go through logging lands there too: the app's
 ``print()``, tracebacks printed by hand, faulthandler dumps, C libraries
-writing to stderr.  Workers inherit the two
-descriptors by fork; on SIGUSR1 every process points them at the path again,
-like the handlers.  stdout is made line-buffered so a ``print()`` reaches the
-file when it is made, not when a block fills.
+writing to stderr.  Workers inherit the two descriptors by fork; on SIGUSR1
+every process points them at the path again, like the handlers.  stdout is
+made line-buffered so a ``print()`` reaches the file when it is made, not
+when a block fills.
 """
 
 from __future__ import annotations
